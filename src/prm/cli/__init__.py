@@ -1,0 +1,80 @@
+"""The ``prm`` command line: a thin layer over the library.
+
+Each sub-command lives in its own module of this package and provides two functions:
+
+- ``add_parser(subparsers)``: registers the sub-command and its flags (with examples in
+  the epilog);
+- ``run(args) -> int``: does the work by calling the library, returns the exit status.
+
+Errors a user can cause (missing path, unreadable file, mismatched checkpoint) are
+raised as ``ValueError`` / ``FileNotFoundError`` by the library and printed here as one
+line, with exit status 2, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Sub-command name -> module (relative to this package). Modules are imported lazily so
+# that `prm --help` stays fast and one broken optional dependency cannot break the rest.
+COMMANDS = {
+    "demo": ".demo",
+    "train": ".train",
+    "predict": ".predict",
+    "evaluate": ".evaluate",
+    "proposals": ".proposals",
+}
+
+EPILOG = """examples:
+  prm demo                       # synthetic data: train, predict, evaluate (CPU, minutes)
+  prm train --dataset voc --root VOCdevkit/VOC2012 --out runs/voc
+  prm predict --checkpoint runs/voc/last.pt --images photos/ --out predictions/
+  prm evaluate --dataset voc --root VOCdevkit/VOC2012 --split val --predictions results.json
+  prm proposals --dataset voc --root VOCdevkit/VOC2012 --split val --cache proposals/
+
+Run `prm COMMAND --help` for the flags and more examples of each command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prm",
+        description="Weakly supervised instance segmentation with Peak Response Maps.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from prm import __version__
+
+    parser.add_argument("--version", action="version", version=f"prm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMANDS.values():
+        try:
+            module = importlib.import_module(module_name, __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith(f"{__name__}."):
+                continue  # sub-command not built yet
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"prm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"prm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
