@@ -1,0 +1,36 @@
+"""Dataset readers, the embedded synthetic dataset and transforms.
+
+Every reader returns ``(image, target)`` items as ``docs/conventions.md`` defines them and
+has ``classes`` and ``category_ids``. See ``docs/data.md`` for formats and the bad-data
+policy.
+"""
+
+from .build import DATASETS, build_dataset
+from .coco import COCODataset
+from .common import BadDataWarning, Batch, ItemDataset, collate, multi_hot
+from .folder import FolderDataset
+from .images import DataError, load_image, load_index_png
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, InferenceTransform, TrainTransform, denormalize
+from .voc import VOC_CLASSES, VOCDataset
+
+__all__ = [
+    "DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "VOC_CLASSES",
+    "BadDataWarning",
+    "Batch",
+    "COCODataset",
+    "DataError",
+    "FolderDataset",
+    "InferenceTransform",
+    "ItemDataset",
+    "TrainTransform",
+    "VOCDataset",
+    "build_dataset",
+    "collate",
+    "denormalize",
+    "load_image",
+    "load_index_png",
+    "multi_hot",
+]

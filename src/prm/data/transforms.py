@@ -1,0 +1,117 @@
+"""Image transforms for training and inference (torchvision ``transforms.v2``).
+
+Both act on the image only: image-level labels do not change under a flip or a resize,
+and instance ground truth stays at the original resolution (``target["size"]``), which is
+where predictions are mapped back for evaluation. Do not use ground-truth masks together
+with :class:`TrainTransform`: they are not flipped with the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TrainTransform", "InferenceTransform", "denormalize"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _square(size: int | Sequence[int] | None) -> list[int] | None:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        size = (size, size)
+    size = [int(s) for s in size]
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be an int or (H, W) of positive ints, got {size}")
+    return size
+
+
+class _Transform:
+    """A ``v2.Compose`` with a readable ``repr``; call it on a PIL image or uint8 tensor."""
+
+    def __init__(self, steps: list):
+        self.pipeline = v2.Compose(steps)
+
+    def __call__(self, image) -> torch.Tensor:
+        # A plain tensor, not a tv_tensors.Image, so that batches behave like any tensor.
+        return self.pipeline(image).as_subclass(torch.Tensor)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.pipeline})"
+
+
+class TrainTransform(_Transform):
+    """Training transform of the authors' recipe: resize, random flip, normalise.
+
+    Args:
+        size: output ``(H, W)``, or an int for a square; the aspect ratio is not kept
+            (448 for VOC, as the authors).
+        flip: random horizontal flip with probability 0.5.
+        mean, std: per-channel normalisation (ImageNet's by default).
+
+    Call:
+        image (PIL.Image RGB or Tensor[3, H, W] uint8) -> Tensor[3, size, size] float32.
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int] = 448,
+        flip: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        steps = [v2.ToImage(), v2.Resize(_square(size), antialias=True)]
+        if flip:
+            steps.append(v2.RandomHorizontalFlip(0.5))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        super().__init__(steps)
+
+
+class InferenceTransform(_Transform):
+    """Inference transform: resize to the network's input size and normalise.
+
+    The original size stays in ``target["size"]`` so that masks found at network
+    resolution can be mapped back to the image.
+
+    Args:
+        size: network input ``(H, W)`` or an int for a square (the authors' 448);
+            ``None`` keeps the image's own size (the network is fully convolutional).
+        mean, std: per-channel normalisation (ImageNet's by default).
+
+    Call:
+        image (PIL.Image RGB or Tensor[3, H, W] uint8) -> Tensor[3, H', W'] float32.
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int] | None = 448,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        steps = [v2.ToImage()]
+        if size is not None:
+            steps.append(v2.Resize(_square(size), antialias=True))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        super().__init__(steps)
+
+
+def denormalize(
+    images: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Undo the normalisation, for display.
+
+    Args:
+        images (Tensor[..., 3, H, W]): normalised images.
+
+    Returns:
+        Tensor[..., 3, H, W] (float32) in 0..1.
+    """
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device)[:, None, None]
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device)[:, None, None]
+    return (images * std_t + mean_t).clamp(0, 1)
