@@ -10,6 +10,7 @@ from .coco import COCODataset
 from .common import BadDataWarning, Batch, ItemDataset, collate, multi_hot
 from .folder import FolderDataset
 from .images import DataError, load_image, load_index_png
+from .shapes import SHAPE_CLASSES, SceneConfig, ShapeScenes, generate_scene
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, InferenceTransform, TrainTransform, denormalize
 from .voc import VOC_CLASSES, VOCDataset
 
@@ -17,6 +18,7 @@ __all__ = [
     "DATASETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SHAPE_CLASSES",
     "VOC_CLASSES",
     "BadDataWarning",
     "Batch",
@@ -25,11 +27,14 @@ __all__ = [
     "FolderDataset",
     "InferenceTransform",
     "ItemDataset",
+    "SceneConfig",
+    "ShapeScenes",
     "TrainTransform",
     "VOCDataset",
     "build_dataset",
     "collate",
     "denormalize",
+    "generate_scene",
     "load_image",
     "load_index_png",
     "multi_hot",
