@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
@@ -191,7 +191,7 @@ class COCODataset(ItemDataset):
 
     def _read_instances(self, index: int, h: int, w: int, path: Path) -> dict:
         anns = self._annotations[index]
-        masks = []
+        rles = []
         for ann in anns:
             seg = ann["segmentation"]
             if isinstance(seg, list):  # polygons of one object
@@ -210,9 +210,16 @@ class COCODataset(ItemDataset):
                     rle = {"size": [h, w], "counts": counts}
                     if isinstance(counts, str):
                         rle["counts"] = counts.encode("ascii")
-            masks.append(mask_utils.decode(rle).astype(bool))
+            rles.append(rle)
+        masks = torch.zeros(0, h, w, dtype=torch.bool)
+        if rles:  # one decode call for all: (H, W, N) uint8
+            with warnings.catch_warnings():
+                # pycocotools' Cython objects predate numpy 2's copy keyword; harmless.
+                warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+                decoded = mask_utils.decode(rles)
+            masks = torch.from_numpy(decoded.transpose(2, 0, 1).astype(bool))
         return {
-            "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w).bool(),
+            "masks": masks,
             "labels": torch.tensor(
                 [self._index_of[int(a["category_id"])] for a in anns], dtype=torch.int64
             ),
