@@ -1,0 +1,289 @@
+"""Instance segmentation: mAP^r at several mask IoU thresholds, and ABO (method.md §6).
+
+mAP^r follows chainercv's ``eval_instance_segmentation_voc``, the evaluator later papers
+on this benchmark use:
+
+1. Per image and class, predictions in score order each go to the ground-truth mask of
+   that class they overlap most (highest IoU). The prediction is a true positive when
+   that IoU >= the threshold and no higher-scored prediction took that ground truth;
+   otherwise it is a false positive and is **not** passed on to the next-best ground
+   truth (unlike COCO).
+2. Per class, over all images, sort by score and accumulate precision/recall; AP is the
+   area under the monotone precision envelope (11-point VOC07 AP as an option).
+3. mAP^r is the mean over classes with at least one ground-truth instance. A class with
+   ground truth and no prediction scores 0; a class with predictions and no ground truth
+   is not counted.
+
+Additions that chainercv lacks, both no-ops on VOC: crowd ground truth (COCO ``iscrowd``)
+is neither counted nor matched, and a prediction that is not a true positive but covers a
+crowd region of its class (intersection / prediction area >= threshold, COCO's rule) is
+ignored instead of counted as a false positive. VOC's 255 boundary band
+(``ignore_mask``) is ignored only with ``use_ignore_mask=True``: chainercv ignores nothing,
+and the published numbers were measured that way.
+
+ABO (average best overlap): mean over ground-truth (non-crowd) instances of the best IoU
+with a predicted mask of the same class, 0 when there is none; ``class_agnostic_abo``
+adds the variant where any predicted mask counts.
+
+Only compact records are kept per prediction (label, score, one match flag per
+threshold) and per ground truth (best IoU), so memory does not grow with image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from prm.masks import mask_iou
+
+from .ap import precision_recall, voc_ap
+from .base import Evaluator, prediction_masks, target_size
+
+__all__ = ["InstanceSegmentationEvaluator", "match_instances"]
+
+IOU_THRESHOLDS = (0.25, 0.5, 0.7, 0.75)
+
+
+def match_instances(
+    iou: torch.Tensor, crowd_overlap: torch.Tensor, thresholds: Sequence[float]
+) -> np.ndarray:
+    """Greedy VOC matching of score-sorted predictions to ground truth, per threshold.
+
+    Args:
+        iou (Tensor[P, G]): IoU of each prediction (rows sorted by decreasing score) with
+            each ground truth; pairs of different classes must be set to -1.
+        crowd_overlap (Tensor[P]): largest ``|pred & crowd| / |pred|`` over the crowd
+            regions of the prediction's class (0 where none).
+        thresholds: T IoU thresholds in (0, 1].
+
+    Returns:
+        ndarray[T, P] (int8): 1 true positive, 0 false positive, -1 ignored (on a crowd).
+    """
+    thr = np.asarray(thresholds, dtype=np.float64)[:, None]  # (T, 1)
+    num_pred, num_gt = iou.shape
+    matches = np.zeros((len(thresholds), num_pred), dtype=np.int8)
+    if num_pred == 0:
+        return matches
+    if num_gt:
+        best_iou, best_gt = iou.max(dim=1)  # the GT each prediction overlaps most
+        best_iou = best_iou.double().numpy()
+        best_gt = best_gt.numpy()
+        taken = np.zeros((len(thresholds), num_gt), dtype=bool)
+        for i in range(num_pred):
+            hit = best_iou[i] >= thr[:, 0]  # (T,)
+            free = ~taken[:, best_gt[i]]
+            matches[:, i] = hit & free
+            taken[:, best_gt[i]] |= hit  # a duplicate does not move on to another GT
+    on_crowd = crowd_overlap.double().numpy()[None, :] >= thr  # (T, P)
+    matches[(matches == 0) & on_crowd] = -1
+    return matches
+
+
+class InstanceSegmentationEvaluator(Evaluator):
+    """mAP^r at mask IoU thresholds (default 0.25, 0.5, 0.7, 0.75), per-class AP, and ABO.
+
+    Reads target ``masks``, ``labels`` (and ``iscrowd``, ``ignore_mask`` when present) and
+    prediction ``masks`` (or ``rles``), ``labels``, ``scores``.
+
+    Args:
+        classes: class names, index = label.
+        iou_thresholds: mask IoU thresholds, each in (0, 1].
+        use_07_metric: 11-point VOC07 AP instead of the area under the envelope.
+        use_ignore_mask: remove the target's ``ignore_mask`` pixels from every predicted
+            and ground-truth mask before computing IoU (off: chainercv's protocol).
+        class_agnostic_abo: also report ABO where a ground truth's best overlap may come
+            from a prediction of any class.
+
+    Summary keys (``T`` formatted like ``0.5``): ``instance/mAP_r@T``,
+    ``instance/AP_r@T/<class>``, ``instance/ABO``, ``instance/ABO/<class>``,
+    ``instance/ABO_class_agnostic`` (option), ``instance/num_images``,
+    ``instance/num_instances``, ``instance/num_predictions``. Values are fractions in
+    [0, 1]; ``None`` where undefined (a class without ground truth).
+    """
+
+    name = "instance"
+    target_keys = ("masks", "labels")
+    prediction_keys = ("masks", "labels", "scores")
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+        use_07_metric: bool = False,
+        use_ignore_mask: bool = False,
+        class_agnostic_abo: bool = False,
+    ):
+        thresholds = tuple(float(t) for t in iou_thresholds)
+        if not thresholds or any(not 0.0 < t <= 1.0 for t in thresholds):
+            raise ValueError(f"iou_thresholds must be non-empty and in (0, 1], got {thresholds}")
+        self.iou_thresholds = thresholds
+        self.use_07_metric = use_07_metric
+        self.use_ignore_mask = use_ignore_mask
+        self.class_agnostic_abo = class_agnostic_abo
+        super().__init__(classes)
+
+    def reset(self) -> None:
+        self._labels: list[np.ndarray] = []  # per image: (P,) int64
+        self._scores: list[np.ndarray] = []  # per image: (P,) float64
+        self._matches: list[np.ndarray] = []  # per image: (T, P) int8
+        self._n_pos = np.zeros(self.num_classes, dtype=np.int64)
+        self._best_iou_sum = np.zeros(self.num_classes, dtype=np.float64)
+        self._best_iou_any_sum = np.zeros(self.num_classes, dtype=np.float64)
+        self._num_images = 0
+
+    def process_image(self, target: Mapping, prediction: Mapping) -> None:
+        size = target_size(target)
+        gt_masks, gt_labels, crowd = _ground_truth(target, size, self.num_classes)
+        masks = prediction_masks(prediction, size)
+        labels, scores = _instances(prediction, len(masks), self.num_classes)
+        if self.use_ignore_mask and "ignore_mask" in target:
+            keep = ~target["ignore_mask"].bool()
+            masks = masks & keep
+            gt_masks = gt_masks & keep
+
+        # Ties keep the given order (stable), so results do not depend on the sort used.
+        order = torch.argsort(-scores, stable=True)
+        masks, labels, scores = masks[order], labels[order], scores[order]
+
+        gt, gt_l = gt_masks[~crowd], gt_labels[~crowd]
+        crowds, crowd_l = gt_masks[crowd], gt_labels[crowd]
+        iou = mask_iou(masks, gt)  # (P, G), one matrix product per image
+        same = labels[:, None] == gt_l[None, :]
+        iou_same = torch.where(same, iou, torch.full_like(iou, -1.0))
+        crowd_overlap = _crowd_overlap(masks, labels, crowds, crowd_l)
+
+        self._labels.append(labels.numpy())
+        self._scores.append(scores.double().numpy())
+        self._matches.append(match_instances(iou_same, crowd_overlap, self.iou_thresholds))
+        self._n_pos += np.bincount(gt_l.numpy(), minlength=self.num_classes)
+        if len(gt):
+            best = iou_same.clamp(min=0).max(0).values if len(masks) else torch.zeros(len(gt))
+            best_any = iou.max(0).values if len(masks) else torch.zeros(len(gt))
+            self._best_iou_sum += np.bincount(
+                gt_l.numpy(), weights=best.double().numpy(), minlength=self.num_classes
+            )
+            self._best_iou_any_sum += np.bincount(
+                gt_l.numpy(), weights=best_any.double().numpy(), minlength=self.num_classes
+            )
+        self._num_images += 1
+
+    def curves(self) -> dict[float, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Precision/recall curves: ``{threshold: {class name: (precision, recall)}}``.
+
+        Classes without ground truth are left out (recall is undefined for them).
+        """
+        labels, scores, matches = self._records()
+        out: dict[float, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        for t, threshold in enumerate(self.iou_thresholds):
+            out[threshold] = {}
+            for c, name in enumerate(self.classes):
+                if self._n_pos[c] == 0:
+                    continue
+                sel = labels == c
+                precision, recall = precision_recall(scores[sel], matches[t, sel], self._n_pos[c])
+                out[threshold][name] = (precision, recall)
+        return out
+
+    def summarize(self) -> dict:
+        results: dict = {}
+        for threshold, per_class in self.curves().items():
+            aps = {
+                name: voc_ap(precision, recall, self.use_07_metric)
+                for name, (precision, recall) in per_class.items()
+            }
+            key = f"{threshold:g}"
+            results[f"instance/mAP_r@{key}"] = float(np.mean(list(aps.values()))) if aps else None
+            for name in self.classes:
+                results[f"instance/AP_r@{key}/{name}"] = aps.get(name)
+        total = int(self._n_pos.sum())
+        results["instance/ABO"] = float(self._best_iou_sum.sum() / total) if total else None
+        if self.class_agnostic_abo:
+            results["instance/ABO_class_agnostic"] = (
+                float(self._best_iou_any_sum.sum() / total) if total else None
+            )
+        for c, name in enumerate(self.classes):
+            n = self._n_pos[c]
+            results[f"instance/ABO/{name}"] = float(self._best_iou_sum[c] / n) if n else None
+        results["instance/num_images"] = self._num_images
+        results["instance/num_instances"] = total
+        results["instance/num_predictions"] = int(sum(len(s) for s in self._scores))
+        return results
+
+    def _records(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self._labels:
+            t = len(self.iou_thresholds)
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros((t, 0), np.int8)
+        return (
+            np.concatenate(self._labels),
+            np.concatenate(self._scores),
+            np.concatenate(self._matches, axis=1),
+        )
+
+
+def _ground_truth(
+    target: Mapping, size: tuple[int, int], num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validated ``(masks bool (G, H, W), labels int64 (G,), iscrowd bool (G,))``."""
+    image = target.get("image_id", "?")
+    masks = target["masks"]
+    labels = torch.as_tensor(target["labels"]).long().cpu()
+    if masks.dim() != 3 or tuple(masks.shape[1:]) != size:
+        raise ValueError(
+            f"target masks of image {image} have shape {tuple(masks.shape)}, "
+            f"expected (N, {size[0]}, {size[1]})"
+        )
+    if labels.shape != (len(masks),):
+        raise ValueError(
+            f"target of image {image} has {len(masks)} masks but labels of shape "
+            f"{tuple(labels.shape)}"
+        )
+    _check_labels(labels, num_classes, f"target of image {image}")
+    crowd = target.get("iscrowd")
+    crowd = torch.zeros(len(masks), dtype=torch.bool) if crowd is None else crowd.bool().cpu()
+    if crowd.shape != (len(masks),):
+        raise ValueError(
+            f"target of image {image} has {len(masks)} masks but iscrowd of shape "
+            f"{tuple(crowd.shape)}"
+        )
+    return masks.bool().cpu(), labels, crowd
+
+
+def _instances(
+    prediction: Mapping, num_masks: int, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated ``(labels int64 (N,), scores float32 (N,))`` of a prediction dict."""
+    image = prediction.get("image_id", "?")
+    labels = torch.as_tensor(prediction["labels"]).long().cpu()
+    scores = torch.as_tensor(prediction["scores"]).float().cpu()
+    if labels.shape != (num_masks,) or scores.shape != (num_masks,):
+        raise ValueError(
+            f"prediction of image {image} has {num_masks} masks, labels of shape "
+            f"{tuple(labels.shape)} and scores of shape {tuple(scores.shape)}; "
+            "they must agree"
+        )
+    if not torch.isfinite(scores).all():
+        raise ValueError(f"prediction of image {image} has non-finite scores")
+    _check_labels(labels, num_classes, f"prediction of image {image}")
+    return labels, scores
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, what: str) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{what} has labels {sorted(set(labels.tolist()))}, outside 0..{num_classes - 1}"
+        )
+
+
+def _crowd_overlap(
+    masks: torch.Tensor, labels: torch.Tensor, crowds: torch.Tensor, crowd_labels: torch.Tensor
+) -> torch.Tensor:
+    """Largest ``|pred & crowd| / |pred|`` over same-class crowd regions, (P,) float."""
+    if len(crowds) == 0 or len(masks) == 0:
+        return torch.zeros(len(masks))
+    pred = masks.flatten(1).float()
+    inter = pred @ crowds.flatten(1).float().T  # (P, K)
+    area = pred.sum(1, keepdim=True).clamp(min=1)
+    overlap = torch.where(labels[:, None] == crowd_labels[None, :], inter / area, 0.0)
+    return overlap.max(1).values

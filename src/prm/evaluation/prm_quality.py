@@ -1,0 +1,114 @@
+"""PRM quality: how much of a peak response map falls on one object (method.md §6).
+
+For a predicted instance of class c with peak response map R, the quality is
+
+    q(R) = max over ground-truth masks G of class c of  sum(R * G) / sum(R)
+
+(the fraction of the PRM's mass inside the best same-class object). A PRM is counted
+correct when q > ``threshold`` (0.5 in the paper: most of its mass on a single object).
+Only instances whose class has a (non-crowd) ground-truth object in the image are
+scored; the others measure classification errors, not PRM quality, and are counted as
+``skipped``. A PRM with no mass scores 0. With ``use_ignore_mask=True`` the target's
+``ignore_mask`` pixels are left out of both sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .base import Evaluator, target_size
+from .instance import _check_labels, _ground_truth
+
+__all__ = ["PRMQualityEvaluator", "prm_quality"]
+
+
+def prm_quality(
+    prms: torch.Tensor, labels: torch.Tensor, gt_masks: torch.Tensor, gt_labels: torch.Tensor
+) -> torch.Tensor:
+    """Fraction of each PRM's mass inside its best same-class ground-truth mask.
+
+    Args:
+        prms (Tensor[N, H, W], float): peak response maps (non-negative).
+        labels (Tensor[N], int64): class of each PRM's instance.
+        gt_masks (Tensor[G, H, W], bool): ground-truth instance masks.
+        gt_labels (Tensor[G], int64): their classes.
+
+    Returns:
+        Tensor[N] (float32) in [0, 1]; NaN for a PRM whose class has no ground truth.
+    """
+    n = len(prms)
+    if n == 0:
+        return torch.zeros(0)
+    mass = prms.flatten(1).float().clamp(min=0)  # (N, HW)
+    total = mass.sum(1, keepdim=True)
+    inside = mass @ gt_masks.flatten(1).float().T  # (N, G)
+    fraction = (inside / total.clamp(min=1e-30)).clamp(max=1.0)  # 0 for a PRM without mass
+    same = labels[:, None] == gt_labels[None, :]
+    fraction = torch.where(same, fraction, -1.0)
+    best = fraction.max(1).values if len(gt_masks) else torch.full((n,), -1.0)
+    return torch.where(best < 0, torch.nan, best)
+
+
+class PRMQualityEvaluator(Evaluator):
+    """Mean PRM quality and the fraction of PRMs above ``threshold``.
+
+    Reads target ``masks``, ``labels`` (``iscrowd``, ``ignore_mask``) and prediction
+    ``prms`` (float (N, H, W) at image size) and ``labels``.
+
+    Args:
+        classes: class names, index = label.
+        threshold: a PRM is correct when its quality exceeds it (paper: 0.5).
+        use_ignore_mask: leave the target's ``ignore_mask`` pixels out of both sums.
+
+    Summary keys: ``prm_quality/mean``, ``prm_quality/accuracy@<threshold>``,
+    ``prm_quality/count`` (PRMs scored), ``prm_quality/skipped`` (class not in the image).
+    """
+
+    name = "prm_quality"
+    target_keys = ("masks", "labels")
+    prediction_keys = ("prms", "labels")
+
+    def __init__(
+        self, classes: Sequence[str], threshold: float = 0.5, use_ignore_mask: bool = False
+    ):
+        self.threshold = float(threshold)
+        self.use_ignore_mask = use_ignore_mask
+        super().__init__(classes)
+
+    def reset(self) -> None:
+        self._quality: list[np.ndarray] = []  # per image: (N',) float32 of scored PRMs
+        self._skipped = 0
+
+    def process_image(self, target: Mapping, prediction: Mapping) -> None:
+        image = target.get("image_id", "?")
+        size = target_size(target)
+        gt_masks, gt_labels, crowd = _ground_truth(target, size, self.num_classes)
+        prms = torch.as_tensor(prediction["prms"]).detach().cpu()
+        labels = torch.as_tensor(prediction["labels"]).long().cpu()
+        if prms.dim() != 3 or tuple(prms.shape[1:]) != size or labels.shape != (len(prms),):
+            raise ValueError(
+                f"prediction of image {image} has prms of shape {tuple(prms.shape)} and labels "
+                f"of shape {tuple(labels.shape)}; expected (N, {size[0]}, {size[1]}) and (N,)"
+            )
+        _check_labels(labels, self.num_classes, f"prediction of image {image}")
+        if self.use_ignore_mask and "ignore_mask" in target:
+            prms = prms * (~target["ignore_mask"].bool().cpu())
+        quality = prm_quality(prms, labels, gt_masks[~crowd], gt_labels[~crowd]).numpy()
+        scored = ~np.isnan(quality)
+        self._quality.append(quality[scored])
+        self._skipped += int((~scored).sum())
+
+    def summarize(self) -> dict:
+        quality = np.concatenate(self._quality) if self._quality else np.zeros(0, np.float32)
+        scored = len(quality) > 0
+        return {
+            "prm_quality/mean": float(quality.mean()) if scored else None,
+            f"prm_quality/accuracy@{self.threshold:g}": (
+                float((quality > self.threshold).mean()) if scored else None
+            ),
+            "prm_quality/count": int(len(quality)),
+            "prm_quality/skipped": self._skipped,
+        }

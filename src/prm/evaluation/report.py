@@ -1,0 +1,139 @@
+"""Presenting metrics: a text table, a JSON file and precision-recall curve plots.
+
+Kept apart from the metric code: nothing here computes a number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["format_table", "plot_pr_curves", "write_report"]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
+    return f"{100 * value:.1f}"
+
+
+def format_table(metrics: Mapping, classes: Sequence[str] = ()) -> str:
+    """Metrics as text: the summary values, then one row per class.
+
+    Fractions are shown as percentages with one decimal, counts as integers, undefined
+    values as ``-``.
+
+    Args:
+        metrics: the flat dict of ``summarize()`` / :func:`prm.evaluation.evaluate`.
+        classes: class names; keys ending in ``/<class>`` go to the per-class table.
+
+    Returns:
+        The table, lines joined by newlines.
+    """
+    names = set(classes) | {"background"}
+    summary: list[tuple[str, object]] = []
+    columns: list[str] = []
+    per_class: dict[str, dict[str, object]] = {}
+    for key, value in metrics.items():
+        head, _, tail = key.rpartition("/")
+        if head and tail in names and "/" in head:
+            if head not in columns:
+                columns.append(head)
+            per_class.setdefault(tail, {})[head] = value
+        else:
+            summary.append((key, value))
+
+    width = max([len(k) for k, _ in summary] + [6])
+    lines = [f"{'metric':<{width}}  value (%)"]
+    lines += [f"{key:<{width}}  {_cell(value):>9}" for key, value in summary]
+    if columns:
+        rows = [c for c in ["background", *classes] if c in per_class]
+        name_width = max(len(r) for r in rows + ["class"])
+        widths = [max(len(c), 5) for c in columns]
+        lines += ["", "per class (%):"]
+        header = "  ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))
+        lines.append(f"{'class':<{name_width}}  {header}")
+        for row in rows:
+            cells = "  ".join(
+                f"{_cell(per_class[row].get(c)):>{w}}" for c, w in zip(columns, widths, strict=True)
+            )
+            lines.append(f"{row:<{name_width}}  {cells}")
+    return "\n".join(lines)
+
+
+def plot_pr_curves(
+    curves: Mapping[float, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    out_dir: str | os.PathLike,
+    prefix: str = "pr_curve",
+) -> list[Path]:
+    """One PNG per IoU threshold with the precision-recall curve of every class.
+
+    Args:
+        curves: ``{threshold: {class: (precision, recall)}}`` as
+            :meth:`InstanceSegmentationEvaluator.curves` returns.
+        out_dir: folder for the PNGs (created).
+        prefix: file names are ``<prefix>_iou<threshold>.png``.
+
+    Returns:
+        The paths written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for threshold, per_class in curves.items():
+        fig, ax = plt.subplots(figsize=(8, 6))
+        cmap = plt.get_cmap("tab20")
+        for k, (name, (precision, recall)) in enumerate(per_class.items()):
+            # Draw the monotone envelope, the curve AP is the area under.
+            envelope = np.maximum.accumulate(np.asarray(precision)[::-1])[::-1]
+            ax.step(
+                np.concatenate(([0.0], recall)),
+                np.concatenate(([envelope[0] if len(envelope) else 0.0], envelope)),
+                where="pre",
+                color=cmap(k % 20),
+                label=name,
+            )
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
+        ax.set_title(f"mask IoU >= {threshold:g}")
+        ax.grid(alpha=0.3)
+        if per_class:
+            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{prefix}_iou{threshold:g}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    metrics: Mapping,
+    curves: Mapping | None = None,
+) -> list[Path]:
+    """Write ``metrics.json`` (and PR curve PNGs when ``curves`` is given) to ``out_dir``.
+
+    Returns:
+        The paths written.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "metrics.json"
+    with open(path, "w") as f:
+        json.dump(dict(metrics), f, indent=2)
+        f.write("\n")
+    paths = [path]
+    if curves:
+        paths += plot_pr_curves(curves, out_dir)
+    return paths

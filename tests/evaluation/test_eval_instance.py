@@ -1,0 +1,300 @@
+"""mAP^r and ABO on examples worked out by hand, plus a cross-check against chainercv.
+
+The main example: classes cat, dog, bird, fish; 10 x 10 images, four of them.
+
+Image A  ground truth: cat1 = rows 0-4 x cols 0-4 (25 px), cat2 = rows 5-9 x cols 5-9,
+         dog1 = rows 0-4 x cols 5-9.
+         predictions: p1 cat 0.90 = cat1 exactly                  IoU(cat1) = 1
+                      p2 cat 0.80 = cat1 again (a duplicate)      IoU(cat1) = 1
+                      p3 cat 0.70 = rows 5-9 x cols 5-7 (15 px)   IoU(cat2) = 15/25 = 0.6
+                      p4 bird 0.95 = dog1's pixels (bird has no ground truth anywhere)
+Image B  ground truth: cat3 = rows 0-9 x cols 0-4 (50 px).
+         predictions: p5 cat 0.80 (ties with p2) = rows 0-9 x cols 0-3, IoU(cat3) = 40/50 = 0.8
+                      p6 cat 0.60 = rows 0-9 x cols 5-9           IoU(cat3) = 0
+Image C  empty: no ground truth, no prediction.
+Image D  no ground truth; pD cat 0.85 = rows 0-4 x cols 0-4 -> a false positive.
+
+cat has 3 ground-truth instances. Its ranked predictions (ties keep image order: p2 of A
+before p5 of B) and outcome at IoU 0.5:
+    0.90 p1 TP | 0.85 pD FP | 0.80 p2 FP (cat1 already taken; NOT passed on to cat2)
+    0.80 p5 TP | 0.70 p3 TP | 0.60 p6 FP
+  tp = 1 1 1 2 3 3, fp = 0 1 2 2 2 3
+  precision = 1, 1/2, 1/3, 1/2, 3/5, 1/2;  recall = 1/3, 1/3, 1/3, 2/3, 1, 1
+  envelope at recall 1/3 = 1, at 2/3 = 3/5, at 1 = 3/5
+  AP_0.5 = 1/3 * 1 + 1/3 * 3/5 + 1/3 * 3/5 = 11/15            (same at IoU 0.25)
+At IoU 0.7 and 0.75 p3 (IoU 0.6) is a false positive:
+  tp = 1 1 1 2 2 2, fp = 0 1 2 2 3 4, precision = 1, 1/2, 1/3, 1/2, 2/5, 1/3,
+  recall = 1/3, 1/3, 1/3, 2/3, 2/3, 2/3  ->  AP = 1/3 * 1 + 1/3 * 1/2 = 1/2
+dog: one ground truth, no prediction -> AP 0, counted.  bird: predictions, no ground
+truth -> not counted (None).  fish: nothing -> None.
+mAP^r_0.5 = (11/15 + 0) / 2 = 11/30;  mAP^r_0.75 = (1/2 + 0) / 2 = 1/4.
+
+ABO: best same-class IoU per ground truth: cat1 1.0, cat2 0.6, cat3 0.8, dog1 0 ->
+(1 + 0.6 + 0.8 + 0) / 4 = 0.6. Class-agnostic: dog1 is covered exactly by the bird p4 ->
+(1 + 0.6 + 0.8 + 1) / 4 = 0.85.
+"""
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+from prm.evaluation import InstanceSegmentationEvaluator, evaluate, voc_ap
+from prm.masks import encode_rle
+
+CLASSES = ["cat", "dog", "bird", "fish"]
+CAT, DOG, BIRD = 0, 1, 2
+SIZE = (10, 10)
+
+
+def target(rects, image_id, boxes, labels, **extra):
+    return {
+        "image_id": image_id,
+        "size": SIZE,
+        "masks": rects(SIZE, *boxes),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        **extra,
+    }
+
+
+def prediction(rects, boxes, labels, scores):
+    return {
+        "masks": rects(SIZE, *boxes),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+    }
+
+
+@pytest.fixture
+def four_images(rects):
+    a = (
+        target(rects, "A", [(0, 5, 0, 5), (5, 10, 5, 10), (0, 5, 5, 10)], [CAT, CAT, DOG]),
+        prediction(
+            rects,
+            [(0, 5, 0, 5), (0, 5, 0, 5), (5, 10, 5, 8), (0, 5, 5, 10)],
+            [CAT, CAT, CAT, BIRD],
+            [0.9, 0.8, 0.7, 0.95],
+        ),
+    )
+    b = (
+        target(rects, "B", [(0, 10, 0, 5)], [CAT]),
+        prediction(rects, [(0, 10, 0, 4), (0, 10, 5, 10)], [CAT, CAT], [0.8, 0.6]),
+    )
+    c = (target(rects, "C", [], []), prediction(rects, [], [], []))
+    d = (target(rects, "D", [], []), prediction(rects, [(0, 5, 0, 5)], [CAT], [0.85]))
+    return [a, b, c, d]
+
+
+def test_hand_worked_map_r(four_images):
+    evaluator = InstanceSegmentationEvaluator(CLASSES, class_agnostic_abo=True)
+    r = evaluate(evaluator, four_images)
+    assert r["instance/AP_r@0.25/cat"] == pytest.approx(11 / 15)
+    assert r["instance/AP_r@0.5/cat"] == pytest.approx(11 / 15)
+    assert r["instance/AP_r@0.7/cat"] == pytest.approx(1 / 2)
+    assert r["instance/AP_r@0.75/cat"] == pytest.approx(1 / 2)
+    assert r["instance/AP_r@0.5/dog"] == 0.0  # ground truth, no prediction: counted as 0
+    assert r["instance/AP_r@0.5/bird"] is None  # predictions, no ground truth: not counted
+    assert r["instance/AP_r@0.5/fish"] is None
+    assert r["instance/mAP_r@0.25"] == pytest.approx(11 / 30)
+    assert r["instance/mAP_r@0.5"] == pytest.approx(11 / 30)
+    assert r["instance/mAP_r@0.75"] == pytest.approx(1 / 4)
+    assert r["instance/ABO"] == pytest.approx(0.6)
+    assert r["instance/ABO/cat"] == pytest.approx(2.4 / 3)
+    assert r["instance/ABO/dog"] == 0.0
+    assert r["instance/ABO/bird"] is None
+    assert r["instance/ABO_class_agnostic"] == pytest.approx(0.85)
+    assert r["instance/num_images"] == 4
+    assert r["instance/num_instances"] == 4
+    assert r["instance/num_predictions"] == 7
+
+
+def test_ties_keep_processing_order(four_images):
+    # Processing B before A puts p5 (TP) before p2 (FP) among the 0.8 ties:
+    # TP FP TP FP TP FP, precision 1, 1/2, 2/3, 1/2, 3/5, 1/2, recall 1/3 .. 1
+    # envelope 1, 2/3, 3/5 -> AP = (1 + 2/3 + 3/5) / 3 = 34/45.
+    a, b, c, d = four_images
+    r = evaluate(InstanceSegmentationEvaluator(CLASSES), [b, a, c, d])
+    assert r["instance/AP_r@0.5/cat"] == pytest.approx(34 / 45)
+
+
+def test_voc07_eleven_point(four_images):
+    # Recall levels 0, .1, .2, .3 see precision 1; .4 .. 1.0 see 3/5: (4 + 7 * 3/5) / 11.
+    r = evaluate(InstanceSegmentationEvaluator(CLASSES, use_07_metric=True), four_images)
+    assert r["instance/AP_r@0.5/cat"] == pytest.approx((4 + 7 * 0.6) / 11)
+
+
+def test_results_do_not_depend_on_batching(four_images):
+    one_pass = evaluate(InstanceSegmentationEvaluator(CLASSES), four_images)
+    evaluator = InstanceSegmentationEvaluator(CLASSES)
+    targets, predictions = zip(*four_images, strict=True)
+    evaluator.process(list(targets[:3]), list(predictions[:3]))
+    evaluator.process(list(targets[3:]), list(predictions[3:]))
+    assert evaluator.summarize() == one_pass
+    evaluator.reset()
+    assert evaluator.summarize()["instance/num_images"] == 0
+
+
+def test_rle_predictions_give_the_same_numbers(four_images):
+    as_rle = [
+        (t, {"rles": encode_rle(p["masks"]), "labels": p["labels"], "scores": p["scores"]})
+        for t, p in four_images
+    ]
+    assert evaluate([InstanceSegmentationEvaluator(CLASSES)], as_rle) == evaluate(
+        [InstanceSegmentationEvaluator(CLASSES)], four_images
+    )
+
+
+def test_crowd_is_neither_counted_nor_a_false_positive(rects):
+    # cat ground truth: a (rows 0-4 x cols 0-4) and a crowd region (rows 5-9, all cols).
+    # q1 0.95 lies inside the crowd -> ignored; q2 0.9 = a -> TP. AP = 1 with recall 1/1.
+    # Counting the crowd as an object would give recall 1/2; counting q1 as FP, AP 1/2.
+    t = target(rects, "X", [(0, 5, 0, 5), (5, 10, 0, 10)], [CAT, CAT])
+    t["iscrowd"] = torch.tensor([False, True])
+    p = prediction(rects, [(6, 9, 2, 8), (0, 5, 0, 5)], [CAT, CAT], [0.95, 0.9])
+    r = evaluate(InstanceSegmentationEvaluator(CLASSES), [(t, p)])
+    assert r["instance/AP_r@0.5/cat"] == 1.0
+    assert r["instance/num_instances"] == 1
+    # Without the crowd flag the region is an ordinary object that q1 misses (IoU 18/50).
+    t["iscrowd"] = torch.tensor([False, False])
+    r = evaluate(InstanceSegmentationEvaluator(CLASSES), [(t, p)])
+    # FP then TP: precision 0, 1/2 at recall 0, 1/2 -> AP = 1/2 * 1/2
+    assert r["instance/AP_r@0.5/cat"] == pytest.approx(0.25)
+
+
+def test_ignore_mask_is_optional(rects):
+    # ground truth rows 0-4 x cols 0-4 (25 px), ignore band rows 5-6 x cols 0-4 (10 px);
+    # prediction rows 0-6 x cols 0-4 (35 px): IoU 25/35 = 0.71 as chainercv counts it,
+    # 25/25 = 1 without the ignored pixels.
+    t = target(rects, "X", [(0, 5, 0, 5)], [CAT])
+    t["ignore_mask"] = rects(SIZE, (5, 7, 0, 5))[0]
+    p = prediction(rects, [(0, 7, 0, 5)], [CAT], [0.5])
+    plain = evaluate(InstanceSegmentationEvaluator(CLASSES), [(t, p)])
+    ignoring = evaluate(InstanceSegmentationEvaluator(CLASSES, use_ignore_mask=True), [(t, p)])
+    assert plain["instance/AP_r@0.7/cat"] == 1.0 and plain["instance/AP_r@0.75/cat"] == 0.0
+    assert ignoring["instance/AP_r@0.75/cat"] == 1.0
+    assert plain["instance/ABO"] == pytest.approx(25 / 35)
+    assert ignoring["instance/ABO"] == pytest.approx(1.0)
+
+
+def test_no_ground_truth_at_all_gives_none(rects):
+    t = target(rects, "X", [], [])
+    r = evaluate(
+        InstanceSegmentationEvaluator(CLASSES), [(t, prediction(rects, [(0, 2, 0, 2)], [0], [1.0]))]
+    )
+    assert r["instance/mAP_r@0.5"] is None and r["instance/ABO"] is None
+
+
+def test_bad_input_is_named(rects):
+    evaluator = InstanceSegmentationEvaluator(CLASSES)
+    t = target(rects, "img7", [(0, 5, 0, 5)], [CAT])
+    with pytest.raises(ValueError, match="'scores'.*img7"):
+        evaluator.process([t], [{"masks": rects(SIZE, (0, 1, 0, 1)), "labels": torch.tensor([0])}])
+    with pytest.raises(ValueError, match="labels.*outside 0..3"):
+        evaluator.process([t], [prediction(rects, [(0, 1, 0, 1)], [7], [1.0])])
+    wrong_size = {"masks": torch.zeros(1, 4, 4, dtype=torch.bool), "labels": torch.tensor([0]),
+                  "scores": torch.tensor([1.0])}  # fmt: skip
+    with pytest.raises(ValueError, match=r"shape \(1, 4, 4\), expected \(N, 10, 10\)"):
+        evaluator.process([t], [wrong_size])
+    with pytest.raises(ValueError, match="2 targets and 1 predictions"):
+        evaluator.process([t, t], [prediction(rects, [], [], [])])
+    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
+        InstanceSegmentationEvaluator(CLASSES, iou_thresholds=(0.0, 0.5))
+
+
+# --- cross-check: a line-by-line port of chainercv's evaluator -----------------------------
+
+
+def chainercv_map(pred_masks, pred_labels, pred_scores, gt_masks, gt_labels, iou_thresh):
+    """chainercv.evaluations.eval_instance_segmentation_voc (v0.13), ported to numpy."""
+    n_pos, score, match = defaultdict(int), defaultdict(list), defaultdict(list)
+    for pm, pl, ps, gm, gl in zip(
+        pred_masks, pred_labels, pred_scores, gt_masks, gt_labels, strict=True
+    ):
+        for l in np.unique(np.concatenate((pl, gl)).astype(int)):
+            keep = pl == l
+            pm_l, ps_l = pm[keep], ps[keep]
+            order = ps_l.argsort()[::-1]
+            pm_l, ps_l = pm_l[order], ps_l[order]
+            gm_l = gm[gl == l]
+            n_pos[l] += len(gm_l)
+            score[l].extend(ps_l)
+            if len(pm_l) == 0:
+                continue
+            if len(gm_l) == 0:
+                match[l].extend((0,) * len(pm_l))
+                continue
+            a = pm_l.reshape(len(pm_l), -1).astype(np.float64)
+            b = gm_l.reshape(len(gm_l), -1).astype(np.float64)
+            inter = a @ b.T
+            iou = inter / (a.sum(1)[:, None] + b.sum(1)[None, :] - inter)
+            gt_index = iou.argmax(axis=1)
+            gt_index[iou.max(axis=1) < iou_thresh] = -1
+            selec = np.zeros(len(gm_l), dtype=bool)
+            for g in gt_index:
+                if g >= 0:
+                    match[l].append(0 if selec[g] else 1)
+                    selec[g] = True
+                else:
+                    match[l].append(0)
+    aps = {}
+    for l in n_pos:
+        s = np.array(score[l])
+        m = np.array(match[l], dtype=np.int8)[s.argsort()[::-1]]
+        tp, fp = np.cumsum(m == 1), np.cumsum(m == 0)
+        prec = tp / (fp + tp)
+        aps[l] = voc_ap(prec, tp / n_pos[l]) if n_pos[l] > 0 else None
+    return aps
+
+
+def random_scene(rng, size, num_gt, num_pred, num_classes):
+    """Random boxes as ground truth; predictions = shifted copies of some plus random boxes."""
+
+    def boxes(n):
+        masks = np.zeros((n, *size), dtype=bool)
+        for i in range(n):
+            r0, c0 = rng.integers(0, size[0] - 4), rng.integers(0, size[1] - 4)
+            masks[i, r0 : r0 + rng.integers(3, 14), c0 : c0 + rng.integers(3, 14)] = True
+        return masks
+
+    gm, gl = boxes(num_gt), rng.integers(0, num_classes, num_gt)
+    picked = rng.integers(0, num_gt, num_pred // 2) if num_gt else np.zeros(0, dtype=int)
+    copies = np.roll(gm[picked], rng.integers(-2, 3), axis=2)
+    pm = np.concatenate([copies, boxes(num_pred - len(copies))])
+    pl = np.concatenate([gl[picked], rng.integers(0, num_classes, num_pred - len(copies))])
+    return pm, pl, rng.permutation(len(pm)) + rng.random(), gm, gl
+
+
+def test_matches_chainercv_on_random_scenes():
+    rng = np.random.default_rng(0)
+    scenes = [
+        random_scene(rng, (24, 24), rng.integers(0, 6), rng.integers(0, 9), 3) for _ in range(40)
+    ]
+    # Distinct scores everywhere: chainercv's tie order depends on numpy's sort, ours is stable.
+    offset = 0.0
+    for s in scenes:
+        s[2][:] += offset
+        offset += 100.0
+    t = torch.from_numpy
+    pairs = [
+        (
+            {"image_id": i, "size": (24, 24), "masks": t(gm), "labels": t(gl)},
+            {"masks": t(pm), "labels": t(pl), "scores": t(ps).float()},
+        )
+        for i, (pm, pl, ps, gm, gl) in enumerate(scenes)
+    ]
+    ours = evaluate(
+        InstanceSegmentationEvaluator(["a", "b", "c"], iou_thresholds=(0.25, 0.5, 0.75)), pairs
+    )
+    checked = 0
+    for threshold in (0.25, 0.5, 0.75):
+        theirs = chainercv_map(*zip(*scenes, strict=True), iou_thresh=threshold)
+        for label, name in enumerate(["a", "b", "c"]):
+            expected = theirs.get(label)
+            got = ours[f"instance/AP_r@{threshold:g}/{name}"]
+            if expected is None:
+                assert got is None
+            else:
+                assert got == pytest.approx(expected, abs=1e-12)
+                checked += 1
+    assert checked == 9
