@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .ap import voc_ap
+
 __all__ = ["format_table", "plot_pr_curves", "write_report"]
 
 
@@ -53,11 +55,17 @@ def format_table(metrics: Mapping, classes: Sequence[str] = ()) -> str:
     lines = [f"{'metric':<{width}}  value (%)"]
     lines += [f"{key:<{width}}  {_cell(value):>9}" for key, value in summary]
     if columns:
-        rows = [c for c in ["background", *classes] if c in per_class]
-        name_width = max(len(r) for r in rows + ["class"])
-        widths = [max(len(c), 5) for c in columns]
+        # A class no metric says anything about (no ground truth, no prediction) is noise.
+        rows = [
+            c
+            for c in ["background", *classes]
+            if any(v is not None for v in per_class.get(c, {}).values())
+        ]
+        headers = [c.removeprefix("instance/") for c in columns]  # the main metric
+        name_width = max(len(r) for r in [*rows, "class"])
+        widths = [max(len(h), 5) for h in headers]
         lines += ["", "per class (%):"]
-        header = "  ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))
+        header = "  ".join(f"{h:>{w}}" for h, w in zip(headers, widths, strict=True))
         lines.append(f"{'class':<{name_width}}  {header}")
         for row in rows:
             cells = "  ".join(
@@ -102,10 +110,10 @@ def plot_pr_curves(
                 np.concatenate(([envelope[0] if len(envelope) else 0.0], envelope)),
                 where="pre",
                 color=cmap(k % 20),
-                label=name,
+                label=f"{name} ({100 * voc_ap(precision, recall):.1f})",
             )
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
-        ax.set_title(f"mask IoU >= {threshold:g}")
+        ax.set_title(f"mask IoU >= {threshold:g} (legend: class, AP %)")
         ax.grid(alpha=0.3)
         if per_class:
             ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)

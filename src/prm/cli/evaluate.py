@@ -1,0 +1,122 @@
+"""``prm evaluate``: score a COCO-format results file against a dataset's ground truth."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+
+EPILOG = """examples:
+  prm evaluate --dataset voc --root VOCdevkit/VOC2012 --split val --predictions results.json
+  prm evaluate --dataset coco --root coco --split val2017 --predictions results.json \\
+      --metrics coco instance --out eval/
+  prm evaluate --dataset shapes --split val --predictions results.json --use-07-metric
+
+The results file is a JSON list of {"image_id", "category_id", "segmentation" (compressed
+RLE), "score"} as `prm predict` writes it; any method's results in that format work.
+Metric definitions: docs/evaluation.md.
+"""
+
+
+# Kept literal (not imported) so that `prm --help` does not load torch; `run` validates.
+MASK_METRICS = ("instance", "coco", "semantic")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a results file (mAP^r, ABO, COCO AP, semantic mIoU)",
+        description="Score a COCO-format results file against a dataset's instance masks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--dataset", required=True, help="dataset reader: voc, coco, folder, shapes"
+    )
+    parser.add_argument("--root", help="dataset folder (see `prm.data.build_dataset`)")
+    parser.add_argument("--split", help="dataset split (default: the reader's)")
+    parser.add_argument("--predictions", required=True, help="results .json to score")
+    parser.add_argument("--out", help="folder for metrics.json, table.txt and PR-curve PNGs")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=list(MASK_METRICS),
+        metavar="NAME",
+        help="metrics to compute, of instance (mAP^r, ABO), coco (COCO AP), semantic (mIoU) "
+        "(default: all three); pointwise, classification and prm_quality need class scores, "
+        "peaks and PRMs, which only `prm predict --evaluate` has",
+    )
+    parser.add_argument(
+        "--iou-thresholds",
+        nargs="+",
+        type=float,
+        default=[0.25, 0.5, 0.7, 0.75],
+        metavar="T",
+        help="mask IoU thresholds of mAP^r (default: 0.25 0.5 0.7 0.75)",
+    )
+    parser.add_argument("--use-07-metric", action="store_true", help="11-point VOC07 AP for mAP^r")
+    parser.add_argument(
+        "--use-ignore-mask",
+        action="store_true",
+        help="leave VOC's 255 boundary pixels out of mask IoU (default: count them, as "
+        "chainercv and the published numbers do)",
+    )
+    parser.add_argument(
+        "--class-agnostic-abo", action="store_true", help="also report class-agnostic ABO"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from prm.data import build_dataset
+    from prm.evaluation import METRICS, load_results, prediction_masks, run_evaluation
+
+    unknown = [m for m in args.metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(MASK_METRICS)}")
+    not_in_file = [m for m in args.metrics if m not in MASK_METRICS]
+    if not_in_file:
+        raise ValueError(
+            f"metric(s) {not_in_file} need class scores, peaks or PRMs, which a results file "
+            f"does not hold; choose from {list(MASK_METRICS)} or run `prm predict --evaluate`"
+        )
+    # COCO drops images without objects by default; their false positives must count here.
+    extra = {"keep_empty": True} if args.dataset == "coco" else {}
+    dataset = build_dataset(args.dataset, args.root, args.split, **extra)
+    results = load_results(args.predictions, dataset)
+
+    def pairs() -> Iterator[tuple[dict, dict]]:
+        for index in range(len(dataset)):
+            item = dataset[index]
+            if item is None:  # a bad image the reader skipped (on_error="skip")
+                continue
+            target = item[1]
+            prediction = results[index]
+            try:  # decode here, so that a size mismatch names the results file
+                masks = prediction_masks(prediction, target["size"])
+            except ValueError as exc:
+                raise ValueError(f"{args.predictions}: {exc}") from exc
+            yield target, {**prediction, "masks": masks}
+
+    options = {}
+    if "instance" in args.metrics:
+        options["instance"] = {
+            "iou_thresholds": args.iou_thresholds,
+            "use_07_metric": args.use_07_metric,
+            "use_ignore_mask": args.use_ignore_mask,
+            "class_agnostic_abo": args.class_agnostic_abo,
+        }
+    print(f"{dataset!r}, {sum(len(r['scores']) for r in results)} predictions")
+    run_evaluation(
+        pairs(),
+        dataset.classes,
+        dataset.category_ids,
+        metrics=args.metrics,
+        out_dir=args.out,
+        progress=not args.quiet,
+        **options,
+    )
+    if args.out:
+        print(f"wrote metrics.json, table.txt and precision-recall curves to {args.out}")
+    return 0
