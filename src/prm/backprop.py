@@ -1,0 +1,359 @@
+"""Peak back-propagation: from each class peak to a Peak Response Map (method.md §4).
+
+For each kept peak ``(b, c, y, x)`` a unit gradient placed at that one CRM position is
+back-propagated to the input image, with every convolution's backward replaced by the
+paper's probabilistic top-down rule. For a convolution with input ``U``, weights ``W``
+and bias ``b`` the forward value is unchanged (``conv(U, W, b)``), and with
+``m = min(U)`` (a constant), ``U' = U - m``, ``W+ = max(W, 0)``, ``Z = conv(U', W+)``::
+
+    grad_U = U' * conv_transpose(grad_out / Z, W+)        (ratio := 0 where Z < 1e-10)
+
+so each output cell's probability is shared among its inputs in proportion to
+``(input - min) x positive weight``. Every other layer keeps its ordinary gradient
+(BatchNorm in eval mode is the affine scale, ReLU masks, max-pool routes, residual
+additions and bilinear upsampling pass gradients as usual).
+
+The rule is applied by :func:`peak_backprop_rule`, a context manager built on
+``torch.overrides.TorchFunctionMode``: it intercepts ``conv2d`` calls made *inside the
+block* and changes neither any class, nor any module, nor any hook, so the model is
+untouched afterwards (also when the block raises). Gradients are taken with respect to
+the input only, and the peaks of one image are back-propagated ``chunk_size`` at a time
+with ``torch.func.vmap`` over one forward pass.
+
+Differences from the authors' code, on purpose: ``m`` is the minimum over each image's
+own activations (the authors ran one image per batch, so this equals their rule and keeps
+images of a batch independent); the authors patch ``nn.Conv2d.forward`` globally and loop
+over peaks one at a time with batch size 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["peak_backprop_rule", "peak_response_maps", "select_peaks", "normalize_prms"]
+
+_EPS = 1e-10
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class _ProbConv2d(torch.autograd.Function):
+    """conv2d whose backward is the PRM rule; gradients reach the input only."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, weight, bias, stride, padding, dilation, groups):
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, _, stride, padding, dilation, groups = inputs
+        with torch.no_grad():
+            # m = min(U) per image (see the module docstring), U' = U - m >= 0.
+            shifted = input - input.amin(dim=(1, 2, 3), keepdim=True)
+            positive = weight.clamp(min=0)
+            z = F.conv2d(shifted, positive, None, stride, padding, dilation, groups)
+            inv_z = torch.where(z < _EPS, torch.zeros_like(z), 1.0 / (z.abs() + _EPS))
+        ctx.save_for_backward(shifted, positive, inv_z)
+        stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+        # conv_transpose needs output_padding to recover the input size exactly.
+        output_padding = tuple(
+            size_in - ((size_out - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size_in, size_out, k, s, p, d in zip(
+                input.shape[2:], output.shape[2:], weight.shape[2:], stride, padding, dilation
+            )
+        )
+        ctx.conv = (stride, padding, output_padding, groups, dilation)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        shifted, positive, inv_z = ctx.saved_tensors
+        stride, padding, output_padding, groups, dilation = ctx.conv
+        spread = F.conv_transpose2d(
+            grad_output * inv_z, positive, None, stride, padding, output_padding, groups, dilation
+        )
+        return shifted * spread, None, None, None, None, None, None
+
+
+class _EvalBatchNorm(torch.autograd.Function):
+    """Eval-mode batch norm with an explicit affine backward.
+
+    The value is ``F.batch_norm``'s own; the backward ``grad * weight / sqrt(var + eps)``
+    is what autograd would compute, written out so that ``vmap`` batches it instead of
+    falling back to a per-peak loop.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, running_mean, running_var, weight, bias, eps):
+        return F.batch_norm(input, running_mean, running_var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, _, running_var, weight, _, eps = inputs
+        with torch.no_grad():
+            scale = torch.rsqrt(running_var + eps)
+            if weight is not None:
+                scale = scale * weight
+        ctx.save_for_backward(scale.view(1, -1, *([1] * (input.dim() - 2))))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (scale,) = ctx.saved_tensors
+        return grad_output * scale, None, None, None, None, None
+
+
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+_BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+_BN_DEFAULTS = {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5}
+
+
+def _bind(names, defaults, args, kwargs) -> dict[str, Any]:
+    bound = dict(defaults)
+    bound.update(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+def _numeric_padding(padding: Any, weight: torch.Tensor, dilation: Any) -> Any:
+    if padding == "valid":
+        return 0
+    if padding == "same":
+        pads = [d * (k - 1) for k, d in zip(weight.shape[2:], _pair(dilation))]
+        if any(p % 2 for p in pads):
+            raise ValueError("peak back-propagation needs symmetric padding ('same', even kernel)")
+        return tuple(p // 2 for p in pads)
+    return padding
+
+
+class _PeakBackpropMode(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.conv2d or func is torch.conv2d:
+            a = _bind(_CONV_ARGS, _CONV_DEFAULTS, args, kwargs)
+            x = a["input"]
+            if x.dim() != 4:
+                raise ValueError("peak back-propagation needs batched (B, C, H, W) conv inputs")
+            bias = a["bias"].detach() if a["bias"] is not None else None
+            return _ProbConv2d.apply(
+                x,
+                a["weight"].detach(),
+                bias,
+                a["stride"],
+                _numeric_padding(a["padding"], a["weight"], a["dilation"]),
+                a["dilation"],
+                a["groups"],
+            )
+        if func is F.batch_norm:
+            a = _bind(_BN_ARGS, _BN_DEFAULTS, args, kwargs)
+            if not a["training"] and a["running_mean"] is not None:
+                detach = lambda t: t.detach() if t is not None else None  # noqa: E731
+                return _EvalBatchNorm.apply(
+                    a["input"],
+                    a["running_mean"],
+                    a["running_var"],
+                    detach(a["weight"]),
+                    detach(a["bias"]),
+                    a["eps"],
+                )
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def peak_backprop_rule() -> Iterator[None]:
+    """Context manager: inside it, every ``conv2d`` back-propagates by the PRM rule.
+
+    Only calls made inside the ``with`` block are affected, on this thread; no class,
+    module or hook is modified, so nothing needs undoing when the block raises. The
+    forward values are unchanged; parameters receive no gradient from these convolutions.
+
+    Example::
+
+        x = images.requires_grad_()
+        with peak_backprop_rule():
+            crm = model.class_response_maps(x)
+        crm[0, c, y, x0].backward()        # x.grad is the (unnormalised) peak response
+    """
+    with _PeakBackpropMode():
+        yield
+
+
+def normalize_prms(grad: torch.Tensor) -> torch.Tensor:
+    """Input gradients to peak response maps.
+
+    Sum over the colour channels, clamp at 0, divide by the sum; an all-zero map stays
+    all zero (never NaN).
+
+    Args:
+        grad (Tensor[K, 3, H, W]): input gradients, one per peak.
+
+    Returns:
+        Tensor[K, H, W]: non-negative maps that each sum to 1 (or are all zero).
+    """
+    prm = grad.sum(1).clamp(min=0)
+    total = prm.flatten(1).sum(1)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    return prm / safe[:, None, None]
+
+
+def select_peaks(
+    crm: torch.Tensor,
+    peaks: torch.Tensor,
+    class_scores: torch.Tensor,
+    class_threshold: float = 0.0,
+    peak_threshold: float | None = None,
+    peak_threshold_mode: Literal["absolute", "relative"] = "absolute",
+) -> torch.Tensor:
+    """Which peaks to back-propagate (method.md §4).
+
+    A peak ``(b, c, y, x)`` is kept when its class score ``s(b, c) >= class_threshold``
+    and, with ``peak_threshold`` given,
+
+    - ``"absolute"`` (the authors'): its CRM value ``> peak_threshold`` (the authors use
+      30 in logit units, which depends on the trained model);
+    - ``"relative"``: its CRM value ``>= min + t * (max - min)`` of that (image, class)
+      map, ``t = peak_threshold`` in ``[0, 1]``; independent of the logit scale, and the
+      strongest peak of a map always passes.
+
+    Args:
+        crm (Tensor[B, C, h, w]): class response maps.
+        peaks (Tensor[K, 4]): ``(b, c, y, x)`` rows.
+        class_scores (Tensor[B, C]): class scores.
+        class_threshold: minimum class score.
+        peak_threshold: see above; ``None`` keeps every peak of a class that passes.
+        peak_threshold_mode: ``"absolute"`` or ``"relative"``.
+
+    Returns:
+        Tensor[K] (bool): the peaks to keep.
+    """
+    b, c, y, x = peaks.unbind(1)
+    keep = class_scores[b, c] >= class_threshold
+    if peak_threshold is None:
+        return keep
+    values = crm[b, c, y, x]
+    if peak_threshold_mode == "absolute":
+        return keep & (values > peak_threshold)
+    if peak_threshold_mode == "relative":
+        if not 0.0 <= peak_threshold <= 1.0:
+            raise ValueError(f"a relative peak_threshold must lie in [0, 1], got {peak_threshold}")
+        flat = crm.flatten(2)
+        low, high = flat.amin(2)[b, c], flat.amax(2)[b, c]
+        return keep & (values >= low + peak_threshold * (high - low))
+    raise ValueError(
+        f"peak_threshold_mode must be 'absolute' or 'relative', got {peak_threshold_mode!r}"
+    )
+
+
+def _default_chunk_size(device: torch.device) -> int:
+    # Measured (benchmarks/backprop.py): on a CPU batching peaks brings no speed-up over
+    # one peak at a time and costs memory; on a GPU it fills the device.
+    return 1 if device.type == "cpu" else 16
+
+
+def peak_response_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    class_threshold: float = 0.0,
+    peak_threshold: float | None = None,
+    peak_threshold_mode: Literal["absolute", "relative"] = "absolute",
+    chunk_size: int | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """Peak response maps of every kept peak of every image.
+
+    Each image gets one forward pass under :func:`peak_backprop_rule`; its kept peaks
+    are back-propagated ``chunk_size`` at a time (batched with ``torch.func.vmap``), with
+    respect to the input only. The model must be in eval mode (BatchNorm as an affine
+    map) and is left exactly as it was.
+
+    Args:
+        model: a :class:`~prm.model.PeakResponseNet` (anything with
+            ``class_response_maps``, ``aggregate`` and ``find_peaks`` works).
+        images (Tensor[B, 3, H, W]): normalised float images.
+        class_threshold: keep peaks of classes whose score is ``>=`` this (0 by default).
+        peak_threshold: see :func:`select_peaks` (``None``: no peak threshold).
+        peak_threshold_mode: ``"absolute"`` (the authors') or ``"relative"``.
+        chunk_size: peaks back-propagated at once (bounds memory to about ``chunk_size``
+            times one backward pass). ``None``: 1 on CPU, 16 on GPU.
+
+    Returns:
+        One dict per image:
+
+        - ``"peaks"`` (Tensor[K, 3], int64): ``(c, y, x)`` of each kept peak in CRM cells;
+        - ``"labels"`` (Tensor[K], int64): the peak's class ``c``;
+        - ``"peak_values"`` (Tensor[K]): the CRM value at the peak;
+        - ``"prms"`` (Tensor[K, H, W]): peak response maps at the input resolution, each
+          non-negative and summing to 1 (all zero if the rule gives no positive mass);
+        - ``"class_scores"`` (Tensor[C]): class scores of the image;
+        - ``"crm"`` (Tensor[C, h, w]): its class response maps.
+
+        An image with no peak above the thresholds gets ``K = 0`` (empty tensors), not
+        an error.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point (normalised), got {images.dtype}")
+    if torch.isnan(images).any():
+        raise ValueError("images contain NaN")
+    if model.training:
+        raise ValueError("peak back-propagation needs the model in eval mode: call model.eval()")
+    if chunk_size is None:
+        chunk_size = _default_chunk_size(images.device)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with peak_backprop_rule():
+            return model.class_response_maps(x)
+
+    results = []
+    for image in images.detach():
+        with torch.enable_grad():
+            crm, vjp = torch.func.vjp(forward, image[None])
+        crm = crm.detach()
+        with torch.no_grad():
+            scores = model.aggregate(crm)
+            peaks = model.find_peaks(crm)
+            keep = select_peaks(
+                crm, peaks, scores, class_threshold, peak_threshold, peak_threshold_mode
+            )
+        peaks = peaks[keep]
+        prms = []
+        for start in range(0, len(peaks), chunk_size):
+            chunk = peaks[start : start + chunk_size]
+            # One-hot cotangents at each peak: (k, 1, C, h, w).
+            onehot = torch.zeros((len(chunk), *crm.shape), dtype=crm.dtype, device=crm.device)
+            onehot[torch.arange(len(chunk)), 0, chunk[:, 1], chunk[:, 2], chunk[:, 3]] = 1
+            if len(chunk) == 1:
+                (grad,) = vjp(onehot[0])
+            else:
+                (grad,) = torch.func.vmap(vjp)(onehot)
+                grad = grad[:, 0]
+            prms.append(normalize_prms(grad))
+        height, width = image.shape[1:]
+        results.append(
+            {
+                "peaks": peaks[:, 1:],
+                "labels": peaks[:, 1],
+                "peak_values": crm[0, peaks[:, 1], peaks[:, 2], peaks[:, 3]],
+                "prms": torch.cat(prms) if prms else crm.new_zeros((0, height, width)),
+                "class_scores": scores[0],
+                "crm": crm[0],
+            }
+        )
+        del vjp  # free this image's graph before the next forward
+    return results

@@ -1,0 +1,356 @@
+"""The network: a fully convolutional classifier with peak stimulation (method.md §1-2).
+
+``PeakResponseNet`` = backbone (an ImageNet classifier cut before global pooling) + a 1x1
+convolution to ``C`` class response maps (CRMs) + optional sub-pixel upsampling + peak
+stimulation (or global average pooling, the CAM-style ablation).
+
+Backbones: ``resnet18/34/50/101`` (the paper's ResNet-50: conv1 ... layer4, stride 32),
+``vgg16`` / ``vgg16_bn`` (the paper's VGG-16: the ``features`` block, stride 32) and
+``small``, a 6-layer CNN (stride 8) that trains from scratch on a CPU in minutes for the
+demo and tests. ImageNet weights come from torchvision's weights API (cached under
+``$TORCH_HOME``) or from a local ``.pth`` file; nothing is downloaded unless asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from prm.peaks import PeakFilter, find_peaks, peak_stimulation
+
+__all__ = [
+    "BACKBONES",
+    "PeakResponseNet",
+    "SmallBackbone",
+    "build_backbone",
+    "build_model",
+]
+
+_RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+_VGGS = {"vgg16": 512, "vgg16_bn": 512}
+#: Backbone names accepted by :func:`build_backbone` and :func:`build_model`.
+BACKBONES = (*_RESNETS, *_VGGS, "small")
+
+
+class ResNetFeatures(nn.Module):
+    """A torchvision ResNet without ``avgpool`` and ``fc`` (stride 32, no dilation).
+
+    Submodule names match torchvision's, so a torchvision state dict loads directly.
+    """
+
+    def __init__(self, resnet: torchvision.models.ResNet):
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = (
+            resnet.conv1,
+            resnet.bn1,
+            resnet.relu,
+            resnet.maxpool,
+        )
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            resnet.layer1,
+            resnet.layer2,
+            resnet.layer3,
+            resnet.layer4,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class VGGFeatures(nn.Module):
+    """A torchvision VGG's ``features`` block (13 convolutions, 5 max-pools, stride 32)."""
+
+    def __init__(self, vgg: torchvision.models.VGG):
+        super().__init__()
+        self.features = vgg.features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class SmallBackbone(nn.Module):
+    """A small VGG-style CNN (stride 8) that trains from scratch on 2 CPU cores in minutes.
+
+    ``conv(s2)`` then three stages of ``conv-BN-ReLU`` pairs separated by 2x2 max-pools.
+    With the default widths it has about 0.3 M parameters.
+
+    Args:
+        widths: channels of the four stages.
+    """
+
+    def __init__(self, widths: Sequence[int] = (24, 48, 96, 128)):
+        super().__init__()
+
+        def conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+            return [
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
+
+        w0, w1, w2, w3 = widths
+        self.features = nn.Sequential(
+            *conv(3, w0, stride=2),
+            *conv(w0, w1),
+            nn.MaxPool2d(2),
+            *conv(w1, w2),
+            *conv(w2, w2),
+            nn.MaxPool2d(2),
+            *conv(w2, w3),
+            *conv(w3, w3),
+        )
+        self.out_channels = w3
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def _resolve_weights(name: str, weights: Any) -> tuple[Any, Path | None]:
+    """Split ``weights`` into (torchvision weights enum or None, local file or None)."""
+    if weights is None:
+        return None, None
+    if isinstance(weights, torchvision.models.WeightsEnum):
+        return weights, None
+    if isinstance(weights, (str, os.PathLike)):
+        text = str(weights)
+        if name != "small" and os.path.sep not in text and not text.endswith((".pth", ".pt")):
+            enum = torchvision.models.get_model_weights(name)
+            if text == "DEFAULT":
+                return enum.DEFAULT, None
+            if text in enum.__members__:
+                return enum[text], None
+            if "." in text and text.split(".")[-1] in enum.__members__:
+                return enum[text.split(".")[-1]], None
+            raise ValueError(
+                f"unknown weights {text!r} for {name}: use one of "
+                f"{['DEFAULT', *enum.__members__]} or a path to a .pth file"
+            )
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} does not exist")
+        return None, path
+    raise ValueError(
+        f"weights must be None, a torchvision weights enum, a name or a path, got {weights!r}"
+    )
+
+
+def _load_local_weights(features: nn.Module, path: Path) -> None:
+    """Load a torchvision classification state dict (or a backbone-only one) from a file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, ...
+        raise ValueError(f"cannot read weights file {path}: {exc}") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} does not hold a state dict")
+    # Drop the ImageNet head (fc / classifier) and a possible "backbone." prefix.
+    cleaned = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.").removeprefix("backbone.")
+        if key.startswith(("fc.", "classifier.")):
+            continue
+        cleaned[key] = value
+    expected = features.state_dict()
+    missing = sorted(set(expected) - set(cleaned))
+    unexpected = sorted(set(cleaned) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"weights file {path} does not match the backbone: "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+        )
+    for key, value in cleaned.items():
+        if value.shape != expected[key].shape:
+            raise ValueError(
+                f"weights file {path}: {key} has shape {tuple(value.shape)}, "
+                f"the backbone expects {tuple(expected[key].shape)}"
+            )
+    features.load_state_dict(cleaned)
+
+
+def build_backbone(name: str, weights: Any = None, progress: bool = True) -> nn.Module:
+    """A classification backbone cut before global pooling.
+
+    Args:
+        name: one of :data:`BACKBONES`.
+        weights: ``None`` (random initialisation); a torchvision weights enum or its name
+            (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V2"``),
+            fetched through torchvision's cache (``$TORCH_HOME/hub/checkpoints``); or the
+            path of a local ``.pth`` state dict of the torchvision model (its ``fc`` /
+            ``classifier`` head is ignored), loaded with ``weights_only=True``.
+        progress: show torchvision's download progress bar.
+
+    Returns:
+        An ``nn.Module`` mapping ``(B, 3, H, W)`` to ``(B, D, H / s, W / s)`` with an
+        ``out_channels`` attribute ``D`` and stride ``s`` (32 for ResNet/VGG, 8 for small).
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose from {list(BACKBONES)}")
+    enum, path = _resolve_weights(name, weights)
+    if name == "small":
+        if enum is not None:
+            raise ValueError("the 'small' backbone has no torchvision weights")
+        features: nn.Module = SmallBackbone()
+    else:
+        full = torchvision.models.get_model(name, weights=enum, progress=progress)
+        if name in _RESNETS:
+            features = ResNetFeatures(full)
+            features.out_channels = _RESNETS[name]
+        else:
+            features = VGGFeatures(full)
+            features.out_channels = _VGGS[name]
+    if path is not None:
+        _load_local_weights(features, path)
+    return features
+
+
+class PeakResponseNet(nn.Module):
+    """A fully convolutional classifier whose class scores come from peak stimulation.
+
+    ``forward(x)`` returns class scores ``(B, C)`` (train and eval mode alike);
+    :meth:`class_response_maps` returns the maps ``(B, C, h, w)`` they come from.
+
+    Args:
+        backbone: module mapping ``(B, 3, H, W)`` to ``(B, D, h, w)``.
+        num_classes: ``C``.
+        in_channels: ``D`` (defaults to ``backbone.out_channels``).
+        sub_pixel_factor: integer factor of bilinear (``align_corners=True``) upsampling
+            of the CRMs before peak finding (the authors train with 8 and run their demo
+            with 1; it has no weights, so it may be changed after training).
+        peak_stimulation: score by the mean of peaks (True) or by global average pooling
+            (False: the paper's CAM-style ablation baseline).
+        win_size: odd peak window (3).
+        peak_filter: ``"median"`` (default), ``"mean"``, ``"max"``, a float or ``None``.
+        gradient: ``"paper"`` (exact gradient of the mean) or ``"authors"`` (without 1/N).
+        class_names: optional names of the ``C`` classes, kept with checkpoints.
+        backbone_name: optional name of the backbone, kept with checkpoints.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        in_channels: int | None = None,
+        *,
+        sub_pixel_factor: int = 1,
+        peak_stimulation: bool = True,
+        win_size: int = 3,
+        peak_filter: PeakFilter = "median",
+        gradient: Literal["paper", "authors"] = "paper",
+        class_names: Sequence[str] | None = None,
+        backbone_name: str | None = None,
+    ):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if not isinstance(sub_pixel_factor, int) or sub_pixel_factor < 1:
+            raise ValueError(f"sub_pixel_factor must be an integer >= 1, got {sub_pixel_factor!r}")
+        if not isinstance(win_size, int) or win_size < 1 or win_size % 2 == 0:
+            raise ValueError(f"win_size must be a positive odd integer, got {win_size!r}")
+        if gradient not in ("paper", "authors"):
+            raise ValueError(f"gradient must be 'paper' or 'authors', got {gradient!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        in_channels = in_channels if in_channels is not None else backbone.out_channels
+        self.backbone = backbone
+        self.classifier = nn.Conv2d(in_channels, num_classes, kernel_size=1, bias=True)
+        self.num_classes = num_classes
+        self.sub_pixel_factor = sub_pixel_factor
+        self.peak_stimulation = peak_stimulation
+        self.win_size = win_size
+        self.peak_filter = peak_filter
+        self.gradient = gradient
+        self.class_names = list(class_names) if class_names is not None else None
+        self.backbone_name = backbone_name
+
+    def class_response_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """Class response maps (after sub-pixel upsampling when enabled).
+
+        Args:
+            images (Tensor[B, 3, H, W]): normalised images.
+
+        Returns:
+            Tensor[B, C, h * f, w * f]: CRMs, ``h = H / stride``, ``f = sub_pixel_factor``.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+        crm = self.classifier(self.backbone(images))
+        if self.sub_pixel_factor > 1:
+            crm = F.interpolate(
+                crm, scale_factor=self.sub_pixel_factor, mode="bilinear", align_corners=True
+            )
+        return crm
+
+    def aggregate(self, crm: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(B, C)`` from CRMs ``(B, C, h, w)``: peak stimulation or GAP."""
+        if self.peak_stimulation:
+            return peak_stimulation(crm, self.win_size, self.peak_filter, self.gradient)
+        return crm.mean(dim=(2, 3))
+
+    def find_peaks(self, crm: torch.Tensor) -> torch.Tensor:
+        """Peaks ``(K, 4)`` rows ``(b, c, y, x)`` of CRMs with this model's window/filter."""
+        return find_peaks(crm, self.win_size, self.peak_filter)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores (logits).
+
+        Args:
+            images (Tensor[B, 3, H, W]): normalised images.
+
+        Returns:
+            Tensor[B, C]: class scores, for a multi-label soft-margin loss.
+        """
+        return self.aggregate(self.class_response_maps(images))
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that define this model (stored in checkpoints)."""
+        return {
+            "backbone": self.backbone_name,
+            "num_classes": self.num_classes,
+            "in_channels": self.classifier.in_channels,
+            "sub_pixel_factor": self.sub_pixel_factor,
+            "peak_stimulation": self.peak_stimulation,
+            "win_size": self.win_size,
+            "peak_filter": self.peak_filter,
+            "gradient": self.gradient,
+            "class_names": self.class_names,
+        }
+
+
+def build_model(
+    backbone: str = "resnet50",
+    num_classes: int = 20,
+    *,
+    weights: Any = None,
+    class_names: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> PeakResponseNet:
+    """Build a :class:`PeakResponseNet` on a named backbone.
+
+    Args:
+        backbone: one of :data:`BACKBONES` (``"resnet50"`` as in the paper).
+        num_classes: number of classes ``C``.
+        weights: backbone weights, see :func:`build_backbone`.
+        class_names: optional class names.
+        **kwargs: passed to :class:`PeakResponseNet` (``sub_pixel_factor``,
+            ``peak_stimulation``, ``win_size``, ``peak_filter``, ``gradient``).
+
+    Returns:
+        The model (in train mode).
+    """
+    features = build_backbone(backbone, weights)
+    return PeakResponseNet(
+        features, num_classes, class_names=class_names, backbone_name=backbone, **kwargs
+    )

@@ -1,0 +1,269 @@
+"""One-call inference: images (+ proposals) -> scored instance masks at full resolution.
+
+    predictor = Predictor(model, input_size=448)
+    instances = predictor(images, proposals)     # one dict per image
+
+Each image is resized to the network's input size and normalised, its peak response maps
+are computed (:func:`prm.backprop.peak_response_maps`), and one proposal per peak is
+retrieved (:func:`prm.retrieval.retrieve_instances`) at the network resolution, as the
+authors do. Masks, boxes, peaks and PRMs come back at the image's own resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from prm.backprop import peak_response_maps
+from prm.masks import masks_to_boxes
+from prm.retrieval import RetrievalConfig, retrieve_instances
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Predictor", "crm_to_image_coords", "to_image_tensor"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+ScoreType = Literal["peak", "retrieval", "class"]
+ProposalFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def to_image_tensor(image: torch.Tensor | Image.Image | np.ndarray) -> torch.Tensor:
+    """An RGB image as a float tensor ``(3, H, W)`` in ``[0, 1]``.
+
+    Accepts a PIL image (converted to RGB), a uint8 ``(3, H, W)`` tensor, a float
+    ``(3, H, W)`` tensor in ``[0, 1]``, or a uint8 ``(H, W, 3)`` numpy array.
+    """
+    if isinstance(image, Image.Image):
+        image = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+    elif isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"a numpy image must be (H, W, 3), got shape {image.shape}")
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"unsupported image type {type(image).__name__}")
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"an image must be (3, H, W), got shape {tuple(image.shape)}")
+    if image.dtype == torch.uint8:
+        return image.float() / 255.0
+    if not image.is_floating_point():
+        raise ValueError(f"an image must be uint8 or float, got {image.dtype}")
+    if torch.isnan(image).any():
+        raise ValueError("image contains NaN")
+    return image.float()
+
+
+def crm_to_image_coords(
+    yx: torch.Tensor,
+    crm_size: tuple[int, int],
+    sub_pixel_factor: int,
+    image_size: tuple[int, int],
+) -> torch.Tensor:
+    """Map CRM cells to image pixel coordinates.
+
+    A cell ``i`` of the base CRM (before sub-pixel upsampling, ``h`` cells) covers the image
+    rows ``[i, i + 1) * H / h``, so its centre is ``(i + 0.5) * H / h``. Sub-pixel cells are
+    first mapped back to base-cell coordinates through the ``align_corners=True`` grid.
+
+    Args:
+        yx (Tensor[K, 2]): ``(y, x)`` CRM cells (after sub-pixel upsampling).
+        crm_size: ``(hc, wc)`` size of the (upsampled) CRM.
+        sub_pixel_factor: ``f``; the base CRM is ``(hc / f, wc / f)``.
+        image_size: ``(H, W)``.
+
+    Returns:
+        Tensor[K, 2] (float32): ``(x, y)`` in image pixels.
+    """
+    out = torch.zeros((yx.shape[0], 2), dtype=torch.float32)
+    for axis, (size_c, size_img) in enumerate(zip(crm_size, image_size)):
+        base = size_c // sub_pixel_factor
+        pos = yx[:, axis].float().cpu()
+        if size_c > 1 and sub_pixel_factor > 1:
+            pos = pos * (base - 1) / (size_c - 1)
+        out[:, 1 - axis] = (pos + 0.5) * size_img / base
+    return out
+
+
+class Predictor:
+    """Weakly supervised instance segmentation with a trained :class:`PeakResponseNet`.
+
+    Args:
+        model: the trained network (put in eval mode; not otherwise modified).
+        input_size: network input size, an int (square, as the authors' 448) or
+            ``(h, w)``; ``None`` feeds each image at its own size.
+        mean, std: normalisation (ImageNet's by default).
+        class_threshold: minimum class score for a class's peaks to be used (0).
+        peak_threshold: peak threshold (see :func:`prm.backprop.select_peaks`); ``None``
+            keeps every peak that passes the model's peak filter.
+        peak_threshold_mode: ``"absolute"`` (logits, the authors') or ``"relative"``.
+        retrieval: :class:`~prm.retrieval.RetrievalConfig` (the authors' values).
+        proposal_fn: called with a ``(3, H, W)`` uint8 image when no proposals are given
+            for it; returns ``(P, H, W)`` bool proposals.
+        score: the instance score reported in ``"scores"`` and used to rank instances
+            across images (for mAP): ``"peak"`` (the CRM value at the instance's peak:
+            the network's confidence that an object of that class is there; default),
+            ``"retrieval"`` (the proposal score, the authors' ranking within one image,
+            which measures how much of the PRM the mask explains rather than how sure the
+            network is) or ``"class"`` (the image-level class score). All three are also
+            returned under their own keys.
+        chunk_size: peaks back-propagated at once (see :func:`peak_response_maps`).
+        keep_prms: return the per-instance PRMs (``(N, H, W)`` floats per image).
+        device: where to run (the model's device by default).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        input_size: int | tuple[int, int] | None = 448,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        class_threshold: float = 0.0,
+        peak_threshold: float | None = None,
+        peak_threshold_mode: Literal["absolute", "relative"] = "absolute",
+        retrieval: RetrievalConfig | None = None,
+        proposal_fn: ProposalFn | None = None,
+        score: ScoreType = "peak",
+        chunk_size: int | None = None,
+        keep_prms: bool = True,
+        device: torch.device | str | None = None,
+    ):
+        if score not in ("peak", "retrieval", "class"):
+            raise ValueError(f"score must be 'peak', 'retrieval' or 'class', got {score!r}")
+        if isinstance(input_size, int):
+            input_size = (input_size, input_size)
+        self.model = model.eval()
+        self.input_size = input_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.class_threshold = class_threshold
+        self.peak_threshold = peak_threshold
+        self.peak_threshold_mode = peak_threshold_mode
+        self.retrieval = retrieval or RetrievalConfig()
+        self.retrieval.validate(getattr(model, "num_classes", None))
+        self.proposal_fn = proposal_fn
+        self.score = score
+        self.chunk_size = chunk_size
+        self.keep_prms = keep_prms
+        self.device = torch.device(device) if device is not None else _model_device(model)
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """A ``(3, H, W)`` float image in [0, 1] -> the normalised network input ``(3, h, w)``."""
+        if self.input_size is not None and tuple(image.shape[1:]) != self.input_size:
+            image = F.interpolate(
+                image[None], size=self.input_size, mode="bilinear", antialias=True
+            )[0]
+        return (image - self.mean) / self.std
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images: Sequence[torch.Tensor | Image.Image | np.ndarray] | torch.Tensor,
+        proposals: Sequence[torch.Tensor | None] | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Instances of each image.
+
+        Args:
+            images: a list of images (PIL, ``(3, H, W)`` uint8 or float tensors, or
+                ``(H, W, 3)`` uint8 arrays), or a ``(B, 3, H, W)`` tensor.
+            proposals: one ``(P, H, W)`` bool tensor per image at that image's size (or
+                ``None`` entries, computed by ``proposal_fn``).
+
+        Returns:
+            One dict per image, in the format of ``docs/conventions.md``: ``masks``
+            (N, H, W) bool, ``labels`` (N,), ``scores`` (N,), ``boxes`` (N, 4), ``peaks``
+            (N, 2) ``(x, y)``, ``prms`` (N, H, W), plus ``peak_values``,
+            ``retrieval_scores``, ``instance_class_scores`` (N,) and image-level
+            ``class_scores`` (C,) and ``class_peaks`` (C, 2). Instances are sorted by
+            decreasing score. An image with no peak above the thresholds, or without
+            usable proposals, gets ``N = 0``.
+        """
+        if isinstance(images, torch.Tensor) and images.dim() == 4:
+            images = list(images)
+        if proposals is not None and len(proposals) != len(images):
+            raise ValueError(f"{len(proposals)} proposal sets for {len(images)} images")
+        outputs = []
+        for index, raw in enumerate(images):
+            image = to_image_tensor(raw)
+            props = proposals[index] if proposals is not None else None
+            outputs.append(self._predict_one(image, props, index))
+        return outputs
+
+    def _predict_one(
+        self, image: torch.Tensor, proposals: torch.Tensor | None, index: int
+    ) -> dict[str, torch.Tensor]:
+        height, width = image.shape[1:]
+        if proposals is None:
+            if self.proposal_fn is None:
+                raise ValueError(
+                    f"image {index}: no proposals given and no proposal_fn set "
+                    "(pass proposals, or a generator such as prm.proposals.SelectiveSearch)"
+                )
+            proposals = self.proposal_fn((image * 255).round().to(torch.uint8))
+        if not isinstance(proposals, torch.Tensor) or proposals.dim() != 3:
+            raise ValueError(f"image {index}: proposals must be a (P, H, W) tensor")
+        if tuple(proposals.shape[1:]) != (height, width):
+            raise ValueError(
+                f"image {index}: proposals are {tuple(proposals.shape[1:])}, "
+                f"the image is {(height, width)}"
+            )
+        x = self.preprocess(image).to(self.device)
+        response = peak_response_maps(
+            self.model,
+            x[None],
+            class_threshold=self.class_threshold,
+            peak_threshold=self.peak_threshold,
+            peak_threshold_mode=self.peak_threshold_mode,
+            chunk_size=self.chunk_size,
+        )[0]
+        found = retrieve_instances(
+            response["prms"], response["labels"], response["crm"], proposals, self.retrieval
+        )
+        return self._assemble(response, found, (height, width))
+
+    def _assemble(self, response: dict, found: dict, image_size: tuple[int, int]) -> dict:
+        crm = response["crm"].cpu()
+        factor = getattr(self.model, "sub_pixel_factor", 1)
+        crm_size = tuple(crm.shape[1:])
+        peak_index = found["peak_index"].cpu()
+        labels = found["labels"].cpu()
+        peak_values = response["peak_values"].cpu()[peak_index]
+        class_scores = response["class_scores"].cpu()
+        instance_class_scores = class_scores[labels]
+        retrieval_scores = found["retrieval_scores"].cpu()
+        scores = {
+            "peak": peak_values,
+            "retrieval": retrieval_scores,
+            "class": instance_class_scores,
+        }[self.score]
+        order = torch.sort(scores, descending=True, stable=True).indices
+        best_cell = crm.flatten(1).argmax(1)
+        class_cells = torch.stack([best_cell // crm_size[1], best_cell % crm_size[1]], 1)
+        masks = found["masks"].cpu()[order]
+        result = {
+            "masks": masks,
+            "labels": labels[order],
+            "scores": scores[order].float(),
+            "boxes": masks_to_boxes(masks),
+            "peaks": crm_to_image_coords(
+                response["peaks"].cpu()[peak_index][order, 1:], crm_size, factor, image_size
+            ),
+            "peak_values": peak_values[order],
+            "retrieval_scores": retrieval_scores[order],
+            "instance_class_scores": instance_class_scores[order],
+            "class_scores": class_scores,
+            "class_peaks": crm_to_image_coords(class_cells, crm_size, factor, image_size),
+        }
+        if self.keep_prms:
+            result["prms"] = found["prms"].cpu()[order]
+        return result
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

@@ -1,0 +1,114 @@
+"""The one-call predictor: images + proposals -> instances at the original resolution."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prm.model import build_model
+from prm.predictor import Predictor, crm_to_image_coords, to_image_tensor
+
+
+def test_crm_cells_map_to_receptive_field_centres():
+    # 14 cells over 448 px: cell i is centred at (i + 0.5) * 32.
+    yx = torch.tensor([[0, 0], [13, 6]])
+    xy = crm_to_image_coords(yx, (14, 14), 1, (448, 448))
+    assert xy.tolist() == [[16.0, 16.0], [6.5 * 32, 13.5 * 32]]
+    # Sub-pixel factor 8 (align_corners=True): 112 cells; cell 111 is base cell 13.
+    xy = crm_to_image_coords(torch.tensor([[111, 0]]), (112, 112), 8, (448, 224))
+    assert xy.tolist() == [[8.0, 432.0]]
+
+
+def test_image_inputs_are_converted():
+    array = np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8)
+    from_pil = to_image_tensor(Image.fromarray(array))
+    assert from_pil.shape == (3, 10, 12) and from_pil.max() <= 1
+    assert torch.equal(from_pil, to_image_tensor(array))
+    assert torch.equal(from_pil, to_image_tensor(torch.from_numpy(array).permute(2, 0, 1)))
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        to_image_tensor(torch.zeros(4, 10, 12))
+    with pytest.raises(ValueError, match="NaN"):
+        to_image_tensor(torch.full((3, 2, 2), float("nan")))
+
+
+def make_predictor(**kw):
+    torch.manual_seed(0)
+    model = build_model("small", 4, class_names=list("abcd"))
+    return Predictor(model, input_size=64, class_threshold=-1e9, **kw)
+
+
+def blobs(count, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(count, h, w, dtype=torch.bool)
+    for i in range(count):
+        y0, x0 = (
+            torch.randint(0, h - 8, (1,), generator=g).item(),
+            torch.randint(0, w - 8, (1,), generator=g).item(),
+        )
+        masks[i, y0 : y0 + 4 + i % 9, x0 : x0 + 5 + i % 7] = True
+    return masks
+
+
+def test_instances_at_original_resolution():
+    predictor = make_predictor()
+    images = [torch.randint(0, 255, (3, 50, 70), dtype=torch.uint8), torch.rand(3, 90, 40)]
+    proposals = [blobs(30, 50, 70, 0), blobs(30, 90, 40, 1)]
+    outputs = predictor(images, proposals)
+    for out, image, props in zip(outputs, images, proposals):
+        n, (h, w) = len(out["masks"]), image.shape[1:]
+        assert n > 0
+        assert out["masks"].shape == (n, h, w) and out["masks"].dtype == torch.bool
+        assert out["prms"].shape == (n, h, w)
+        assert torch.allclose(out["prms"].flatten(1).sum(1), torch.ones(n))
+        assert out["boxes"].shape == (n, 4) and out["labels"].shape == (n,)
+        assert torch.all(out["scores"][:-1] >= out["scores"][1:])  # sorted
+        assert torch.equal(out["scores"], out["peak_values"])  # the default score
+        assert ((out["peaks"] >= 0) & (out["peaks"] <= torch.tensor([w, h]))).all()
+        assert out["class_scores"].shape == (4,) and out["class_peaks"].shape == (4, 2)
+        for mask in out["masks"]:  # every mask is one of the given proposals, untouched
+            assert (props == mask).flatten(1).all(1).any()
+
+
+def test_score_choice_and_dropping_prms():
+    images, proposals = [torch.rand(3, 50, 70)], [blobs(30, 50, 70, 0)]
+    by_retrieval = make_predictor(score="retrieval", keep_prms=False)(images, proposals)[0]
+    assert torch.equal(by_retrieval["scores"], by_retrieval["retrieval_scores"])
+    assert "prms" not in by_retrieval
+    by_class = make_predictor(score="class")(images, proposals)[0]
+    assert torch.equal(by_class["scores"], by_class["class_scores"][by_class["labels"]])
+    with pytest.raises(ValueError, match="score must be"):
+        make_predictor(score="iou")
+
+
+def test_proposal_fn_is_used_when_no_proposals_are_given():
+    calls = []
+
+    def proposal_fn(image):
+        calls.append(image.dtype)
+        return blobs(20, *image.shape[1:], seed=3)
+
+    out = make_predictor(proposal_fn=proposal_fn)([torch.rand(3, 40, 40)])
+    assert calls == [torch.uint8] and len(out[0]["masks"]) > 0
+
+
+def test_bad_proposals():
+    predictor = make_predictor()
+    image = torch.rand(3, 50, 70)
+    with pytest.raises(
+        ValueError, match=r"image 0: proposals are \(50, 71\), the image is \(50, 70\)"
+    ):
+        predictor([image], [blobs(5, 50, 71, 0)])
+    with pytest.raises(ValueError, match="no proposals given"):
+        predictor([image])
+    with pytest.raises(ValueError, match="2 proposal sets for 1 images"):
+        predictor([image], [blobs(5, 50, 70, 0)] * 2)
+
+
+def test_no_peaks_above_threshold_is_an_empty_result():
+    torch.manual_seed(0)
+    model = build_model("small", 4)
+    out = Predictor(model, input_size=64, class_threshold=1e9)(
+        [torch.rand(3, 50, 70)], [blobs(5, 50, 70, 0)]
+    )[0]
+    assert out["masks"].shape == (0, 50, 70) and out["scores"].shape == (0,)
+    assert out["class_scores"].shape == (4,)

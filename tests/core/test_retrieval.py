@@ -1,0 +1,258 @@
+"""Proposal retrieval (method.md §5): a hand-worked example and the authors' loop."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from prm.retrieval import (
+    RetrievalConfig,
+    class_background,
+    mask_nms,
+    proposal_contours,
+    resize_masks,
+    retrieve_instances,
+)
+
+
+def block(rows, cols, size=(8, 8)):
+    m = torch.zeros(size, dtype=torch.bool)
+    m[rows[0] : rows[1] + 1, cols[0] : cols[1] + 1] = True
+    return m
+
+
+# An 8 x 8 image. Proposals: A = rows 3-4 x cols 3-4, B = rows 2-5 x cols 2-5,
+# C = rows 0-1 (a band), D = the whole image (too large: area >= 0.85 of the image).
+A, B, C, D = (
+    block((3, 4), (3, 4)),
+    block((2, 5), (2, 5)),
+    block((0, 1), (0, 7)),
+    block((0, 7), (0, 7)),
+)
+PROPOSALS = torch.stack([A, B, C, D])
+# Class 0's CRM is 10 on the left half, 0 on the right: scaled to 255 / 0, mean 127.5, so
+# its background Q (< 0.95 * mean) is the right half (cols 4-7). Class 1's CRM is flat,
+# which scales to all zeros and has no background.
+CRM = torch.zeros(2, 8, 8)
+CRM[0, :, :4] = 10.0
+PRM_ON_A = A.float() / 4  # mass 1/4 on each pixel of A
+PRM_ON_ROW0 = torch.zeros(8, 8)
+PRM_ON_ROW0[0] = 1 / 8
+CONFIG = RetrievalConfig(alpha=0.8, beta=0.1, tau=0.95, contour_width=3, nms_threshold=0.3)
+
+
+def test_background_contours_and_scores_worked_by_hand():
+    q = class_background(CRM, (8, 8), torch.tensor([0.95, 0.95]))
+    assert torch.equal(q[0], block((0, 7), (4, 7))) and not q[1].any()
+    contours = proposal_contours(PROPOSALS, 3)
+    # A is too thin to survive erosion: its contour is the dilation, rows/cols 2-5.
+    assert torch.equal(contours[0], block((2, 5), (2, 5)))
+    # B erodes to A, dilates to rows/cols 1-6: the contour is the ring between them.
+    assert torch.equal(contours[1], block((1, 6), (1, 6)) & ~A)
+    # C: the image border does not erode (OpenCV's default), so row 0 stays inside and
+    # the contour is rows 1-2.
+    assert torch.equal(contours[2], block((1, 2), (0, 7)))
+
+    prms = torch.stack([PRM_ON_A, PRM_ON_ROW0])
+    out = retrieve_instances(prms, torch.tensor([0, 0]), CRM, PROPOSALS, CONFIG)
+    # Peak 0 (PRM on A), class 0, score = 0.8 * inside + contour - 0.1 * background pixels:
+    #   A: 0.8 * 1 + 1 (contour holds all of A) - 0.1 * 2 (cols 4 of rows 3-4) = 1.6
+    #   B: 0.8 * 1 + 0 (its ring misses A)       - 0.1 * 8                     = 0.0
+    #   C: 0 + 0 - 0.1 * 8 = -0.8;  D: skipped (too large)          -> A with 1.6
+    # Peak 1 (PRM on row 0): A: 0 + 0 - 0.2 = -0.2; B: -0.8; C: 0.8 + 0 - 0.8 = 0.0 -> C
+    assert [m.tolist() for m in out["masks"]] == [A.tolist(), C.tolist()]
+    assert out["retrieval_scores"].tolist() == pytest.approx([1.6, 0.0], abs=1e-6)
+    assert out["proposal_index"].tolist() == [0, 2] and out["peak_index"].tolist() == [0, 1]
+    assert out["boxes"].tolist() == [[3, 3, 5, 5], [0, 0, 8, 2]]
+
+
+def test_nms_is_class_agnostic_and_merges_prms():
+    # A third peak, class 1 (no background), PRM on A: A scores 0.8 + 1 = 1.8 > 1.6, so it
+    # suppresses peak 0's instance (IoU 1 >= 0.3) and takes over its PRM.
+    prms = torch.stack([PRM_ON_A, PRM_ON_ROW0, PRM_ON_A * 0 + block((3, 3), (3, 3)).float()])
+    labels = torch.tensor([0, 0, 1])
+    out = retrieve_instances(prms, labels, CRM, PROPOSALS, CONFIG)
+    assert out["labels"].tolist() == [1, 0] and out["peak_index"].tolist() == [2, 1]
+    assert out["retrieval_scores"].tolist() == pytest.approx([1.8, 0.0], abs=1e-6)
+    merged = block((3, 3), (3, 3)).float() + PRM_ON_A  # 1.25 at (3,3), .25 elsewhere on A
+    assert torch.allclose(out["prms"][0], merged / merged.sum())
+    no_merge = RetrievalConfig(**{**CONFIG.__dict__, "merge_peak_response": False})
+    out = retrieve_instances(prms, labels, CRM, PROPOSALS, no_merge)
+    assert torch.equal(out["prms"][0], block((3, 3), (3, 3)).float())
+    per_class = RetrievalConfig(**{**CONFIG.__dict__, "nms_class_agnostic": False})
+    out = retrieve_instances(prms, labels, CRM, PROPOSALS, per_class)
+    assert out["labels"].tolist() == [1, 0, 0] and out["peak_index"].tolist() == [2, 0, 1]
+
+
+def test_per_class_parameters():
+    # With alpha = 0 for class 0, peak 0's scores are A: 1 - 0.2 = 0.8, B: -0.8.
+    config = RetrievalConfig.from_authors([(0.95, 0.1, 0.0), (0.95, 0.1, 0.8)], contour_width=3)
+    assert config.alpha == [0.0, 0.8] and config.tau == [0.95, 0.95]
+    out = retrieve_instances(PRM_ON_A[None], torch.tensor([0]), CRM, PROPOSALS, config)
+    assert out["retrieval_scores"].tolist() == pytest.approx([0.8])
+    with pytest.raises(ValueError, match="alpha has 2 per-class values for 3 classes"):
+        retrieve_instances(
+            PRM_ON_A[None], torch.tensor([0]), torch.zeros(3, 8, 8), PROPOSALS, config
+        )
+
+
+def test_mask_nms_greedy_order():
+    m = torch.zeros(3, 1, 10, dtype=torch.bool)
+    m[0, 0, 0:4] = True  # IoU(0, 1) = 2 / 6
+    m[1, 0, 2:6] = True  # IoU(1, 2) = 2 / 6, IoU(0, 2) = 0
+    m[2, 0, 4:8] = True
+    keep, owner = mask_nms(m, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 0, 0]), 0.3)
+    # 0 suppresses 1; 2 survives because 1, which overlaps it, was already suppressed.
+    assert keep.tolist() == [0, 2] and owner.tolist() == [0, 0, 2]
+    keep, _ = mask_nms(m, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 0]), 0.3, False)
+    assert keep.tolist() == [0, 1, 2]
+
+
+def test_masks_come_back_at_image_resolution():
+    # PRMs at the network size 8 x 8, proposals at the image size 16 x 24 (nearest).
+    big = torch.stack([resize_masks(p[None], (16, 24))[0] for p in PROPOSALS])
+    out = retrieve_instances(
+        torch.stack([PRM_ON_A, PRM_ON_ROW0]), torch.tensor([0, 0]), CRM, big, CONFIG
+    )
+    assert out["masks"].shape == (2, 16, 24) and torch.equal(out["masks"][0], big[0])
+    assert out["prms"].shape == (2, 16, 24)
+    assert torch.allclose(out["prms"].sum((1, 2)), torch.ones(2))
+
+
+def test_empty_inputs_give_empty_results():
+    none = retrieve_instances(
+        torch.zeros(0, 8, 8), torch.zeros(0, dtype=torch.long), CRM, PROPOSALS
+    )
+    assert none["masks"].shape == (0, 8, 8) and none["labels"].shape == (0,)
+    no_props = retrieve_instances(
+        PRM_ON_A[None], torch.tensor([0]), CRM, torch.zeros(0, 8, 8, dtype=torch.bool)
+    )
+    assert len(no_props["masks"]) == 0
+    only_huge = retrieve_instances(PRM_ON_A[None], torch.tensor([0]), CRM, D[None])
+    assert len(only_huge["masks"]) == 0
+
+
+def test_bad_inputs():
+    prms, labels = PRM_ON_A[None], torch.tensor([0])
+    with pytest.raises(ValueError, match="binary"):
+        retrieve_instances(prms, labels, CRM, PROPOSALS.float() * 0.5)
+    with pytest.raises(ValueError, match=r"proposals must be \(P, H, W\)"):
+        retrieve_instances(prms, labels, CRM, A)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        retrieve_instances(prms, torch.tensor([5]), CRM, PROPOSALS)
+    with pytest.raises(ValueError, match="integer"):
+        retrieve_instances(prms, torch.tensor([0.0]), CRM, PROPOSALS)
+    nan = prms.clone()
+    nan[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        retrieve_instances(nan, labels, CRM, PROPOSALS)
+    with pytest.raises(ValueError, match="contour_width"):
+        retrieve_instances(prms, labels, CRM, PROPOSALS, RetrievalConfig(contour_width=4))
+    with pytest.raises(ValueError, match="proposal_size_limit"):
+        retrieve_instances(
+            prms, labels, CRM, PROPOSALS, RetrievalConfig(proposal_size_limit=(0.5, 0.1))
+        )
+
+
+# --- The authors' per-peak, per-proposal loop, written out with PIL and scipy ----------
+
+
+def imresize(array, size, resample):
+    """scipy.misc.imresize: byte-scale to 0..255, then PIL resize to (h, w)."""
+    array = np.asarray(array, dtype=np.float64)
+    low, high = array.min(), array.max()
+    scale = 255.0 / (high - low) if high > low else 255.0
+    data = (((array - low) * scale).clip(0, 255) + 0.5).astype(np.uint8)
+    return np.array(Image.fromarray(data).resize((size[1], size[0]), resample))
+
+
+def morphological_gradient(mask, width):
+    """cv2.morphologyEx(MORPH_GRADIENT) with a square: borders never erode."""
+    square = np.ones((width, width), bool)
+    dilated = ndimage.binary_dilation(mask, square)
+    eroded = ndimage.binary_erosion(mask, square, border_value=1)
+    return dilated & ~eroded
+
+
+def authors_retrieval(prms, labels, crm, proposals, cfg):
+    prms, crm, proposals = prms.numpy(), crm.numpy(), proposals.numpy()
+    height, width = prms.shape[1:]
+    area = height * width
+    instances = []
+    for i, prm in enumerate(prms):
+        c = int(labels[i])
+        class_response = imresize(crm[c], (height, width), Image.BICUBIC)
+        background = (class_response < cfg.tau * class_response.mean()).astype(np.float32)
+        best, best_j, best_mask = -np.inf, None, None
+        for j in range(min(cfg.proposal_count, len(proposals))):
+            mask = imresize(proposals[j].astype(int), (height, width), Image.NEAREST).astype(bool)
+            contour = morphological_gradient(mask, cfg.contour_width)
+            if not (
+                cfg.proposal_size_limit[0] * area <= mask.sum() < cfg.proposal_size_limit[1] * area
+            ):
+                continue
+            value = (
+                cfg.alpha * prm[mask].sum() + prm[contour].sum() - cfg.beta * background[mask].sum()
+            )
+            if value > best:
+                best, best_j, best_mask = value, j, mask
+        if best_mask is not None:
+            instances.append([best, c, best_mask, prm.copy(), best_j, i])
+    instances.sort(key=lambda v: v[0], reverse=True)
+    kept = []
+    while instances:
+        top = instances.pop(0)
+        kept.append(top)
+        rest = []
+        for other in instances:
+            inter = np.logical_and(top[2], other[2]).sum()
+            union = np.logical_or(top[2], other[2]).sum()
+            if inter / (union + 1e-10) < cfg.nms_threshold:
+                rest.append(other)
+            else:
+                top[3] += other[3]
+        instances = rest
+    return kept
+
+
+def random_blobs(generator, count, size):
+    h, w = size
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    cy = torch.rand(count, generator=generator) * h
+    cx = torch.rand(count, generator=generator) * w
+    ry = 2 + torch.rand(count, generator=generator) * h / 3
+    rx = 2 + torch.rand(count, generator=generator) * w / 3
+    return ((yy - cy[:, None, None]) / ry[:, None, None]) ** 2 + (
+        (xx - cx[:, None, None]) / rx[:, None, None]
+    ) ** 2 <= 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_retrieval_equals_the_authors_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    net_size, image_size, num_classes = (40, 48), (75, 61), 3
+    proposals = random_blobs(g, 60, image_size)
+    k = 7
+    prms = torch.rand(k, *net_size, generator=g) ** 4 * random_blobs(g, k, net_size)
+    prms = prms / prms.flatten(1).sum(1)[:, None, None]
+    labels = torch.randint(0, num_classes, (k,), generator=g)
+    crm = torch.randn(num_classes, 5, 6, generator=g) * 4
+    cfg = RetrievalConfig(beta=2e-4, proposal_count=50, nms_threshold=0.3)
+
+    ours = retrieve_instances(prms, labels, crm, proposals, cfg)
+    reference = authors_retrieval(prms, labels, crm, proposals, cfg)
+    assert len(reference) >= 2
+    assert ours["peak_index"].tolist() == [r[5] for r in reference]
+    assert ours["proposal_index"].tolist() == [r[4] for r in reference]
+    assert ours["labels"].tolist() == [r[1] for r in reference]
+    assert ours["retrieval_scores"].tolist() == pytest.approx(
+        [r[0] for r in reference], rel=1e-5, abs=1e-6
+    )
+    for mask, r in zip(ours["masks"], reference):
+        assert torch.equal(mask, proposals[r[4]])
+    for prm, r in zip(ours["prms"], reference):  # merged PRMs, compared at the network size
+        small = torch.nn.functional.interpolate(
+            torch.from_numpy(r[3])[None, None], size=image_size, mode="bilinear"
+        )[0, 0]
+        assert torch.allclose(prm, small / small.sum(), atol=1e-6)
