@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .ap import ranked_ap
-from .base import Evaluator
+from .base import Evaluator, Records
 
 __all__ = ["ClassificationEvaluator"]
 
@@ -41,8 +41,8 @@ class ClassificationEvaluator(Evaluator):
         super().__init__(classes)
 
     def reset(self) -> None:
-        self._scores: list[np.ndarray] = []  # per image: (C,) float64
-        self._positive: list[np.ndarray] = []  # per image: (C,) bool
+        self._scores = Records(self.num_classes, np.float64)  # a row per image
+        self._positive = Records(self.num_classes, bool)
 
     def process_image(self, target: Mapping, prediction: Mapping) -> None:
         image = target.get("image_id", "?")
@@ -52,8 +52,7 @@ class ClassificationEvaluator(Evaluator):
         self._scores.append(scores)
 
     def summarize(self) -> dict:
-        scores = np.stack(self._scores) if self._scores else np.zeros((0, self.num_classes))
-        positive = np.stack(self._positive) if self._positive else scores.astype(bool)
+        scores, positive = self._scores.array, self._positive.array
         aps = {}
         for c, name in enumerate(self.classes):
             # Every image is a record; only images showing the class are true positives.

@@ -25,8 +25,7 @@ from pycocotools.cocoeval import COCOeval
 
 from prm.masks import encode_rle
 
-from .base import Evaluator, target_size
-from .instance import _ground_truth, _instances
+from .base import Evaluator, ground_truth, predicted_instances, target_size
 
 __all__ = ["COCOEvaluator", "COCO_STATS"]
 
@@ -95,7 +94,7 @@ class COCOEvaluator(Evaluator):
 
     def process_image(self, target: Mapping, prediction: Mapping) -> None:
         size = target_size(target)
-        masks, labels, crowd = _ground_truth(target, size, self.num_classes)
+        masks, labels, crowd = ground_truth(target, size, self.num_classes)
         self._gts.append(
             [
                 {"rle": rle, "label": int(label), "iscrowd": int(c)}
@@ -120,7 +119,7 @@ class COCOEvaluator(Evaluator):
                     f"{tuple(pred_masks.shape)}, expected (N, {size[0]}, {size[1]})"
                 )
             rles = encode_rle(pred_masks)
-        pred_labels, scores = _instances(prediction, len(rles), self.num_classes)
+        pred_labels, scores = predicted_instances(prediction, len(rles), self.num_classes)
         self._dts.append(
             [
                 {"rle": rle, "label": int(label), "score": float(score)}

@@ -39,7 +39,15 @@ import torch
 from prm.masks import mask_iou
 
 from .ap import precision_recall, voc_ap
-from .base import Evaluator, prediction_masks, target_size
+from .base import (
+    Evaluator,
+    Records,
+    ground_truth,
+    ignore_mask,
+    predicted_instances,
+    prediction_masks,
+    target_size,
+)
 
 __all__ = ["InstanceSegmentationEvaluator", "match_instances"]
 
@@ -125,9 +133,10 @@ class InstanceSegmentationEvaluator(Evaluator):
         super().__init__(classes)
 
     def reset(self) -> None:
-        self._labels: list[np.ndarray] = []  # per image: (P,) int64
-        self._scores: list[np.ndarray] = []  # per image: (P,) float64
-        self._matches: list[np.ndarray] = []  # per image: (T, P) int8
+        # One row per prediction: label, score, and a match flag per IoU threshold.
+        self._labels = Records(1, np.int64)
+        self._scores = Records(1, np.float64)
+        self._matches = Records(len(self.iou_thresholds), np.int8)
         self._n_pos = np.zeros(self.num_classes, dtype=np.int64)
         self._best_iou_sum = np.zeros(self.num_classes, dtype=np.float64)
         self._best_iou_any_sum = np.zeros(self.num_classes, dtype=np.float64)
@@ -135,11 +144,11 @@ class InstanceSegmentationEvaluator(Evaluator):
 
     def process_image(self, target: Mapping, prediction: Mapping) -> None:
         size = target_size(target)
-        gt_masks, gt_labels, crowd = _ground_truth(target, size, self.num_classes)
+        gt_masks, gt_labels, crowd = ground_truth(target, size, self.num_classes)
         masks = prediction_masks(prediction, size)
-        labels, scores = _instances(prediction, len(masks), self.num_classes)
+        labels, scores = predicted_instances(prediction, len(masks), self.num_classes)
         if self.use_ignore_mask and "ignore_mask" in target:
-            keep = ~target["ignore_mask"].bool()
+            keep = ~ignore_mask(target, size)
             masks = masks & keep
             gt_masks = gt_masks & keep
 
@@ -154,9 +163,9 @@ class InstanceSegmentationEvaluator(Evaluator):
         iou_same = torch.where(same, iou, torch.full_like(iou, -1.0))
         crowd_overlap = _crowd_overlap(masks, labels, crowds, crowd_l)
 
-        self._labels.append(labels.numpy())
-        self._scores.append(scores.double().numpy())
-        self._matches.append(match_instances(iou_same, crowd_overlap, self.iou_thresholds))
+        self._labels.append(labels.numpy()[:, None])
+        self._scores.append(scores.double().numpy()[:, None])
+        self._matches.append(match_instances(iou_same, crowd_overlap, self.iou_thresholds).T)
         self._n_pos += np.bincount(gt_l.numpy(), minlength=self.num_classes)
         if len(gt):
             best = iou_same.clamp(min=0).max(0).values if len(masks) else torch.zeros(len(gt))
@@ -208,72 +217,12 @@ class InstanceSegmentationEvaluator(Evaluator):
             results[f"instance/ABO/{name}"] = float(self._best_iou_sum[c] / n) if n else None
         results["instance/num_images"] = self._num_images
         results["instance/num_instances"] = total
-        results["instance/num_predictions"] = int(sum(len(s) for s in self._scores))
+        results["instance/num_predictions"] = len(self._scores)
         return results
 
     def _records(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if not self._labels:
-            t = len(self.iou_thresholds)
-            return np.zeros(0, np.int64), np.zeros(0), np.zeros((t, 0), np.int8)
-        return (
-            np.concatenate(self._labels),
-            np.concatenate(self._scores),
-            np.concatenate(self._matches, axis=1),
-        )
-
-
-def _ground_truth(
-    target: Mapping, size: tuple[int, int], num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validated ``(masks bool (G, H, W), labels int64 (G,), iscrowd bool (G,))``."""
-    image = target.get("image_id", "?")
-    masks = target["masks"]
-    labels = torch.as_tensor(target["labels"]).long().cpu()
-    if masks.dim() != 3 or tuple(masks.shape[1:]) != size:
-        raise ValueError(
-            f"target masks of image {image} have shape {tuple(masks.shape)}, "
-            f"expected (N, {size[0]}, {size[1]})"
-        )
-    if labels.shape != (len(masks),):
-        raise ValueError(
-            f"target of image {image} has {len(masks)} masks but labels of shape "
-            f"{tuple(labels.shape)}"
-        )
-    _check_labels(labels, num_classes, f"target of image {image}")
-    crowd = target.get("iscrowd")
-    crowd = torch.zeros(len(masks), dtype=torch.bool) if crowd is None else crowd.bool().cpu()
-    if crowd.shape != (len(masks),):
-        raise ValueError(
-            f"target of image {image} has {len(masks)} masks but iscrowd of shape "
-            f"{tuple(crowd.shape)}"
-        )
-    return masks.bool().cpu(), labels, crowd
-
-
-def _instances(
-    prediction: Mapping, num_masks: int, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated ``(labels int64 (N,), scores float32 (N,))`` of a prediction dict."""
-    image = prediction.get("image_id", "?")
-    labels = torch.as_tensor(prediction["labels"]).long().cpu()
-    scores = torch.as_tensor(prediction["scores"]).float().cpu()
-    if labels.shape != (num_masks,) or scores.shape != (num_masks,):
-        raise ValueError(
-            f"prediction of image {image} has {num_masks} masks, labels of shape "
-            f"{tuple(labels.shape)} and scores of shape {tuple(scores.shape)}; "
-            "they must agree"
-        )
-    if not torch.isfinite(scores).all():
-        raise ValueError(f"prediction of image {image} has non-finite scores")
-    _check_labels(labels, num_classes, f"prediction of image {image}")
-    return labels, scores
-
-
-def _check_labels(labels: torch.Tensor, num_classes: int, what: str) -> None:
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"{what} has labels {sorted(set(labels.tolist()))}, outside 0..{num_classes - 1}"
-        )
+        """``labels (K,)``, ``scores (K,)``, ``matches (T, K)`` of all K predictions."""
+        return self._labels.array[:, 0], self._scores.array[:, 0], self._matches.array.T
 
 
 def _crowd_overlap(

@@ -28,9 +28,8 @@ import torch
 from prm.masks import masks_to_boxes
 
 from .ap import ranked_ap
-from .base import Evaluator, target_size
+from .base import Evaluator, Records, ground_truth, target_size
 from .classification import image_vector, summarize_aps
-from .instance import _ground_truth
 
 __all__ = ["PointwiseLocalizationEvaluator", "point_on_object"]
 
@@ -66,18 +65,27 @@ def point_on_object(
         return False
     sx, sy = scale
     if region == "box":
-        boxes = masks_to_boxes(masks.bool())  # (N, 4) x1, y1, x2, y2 with x2/y2 exclusive
-        nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes = boxes[nonempty].double()
-        dx = torch.clamp(torch.maximum(boxes[:, 0] - x, x - boxes[:, 2]), min=0) * sx
-        dy = torch.clamp(torch.maximum(boxes[:, 1] - y, y - boxes[:, 3]), min=0) * sy
-        return bool((torch.maximum(dx, dy) <= tolerance).any())
+        return _point_in_boxes((x, y), masks_to_boxes(masks.bool()), tolerance, scale)
     if region == "mask":
         rows, cols = torch.nonzero(masks.bool().any(0), as_tuple=True)
         dx = torch.clamp(torch.maximum(cols.double() - x, x - (cols.double() + 1)), min=0) * sx
         dy = torch.clamp(torch.maximum(rows.double() - y, y - (rows.double() + 1)), min=0) * sy
         return bool(((dx**2 + dy**2) <= tolerance**2).any())
     raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
+
+
+def _point_in_boxes(
+    point: tuple[float, float], boxes: torch.Tensor, tolerance: float, scale: tuple[float, float]
+) -> bool:
+    """Whether ``point`` is inside one of ``boxes`` (N, 4) grown by ``tolerance`` (scaled)."""
+    x, y = point
+    if not (np.isfinite(x) and np.isfinite(y)):
+        return False
+    boxes = boxes.double()  # x1, y1, x2, y2 with x2/y2 exclusive, as masks_to_boxes gives
+    boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]  # empty masks
+    dx = torch.clamp(torch.maximum(boxes[:, 0] - x, x - boxes[:, 2]), min=0) * scale[0]
+    dy = torch.clamp(torch.maximum(boxes[:, 1] - y, y - boxes[:, 3]), min=0) * scale[1]
+    return bool((torch.maximum(dx, dy) <= tolerance).any())
 
 
 class PointwiseLocalizationEvaluator(Evaluator):
@@ -121,14 +129,14 @@ class PointwiseLocalizationEvaluator(Evaluator):
         super().__init__(classes)
 
     def reset(self) -> None:
-        self._scores: list[np.ndarray] = []  # per image: (C,) float64
-        self._present: list[np.ndarray] = []  # per image: (C,) bool
-        self._correct: list[np.ndarray] = []  # per image: (C,) bool
+        self._scores = Records(self.num_classes, np.float64)  # a row per image
+        self._present = Records(self.num_classes, bool)
+        self._correct = Records(self.num_classes, bool)
 
     def process_image(self, target: Mapping, prediction: Mapping) -> None:
         image = target.get("image_id", "?")
         size = target_size(target)
-        masks, labels, _ = _ground_truth(target, size, self.num_classes)
+        masks, labels, _ = ground_truth(target, size, self.num_classes)
         scores = image_vector(prediction["class_scores"], self.num_classes, "class_scores", image)
         peaks = torch.as_tensor(prediction["class_peaks"]).detach().cpu().double()
         if peaks.shape != (self.num_classes, 2):
@@ -142,19 +150,22 @@ class PointwiseLocalizationEvaluator(Evaluator):
             scale = (self.input_size[1] / size[1], self.input_size[0] / size[0])
         present = np.zeros(self.num_classes, dtype=bool)
         correct = np.zeros(self.num_classes, dtype=bool)
+        boxes = masks_to_boxes(masks) if self.region == "box" else None  # once per image
         for c in labels.unique().tolist():
             present[c] = True
-            correct[c] = point_on_object(
-                peaks[c].tolist(), masks[labels == c], self.tolerance, scale, self.region
-            )
+            point = tuple(peaks[c].tolist())
+            if boxes is not None:
+                correct[c] = _point_in_boxes(point, boxes[labels == c], self.tolerance, scale)
+            else:
+                correct[c] = point_on_object(
+                    point, masks[labels == c], self.tolerance, scale, "mask"
+                )
         self._scores.append(scores)
         self._present.append(present)
         self._correct.append(correct)
 
     def summarize(self) -> dict:
-        scores = np.stack(self._scores) if self._scores else np.zeros((0, self.num_classes))
-        present = np.stack(self._present) if self._present else scores.astype(bool)
-        correct = np.stack(self._correct) if self._correct else scores.astype(bool)
+        scores, present, correct = self._scores.array, self._present.array, self._correct.array
         aps = {
             name: ranked_ap(
                 scores[:, c],

@@ -19,8 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .base import Evaluator, target_size
-from .instance import _check_labels, _ground_truth
+from .base import Evaluator, Records, check_labels, ground_truth, ignore_mask, target_size
 
 __all__ = ["PRMQualityEvaluator", "prm_quality"]
 
@@ -79,13 +78,13 @@ class PRMQualityEvaluator(Evaluator):
         super().__init__(classes)
 
     def reset(self) -> None:
-        self._quality: list[np.ndarray] = []  # per image: (N',) float32 of scored PRMs
+        self._quality = Records(1, np.float32)  # a row per scored PRM
         self._skipped = 0
 
     def process_image(self, target: Mapping, prediction: Mapping) -> None:
         image = target.get("image_id", "?")
         size = target_size(target)
-        gt_masks, gt_labels, crowd = _ground_truth(target, size, self.num_classes)
+        gt_masks, gt_labels, crowd = ground_truth(target, size, self.num_classes)
         prms = torch.as_tensor(prediction["prms"]).detach().cpu()
         labels = torch.as_tensor(prediction["labels"]).long().cpu()
         if prms.dim() != 3 or tuple(prms.shape[1:]) != size or labels.shape != (len(prms),):
@@ -93,16 +92,16 @@ class PRMQualityEvaluator(Evaluator):
                 f"prediction of image {image} has prms of shape {tuple(prms.shape)} and labels "
                 f"of shape {tuple(labels.shape)}; expected (N, {size[0]}, {size[1]}) and (N,)"
             )
-        _check_labels(labels, self.num_classes, f"prediction of image {image}")
+        check_labels(labels, self.num_classes, f"prediction of image {image}")
         if self.use_ignore_mask and "ignore_mask" in target:
-            prms = prms * (~target["ignore_mask"].bool().cpu())
+            prms = prms * (~ignore_mask(target, size))
         quality = prm_quality(prms, labels, gt_masks[~crowd], gt_labels[~crowd]).numpy()
         scored = ~np.isnan(quality)
-        self._quality.append(quality[scored])
+        self._quality.append(quality[scored][:, None])
         self._skipped += int((~scored).sum())
 
     def summarize(self) -> dict:
-        quality = np.concatenate(self._quality) if self._quality else np.zeros(0, np.float32)
+        quality = self._quality.array[:, 0]
         scored = len(quality) > 0
         return {
             "prm_quality/mean": float(quality.mean()) if scored else None,
