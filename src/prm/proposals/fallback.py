@@ -68,7 +68,7 @@ def prm_support_proposals(
         raise ValueError(f"smooth must be >= 0, got {smooth}")
     maps = prms.detach().cpu().double().clamp(min=0).numpy()
     sigma = smooth * max(h, w)
-    if sigma > 0:
+    if sigma > 0 and k:
         maps = np.stack([ndimage.gaussian_filter(m, sigma, mode="constant") for m in maps])
     top = maps.reshape(k, -1).max(1) if k else np.zeros(0)
 
