@@ -178,3 +178,18 @@ def test_real_photos(shared_data):
     result = evaluator.evaluate()
     assert result["instances"] == 12
     assert result["abo@1000"] > 0.5, result
+
+
+def test_common_refinement_of_many_maps():
+    # 30 maps of 3000 labels each would overflow one int64 key; cells must still be the
+    # pixels on which every map agrees.
+    from prm.proposals.selective_search import _common_refinement
+
+    rng = np.random.default_rng(0)
+    maps = [rng.integers(0, 3000, (20, 20)) for _ in range(30)]
+    maps[0][0, 0] = 2999
+    cells, cell_to_superpixel = _common_refinement(maps)
+    stacked = np.stack([m.ravel() for m in maps], 1)
+    assert len(np.unique(stacked, axis=0)) == cells.max() + 1
+    for g, m in enumerate(maps):
+        assert (cell_to_superpixel[g][cells] == m).all()

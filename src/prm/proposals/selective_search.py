@@ -467,12 +467,19 @@ def _common_refinement(segmentations: list[np.ndarray]) -> tuple[np.ndarray, np.
         cells: ndarray[H, W] int64, the cell ``0 .. L-1`` of each pixel;
         cell_to_superpixel: ndarray[G, L] int64, the superpixel of map g that cell l lies in.
     """
-    key = np.zeros(segmentations[0].shape, dtype=np.int64)
-    for seg in segmentations:  # mixed-radix number: unique per tuple of labels
-        key = key * (int(seg.max()) + 1) + seg
-    _, first, inverse = np.unique(key.ravel(), return_index=True, return_inverse=True)
+    # A mixed-radix number is unique per tuple of labels; renumber it densely whenever
+    # the next digit could overflow int64 (with many maps).
+    key, radix = np.zeros(segmentations[0].size, dtype=np.int64), 1
+    for seg in segmentations:
+        n = int(seg.max()) + 1
+        if radix * n >= 2**62:
+            _, key = np.unique(key, return_inverse=True)
+            radix = int(key.max()) + 1
+        key = key * n + seg.ravel()
+        radix *= n
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     cell_to_superpixel = np.stack([seg.ravel()[first] for seg in segmentations])
-    return inverse.reshape(key.shape).astype(np.int64), cell_to_superpixel
+    return inverse.reshape(segmentations[0].shape).astype(np.int64), cell_to_superpixel
 
 
 def _select(hierarchies, cells, cell_to_superpixel, order, duplicate_iou, max_proposals):

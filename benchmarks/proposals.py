@@ -1,0 +1,268 @@
+"""Segment proposals: speed and quality of the built-in selective search, and of the
+proposal-free fallback.
+
+Speed: seconds per image of each generator setting on the 13 real photos of
+``../shared/data`` resized so that their longer side is 224, 448 and 640 px (aspect
+kept). ``cpu_s`` is the CPU time of this (single-threaded) process, which other load on
+the machine does not inflate much; ``wall_s`` is the elapsed time.
+
+Quality: average best overlap (ABO) and recall at IoU 0.5 of the first 100 / 200 / 1000
+proposals against the ground-truth instances (class-agnostic; crowd instances left out;
+VOC's 255 boundary band counts for neither mask), on
+
+- ShapeScenes test (synthetic, 300 images of 128 px; ``prm.data.ShapeScenes``),
+- the VOC fixture (3 photos, 12 hand-drawn instances),
+- the COCO fixture (10 photos, 76 non-crowd instances, official annotations).
+
+Fallback (``--checkpoint``, a ShapeScenes model such as ``prm train --preset shapes``
+writes): instance segmentation on ShapeScenes test with the ordinary retrieval given
+selective search proposals versus the PRM-support candidates of
+``prm.proposals.prm_support_proposals`` (``Predictor(proposal_fn="prm")``): mAP^r at
+IoU 0.25 / 0.5 / 0.75 and ABO (docs/evaluation.md).
+
+Usage:
+    python benchmarks/proposals.py                       # default settings, everything
+    python benchmarks/proposals.py --settings fast fast-500 quality
+    python benchmarks/proposals.py --checkpoint runs/shapes/last.pt --skip-speed
+    python benchmarks/proposals.py --shapes 50 --no-save  # a quick look
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # single-threaded timings, before numpy loads
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SHARED = ROOT.parent / "shared" / "data"
+SIZES = (224, 448, 640)
+TOP_K = (100, 200, 1000)
+
+# Named generator settings: SelectiveSearch class method + overrides.
+SETTINGS = {
+    "single": ("single", {}),
+    "fast": ("fast", {}),
+    "fast-500": ("fast", {"max_side": 500}),
+    "fast-320": ("fast", {"max_side": 320}),
+    "quality": ("quality", {}),
+    "quality-320": ("quality", {"max_side": 320}),
+}
+
+
+def generator(name: str):
+    from prm.proposals import SelectiveSearch
+
+    preset, overrides = SETTINGS[name]
+    return getattr(SelectiveSearch, preset)(**overrides)
+
+
+def datasets(shapes: int) -> dict:
+    from prm.data import build_dataset
+    from prm.data.shapes import ShapeScenes
+
+    out = {"ShapeScenes test": ShapeScenes("test", num_images=shapes)}
+    if (SHARED / "voc-sample").is_dir():
+        out["VOC fixture"] = build_dataset("voc", SHARED / "voc-sample" / "VOC2012", "trainval")
+        out["COCO fixture"] = build_dataset("coco", SHARED / "coco-sample", "val2017")
+    return out
+
+
+def quality(name: str, dataset) -> dict:
+    from prm.proposals import ProposalEvaluator
+
+    gen = generator(name)
+    evaluator = ProposalEvaluator(top_k=TOP_K)
+    cpu = 0.0
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        start = time.process_time()
+        proposals = gen.propose(image)
+        cpu += time.process_time() - start
+        evaluator.process(proposals, target)
+    return {**evaluator.evaluate(), "cpu_s_per_image": cpu / max(len(dataset), 1)}
+
+
+def speed(name: str, repeats: int) -> dict:
+    from PIL import Image
+
+    photos = sorted((SHARED / "voc-sample" / "VOC2012" / "JPEGImages").glob("*.jpg"))
+    photos += sorted((SHARED / "coco-sample" / "val2017").glob("*.jpg"))
+    if not photos:
+        raise SystemExit(f"no photos under {SHARED}: the speed benchmark needs the fixtures")
+    gen = generator(name)
+    out = {}
+    for size in SIZES:
+        cpu, wall = [], []
+        for path in photos:
+            image = Image.open(path).convert("RGB")
+            scale = size / max(image.size)
+            image = image.resize((round(image.width * scale), round(image.height * scale)))
+            for _ in range(repeats):
+                start_cpu, start_wall = time.process_time(), time.perf_counter()
+                gen.propose(image)
+                cpu.append(time.process_time() - start_cpu)
+                wall.append(time.perf_counter() - start_wall)
+        out[str(size)] = {
+            "cpu_s": statistics.mean(cpu),
+            "cpu_s_median": statistics.median(cpu),
+            "wall_s": statistics.mean(wall),
+            "images": len(photos),
+        }
+    return out
+
+
+def fallback(checkpoint: str, shapes: int) -> dict:
+    from prm.data.shapes import ShapeScenes
+    from prm.engine.checkpoint import load_checkpoint, load_model
+    from prm.evaluation.base import evaluate
+    from prm.evaluation.instance import InstanceSegmentationEvaluator
+    from prm.predictor import Predictor
+
+    state = load_checkpoint(checkpoint)
+    config = state.get("config", {})
+    model = load_model(checkpoint)
+    dataset = ShapeScenes("test", num_images=shapes, size=int(config.get("image_size", 128)))
+    out = {"checkpoint": str(checkpoint), "epochs": state.get("epoch")}
+    for label, proposal_fn in (
+        ("selective search (fast)", generator("fast")),
+        ("PRM support", "prm"),
+    ):
+        predictor = Predictor(
+            model, input_size=int(config.get("image_size", 128)), proposal_fn=proposal_fn
+        )
+        evaluator = InstanceSegmentationEvaluator(
+            dataset.classes, iou_thresholds=(0.25, 0.5, 0.75), class_agnostic_abo=True
+        )
+        start = time.process_time()
+
+        def pairs(predictor=predictor):
+            for index in range(len(dataset)):
+                image, target = dataset[index]
+                yield target, predictor([image])[0]
+
+        metrics = evaluate(evaluator, pairs())
+        metrics["cpu_s_per_image"] = (time.process_time() - start) / max(len(dataset), 1)
+        out[label] = metrics
+    return out
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Segment proposal benchmark",
+        "",
+        f"{report['machine']}; single-threaded. Produced by `benchmarks/proposals.py`.",
+        "",
+    ]
+    if report.get("speed"):
+        lines += [
+            "Seconds per image (CPU time; wall time in brackets), real photos resized to "
+            "the given longer side:",
+            "",
+            "| settings | " + " | ".join(f"{s} px" for s in SIZES) + " |",
+            "|---|" + "---|" * len(SIZES),
+        ]
+        for name, by_size in report["speed"].items():
+            cells = [
+                f"{by_size[str(s)]['cpu_s']:.2f} ({by_size[str(s)]['wall_s']:.2f})" for s in SIZES
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if report.get("quality"):
+        lines += [
+            "Quality of the first k proposals (ABO / recall at IoU 0.5):",
+            "",
+            "| data | settings | instances | proposals | "
+            + " | ".join(f"ABO@{k} | R@{k}" for k in TOP_K)
+            + " | s/img (CPU) |",
+            "|---|---|---|---|" + "---|---|" * len(TOP_K) + "---|",
+        ]
+        for data, by_name in report["quality"].items():
+            for name, r in by_name.items():
+                cells = " | ".join(f"{r[f'abo@{k}']:.3f} | {r[f'recall@{k}']:.3f}" for k in TOP_K)
+                lines.append(
+                    f"| {data} | {name} | {r['instances']} | {r['mean_proposals']:.0f} | "
+                    f"{cells} | {r['cpu_s_per_image']:.2f} |"
+                )
+        lines.append("")
+    if report.get("fallback"):
+        fb = report["fallback"]
+        lines += [
+            f"Instance segmentation on ShapeScenes test with `{fb['checkpoint']}` "
+            f"(epoch {fb['epochs']}), by where the candidate masks come from:",
+            "",
+            "| candidates | mAP^r@0.25 | mAP^r@0.5 | mAP^r@0.75 | ABO | class-agnostic ABO | "
+            "s/img (CPU) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, m in fb.items():
+            if not isinstance(m, dict):
+                continue
+            cells = [m.get(f"instance/mAP_r@{t}") for t in ("0.25", "0.5", "0.75")]
+            cells += [m.get("instance/ABO"), m.get("instance/ABO_class_agnostic")]
+            text = " | ".join("-" if v is None else f"{v:.3f}" for v in cells)
+            lines.append(f"| {label} | {text} | {m['cpu_s_per_image']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--settings", nargs="+", default=["fast"], choices=list(SETTINGS))
+    parser.add_argument(
+        "--speed-settings",
+        nargs="+",
+        choices=list(SETTINGS),
+        help="settings to time (default: --settings)",
+    )
+    parser.add_argument("--shapes", type=int, default=300, help="ShapeScenes test images")
+    parser.add_argument("--repeats", type=int, default=1, help="timings per photo and size")
+    parser.add_argument("--checkpoint", help="ShapeScenes model for the fallback comparison")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--no-save", action="store_true", help="print only")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}, torch {torch.__version__}",
+        "settings": {name: generator(name).settings() for name in args.settings},
+    }
+    if not args.skip_speed:
+        report["speed"] = {}
+        for name in args.speed_settings or args.settings:
+            report["speed"][name] = speed(name, args.repeats)
+            print(name, json.dumps(report["speed"][name]), flush=True)
+    if not args.skip_quality:
+        report["quality"] = {}
+        for data, dataset in datasets(args.shapes).items():
+            report["quality"][data] = {}
+            for name in args.settings:
+                report["quality"][data][name] = quality(name, dataset)
+                print(data, name, json.dumps(report["quality"][data][name]), flush=True)
+    if args.checkpoint:
+        report["fallback"] = fallback(args.checkpoint, args.shapes)
+        print(json.dumps(report["fallback"], default=str), flush=True)
+    text = markdown(report)
+    print(text)
+    if not args.no_save:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "proposals.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        (RESULTS / "proposals.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
