@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -139,6 +140,7 @@ def run_once(num_images: int, image_size: int, seed: int) -> dict:
         "data_s": round(data_s, 2),
         "wall_s": round(time.perf_counter() - start, 2),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "load_average_1min_end": round(os.getloadavg()[0], 2),
         "rss_before_loop_mb": round(rss_start, 1),
         "headline": {
             k: (None if metrics[k] is None else round(metrics[k], 4))
@@ -197,8 +199,6 @@ def main() -> None:
 
 
 def _cpu_count() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -209,15 +209,25 @@ def _markdown(report: dict) -> str:
         f"{report['benchmark']}; {report['machine']}. Produced by `benchmarks/evaluation.py`.",
         "",
         "| images | instances | predictions | eval s (wall) | eval s (CPU) | (summarize s) "
-        "| data s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data s | RSS after imports MB | peak RSS MB | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         lines.append(
             f"| {r['num_images']} | {r['instances']} | {r['predictions']} | {r['eval_s']} | "
-            f"{r['eval_cpu_s']} | {r['summarize_s']} | {r['data_s']} | {r['peak_rss_mb']} |"
+            f"{r['eval_cpu_s']} | {r['summarize_s']} | {r['data_s']} | "
+            f"{r['rss_before_loop_mb']} | {r['peak_rss_mb']} | {r['load_average_1min_end']} |"
         )
-    lines += ["", "Seconds per evaluator (process + summarize):", ""]
+    lines += [
+        "",
+        "eval s: `process` + `summarize` of all evaluators (wall clock, and CPU time of the",
+        "process, which other jobs on the machine do not inflate); data s: generating the",
+        "scenes and predictions, not part of evaluation. load avg: the machine's 1-minute",
+        "load average at the end of the run (2 cores: above 2 means other jobs competed).",
+        "",
+        "Seconds per evaluator (process + summarize):",
+        "",
+    ]
     names = list(report["runs"][0]["per_evaluator_s"])
     lines.append("| images | " + " | ".join(names) + " |")
     lines.append("|---" * (len(names) + 1) + "|")

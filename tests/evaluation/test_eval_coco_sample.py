@@ -9,6 +9,7 @@ good masks lowers IoU, so AP at strict thresholds must fall, more for more erosi
 
 import contextlib
 import io
+import json
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy.ndimage import binary_erosion
 
+from prm.cli import main
 from prm.evaluation import (
     COCOEvaluator,
     InstanceSegmentationEvaluator,
@@ -27,14 +29,18 @@ from prm.evaluation import (
 from prm.evaluation.coco import COCO_STATS
 from prm.masks import mask_iou
 
+_LOADED: dict = {}  # the sample is read once per test session
 
-@pytest.fixture(scope="module")
-def coco_sample():
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-sample"
-    if not root.is_dir():
-        pytest.skip(f"real-data fixtures not found at {root} (only in the dev checkout)")
+@pytest.fixture
+def coco_sample(shared_data):
+    if "sample" not in _LOADED:
+        _LOADED["sample"] = read_coco_sample(shared_data / "coco-sample")
+    return _LOADED["sample"]
+
+
+def read_coco_sample(root):
+    """Targets straight from the official annotations with pycocotools (not prm.data)."""
     annotations = root / "annotations" / "instances_val2017.json"
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(annotations))
@@ -167,3 +173,15 @@ def test_equals_pycocotools_on_the_official_annotations(coco_sample, tmp_path):
     # The same file read back (RLE kept, decoded per image) gives the same numbers.
     loaded = load_results(results, [t["image_id"] for t in targets], coco_sample["category_ids"])
     assert run(coco_sample, loaded) == ours
+
+    # And so does `prm evaluate` with prm.data's COCO reader.
+    root = coco_sample["annotations"].parents[1]
+    argv = ["evaluate", "--dataset", "coco", "--root", str(root), "--split", "val2017"]
+    out = tmp_path / "eval"
+    assert main([*argv, "--predictions", str(results), "--out", str(out), "--quiet"]) == 0
+    from_cli = json.loads((out / "metrics.json").read_text())
+    assert {k: v for k, v in from_cli.items() if k.startswith(("coco/", "instance/"))} == {
+        k: pytest.approx(v) if isinstance(v, float) else v
+        for k, v in ours.items()
+        if k.startswith(("coco/", "instance/"))
+    }
