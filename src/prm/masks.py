@@ -6,6 +6,8 @@ compressed RLE (``{"size": [H, W], "counts": str}``) as pycocotools writes it.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
@@ -59,7 +61,10 @@ def decode_rle(rles: list[dict], size: tuple[int, int] | None = None) -> torch.T
     sizes = {tuple(r["size"]) for r in fixed}
     if len(sizes) != 1:
         raise ValueError(f"RLEs of different sizes cannot be stacked: {sorted(sizes)}")
-    decoded = mask_utils.decode(fixed)  # (H, W, N) uint8
+    with warnings.catch_warnings():
+        # pycocotools' Cython __array__ predates numpy 2's copy keyword: harmless noise.
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        decoded = mask_utils.decode(fixed)  # (H, W, N) uint8
     return torch.from_numpy(np.ascontiguousarray(decoded.transpose(2, 0, 1))).bool()
 
 
