@@ -63,14 +63,20 @@ def peak_mask(crm: torch.Tensor, win_size: int = 3) -> torch.Tensor:
     _check_window(win_size)
     b, c, h, w = crm.shape
     offset = (win_size - 1) // 2
-    padded = F.pad(crm.reshape(b * c, 1, h, w), (offset,) * 4, value=-math.inf)
-    # (B*C, r*r, H*W): every window in raster order; the centre is element r*r // 2 and
-    # the elements before it are exactly the neighbours that precede it in raster order.
-    windows = F.unfold(padded, win_size)
-    centre = win_size * win_size // 2
-    value = windows[:, centre : centre + 1]
-    is_peak = (value >= windows).all(1) & (value > windows[:, :centre]).all(1)
-    return is_peak.view(b, c, h, w)
+    padded = F.pad(crm, (offset,) * 4, value=-math.inf)
+    # Compare each pixel with every window neighbour through shifted views of the padded
+    # map (F.unfold would do the same but is pathologically slow on CPU for small maps).
+    # Neighbours before the centre in raster order (rows above, or same row to the left)
+    # must be strictly smaller, the others smaller or equal.
+    is_peak = torch.ones_like(crm, dtype=torch.bool)
+    for dy in range(win_size):
+        for dx in range(win_size):
+            if dy == offset and dx == offset:
+                continue
+            neighbour = padded[:, :, dy : dy + h, dx : dx + w]
+            before = dy < offset or (dy == offset and dx < offset)
+            is_peak &= crm > neighbour if before else crm >= neighbour
+    return is_peak
 
 
 def peak_threshold(crm: torch.Tensor, peak_filter: PeakFilter = "median") -> torch.Tensor:
