@@ -131,7 +131,7 @@ def fallback(checkpoint: str, shapes: int) -> dict:
     config = state.get("config", {})
     model = load_model(checkpoint)
     dataset = ShapeScenes("test", num_images=shapes, size=int(config.get("image_size", 128)))
-    out = {"checkpoint": str(checkpoint), "epochs": state.get("epoch")}
+    out = {"checkpoint": str(checkpoint), "epochs": state.get("epoch"), "images": len(dataset)}
     for label, proposal_fn in (
         ("selective search (fast)", generator("fast")),
         ("PRM support", "prm"),
@@ -187,6 +187,8 @@ def markdown(report: dict) -> str:
         ]
         for data, by_name in report["quality"].items():
             for name, r in by_name.items():
+                if r.get("unchanged_by_max_side"):
+                    continue
                 cells = " | ".join(f"{r[f'abo@{k}']:.3f} | {r[f'recall@{k}']:.3f}" for k in TOP_K)
                 lines.append(
                     f"| {data} | {name} | {r['instances']} | {r['mean_proposals']:.0f} | "
@@ -196,8 +198,9 @@ def markdown(report: dict) -> str:
     if report.get("fallback"):
         fb = report["fallback"]
         lines += [
-            f"Instance segmentation on ShapeScenes test with `{fb['checkpoint']}` "
-            f"(epoch {fb['epochs']}), by where the candidate masks come from:",
+            f"Instance segmentation on ShapeScenes test ({fb.get('images', '?')} images) with "
+            f"`{Path(fb['checkpoint']).name}` (epoch {fb['epochs']}{'; ' if fb.get('note') else ''}"
+            f"{fb.get('note', '')}), by where the candidate masks come from:",
             "",
             "| candidates | mAP^r@0.25 | mAP^r@0.5 | mAP^r@0.75 | ABO | class-agnostic ABO | "
             "s/img (CPU) |",
@@ -228,10 +231,18 @@ def main() -> None:
     parser.add_argument("--shapes", type=int, default=300, help="ShapeScenes test images")
     parser.add_argument("--repeats", type=int, default=1, help="timings per photo and size")
     parser.add_argument("--checkpoint", help="ShapeScenes model for the fallback comparison")
+    parser.add_argument("--checkpoint-note", help="what the checkpoint is, for the table")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--no-save", action="store_true", help="print only")
+    parser.add_argument(
+        "--markdown-only", action="store_true", help="rewrite proposals.md from proposals.json"
+    )
     args = parser.parse_args()
+    if args.markdown_only:
+        report = json.loads((RESULTS / "proposals.json").read_text())
+        (RESULTS / "proposals.md").write_text(markdown(report))
+        return
 
     import torch
 
@@ -239,7 +250,10 @@ def main() -> None:
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
         f"Python {platform.python_version()}, torch {torch.__version__}",
-        "settings": {name: generator(name).settings() for name in args.settings},
+        "settings": {
+            name: generator(name).settings()
+            for name in {*args.settings, *(args.speed_settings or [])}
+        },
     }
     if not args.skip_speed:
         report["speed"] = {}
@@ -250,16 +264,29 @@ def main() -> None:
         report["quality"] = {}
         for data, dataset in datasets(args.shapes).items():
             report["quality"][data] = {}
+            largest = getattr(getattr(dataset, "config", None), "size", None)  # ShapeScenes
             for name in args.settings:
+                max_side = generator(name).max_side
+                if largest is not None and max_side is not None and largest <= max_side:
+                    # Never resized: the same proposals as without max_side.
+                    report["quality"][data][name] = {"unchanged_by_max_side": True}
+                    continue
                 report["quality"][data][name] = quality(name, dataset)
                 print(data, name, json.dumps(report["quality"][data][name]), flush=True)
     if args.checkpoint:
         report["fallback"] = fallback(args.checkpoint, args.shapes)
+        report["fallback"]["note"] = args.checkpoint_note or ""
         print(json.dumps(report["fallback"], default=str), flush=True)
     text = markdown(report)
     print(text)
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
+        previous = RESULTS / "proposals.json"
+        if previous.is_file():  # keep the sections this run skipped
+            old = json.loads(previous.read_text())
+            settings = {**old.get("settings", {}), **report["settings"]}
+            report = {**old, **report, "settings": settings}
+            text = markdown(report)
         (RESULTS / "proposals.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         (RESULTS / "proposals.md").write_text(text)
 
