@@ -146,3 +146,21 @@ def test_list_images(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "img0.jpg")
     with pytest.raises(ValueError, match="same id"):
         list_images(tmp_path)
+
+
+def test_an_interrupted_run_leaves_complete_files_and_resumes(tmp_path):
+    images = write_images(tmp_path / "images", count=3)
+
+    class Interrupted(CountingGenerator):
+        def __call__(self, image):
+            if self.calls == 1:
+                raise KeyboardInterrupt  # Ctrl-C while the second image is computed
+            return super().__call__(image)
+
+    cache = ProposalCache(tmp_path / "cache", Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        precompute_proposals(images, cache, progress=False)
+    assert sorted(p.name for p in cache.folder.iterdir()) == ["img0.npz", "settings.json"]
+    resumed = ProposalCache(tmp_path / "cache", CountingGenerator())  # same settings
+    summary = precompute_proposals(images, resumed, progress=False)
+    assert (summary.computed, summary.cached) == (2, 1)
