@@ -37,7 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["peak_backprop_rule", "peak_response_maps", "select_peaks", "normalize_prms"]
+__all__ = [
+    "class_response_peak_maps",
+    "normalize_prms",
+    "peak_backprop_rule",
+    "peak_response_maps",
+    "select_peaks",
+]
 
 _EPS = 1e-10
 
@@ -302,15 +308,7 @@ def peak_response_maps(
         An image with no peak above the thresholds gets ``K = 0`` (empty tensors), not
         an error.
     """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
-        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be floating point (normalised), got {images.dtype}")
-    if torch.isnan(images).any():
-        raise ValueError("images contain NaN")
-    if model.training:
-        raise ValueError("peak back-propagation needs the model in eval mode: call model.eval()")
+    _check_inputs(model, images)
     if chunk_size is None:
         chunk_size = _default_chunk_size(images.device)
     if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -325,13 +323,9 @@ def peak_response_maps(
         with torch.enable_grad():
             crm, vjp = torch.func.vjp(forward, image[None])
         crm = crm.detach()
-        with torch.no_grad():
-            scores = model.aggregate(crm)
-            peaks = model.find_peaks(crm)
-            keep = select_peaks(
-                crm, peaks, scores, class_threshold, peak_threshold, peak_threshold_mode
-            )
-        peaks = peaks[keep]
+        scores, peaks = _kept_peaks(
+            model, crm, class_threshold, peak_threshold, peak_threshold_mode
+        )
         prms = []
         for start in range(0, len(peaks), chunk_size):
             chunk = peaks[start : start + chunk_size]
@@ -345,15 +339,74 @@ def peak_response_maps(
                 grad = grad[:, 0]
             prms.append(normalize_prms(grad))
         height, width = image.shape[1:]
-        results.append(
-            {
-                "peaks": peaks[:, 1:],
-                "labels": peaks[:, 1],
-                "peak_values": crm[0, peaks[:, 1], peaks[:, 2], peaks[:, 3]],
-                "prms": torch.cat(prms) if prms else crm.new_zeros((0, height, width)),
-                "class_scores": scores[0],
-                "crm": crm[0],
-            }
-        )
+        maps = torch.cat(prms) if prms else crm.new_zeros((0, height, width))
+        results.append(_response(crm, scores, peaks, maps))
         del vjp  # free this image's graph before the next forward
+    return results
+
+
+def _check_inputs(model: nn.Module, images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point (normalised), got {images.dtype}")
+    if torch.isnan(images).any():
+        raise ValueError("images contain NaN")
+    if model.training:
+        raise ValueError("peak back-propagation needs the model in eval mode: call model.eval()")
+
+
+@torch.no_grad()
+def _kept_peaks(model, crm, class_threshold, peak_threshold, peak_threshold_mode):
+    """Class scores ``(1, C)`` and the kept peaks ``(K, 4)`` of one image's CRMs."""
+    scores = model.aggregate(crm)
+    peaks = model.find_peaks(crm)
+    keep = select_peaks(crm, peaks, scores, class_threshold, peak_threshold, peak_threshold_mode)
+    return scores, peaks[keep]
+
+
+def _response(crm, scores, peaks, maps) -> dict[str, torch.Tensor]:
+    return {
+        "peaks": peaks[:, 1:],
+        "labels": peaks[:, 1],
+        "peak_values": crm[0, peaks[:, 1], peaks[:, 2], peaks[:, 3]],
+        "prms": maps,
+        "class_scores": scores[0],
+        "crm": crm[0],
+    }
+
+
+@torch.no_grad()
+def class_response_peak_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    class_threshold: float = 0.0,
+    peak_threshold: float | None = None,
+    peak_threshold_mode: Literal["absolute", "relative"] = "absolute",
+) -> list[dict[str, torch.Tensor]]:
+    """The CAM baseline of :func:`peak_response_maps`: class response maps as the "PRMs".
+
+    The same peaks are kept, but each peak's map is its class's whole response map,
+    upsampled (bilinear) to the input size, clamped at 0 and normalised to sum 1, so all
+    peaks of a class share one map: class-aware but not instance-aware cues (the paper's
+    CAM + proposals baseline). No back-propagation happens.
+
+    Args and returns: as :func:`peak_response_maps` (``"prms"`` holds the class maps).
+    """
+    _check_inputs(model, images)
+    results = []
+    for image in images:
+        crm = model.class_response_maps(image[None])
+        scores, peaks = _kept_peaks(
+            model, crm, class_threshold, peak_threshold, peak_threshold_mode
+        )
+        size = tuple(image.shape[1:])
+        if len(peaks) == 0:
+            maps = crm.new_zeros((0, *size))
+        else:
+            maps = F.interpolate(crm[:, peaks[:, 1]], size=size, mode="bilinear")[0]
+            maps = normalize_prms(maps[:, None])
+        results.append(_response(crm, scores, peaks, maps))
     return results

@@ -20,17 +20,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from prm.backprop import peak_response_maps
+from prm.backprop import class_response_peak_maps, peak_response_maps
+from prm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from prm.masks import masks_to_boxes
 from prm.retrieval import RetrievalConfig, retrieve_instances
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Predictor", "crm_to_image_coords", "to_image_tensor"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["Predictor", "crm_to_image_coords", "to_image_tensor"]
 
 ScoreType = Literal["peak", "retrieval", "class"]
 ProposalFn = Callable[[torch.Tensor], torch.Tensor]
+Response = Literal["prm", "crm"]
 
 
 def to_image_tensor(image: torch.Tensor | Image.Image | np.ndarray) -> torch.Tensor:
@@ -102,8 +101,13 @@ class Predictor:
             keeps every peak that passes the model's peak filter.
         peak_threshold_mode: ``"absolute"`` (logits, the authors') or ``"relative"``.
         retrieval: :class:`~prm.retrieval.RetrievalConfig` (the authors' values).
-        proposal_fn: called with a ``(3, H, W)`` uint8 image when no proposals are given
-            for it; returns ``(P, H, W)`` bool proposals.
+        proposal_fn: what to do for an image given without proposals: a callable taking
+            the ``(3, H, W)`` uint8 image and returning ``(P, H, W)`` bool proposals (e.g.
+            :class:`prm.proposals.SelectiveSearch`), or ``"prm"`` for the proposal-free
+            fallback (candidates from the thresholded PRMs themselves,
+            :func:`prm.proposals.prm_support_proposals`).
+        response: ``"prm"`` (peak response maps, the method) or ``"crm"`` (each peak's
+            class response map instead: the paper's CAM baseline, no back-propagation).
         score: the instance score reported in ``"scores"`` and used to rank instances
             across images (for mAP): ``"peak"`` (the CRM value at the instance's peak:
             the network's confidence that an object of that class is there; default),
@@ -127,7 +131,8 @@ class Predictor:
         peak_threshold: float | None = None,
         peak_threshold_mode: Literal["absolute", "relative"] = "absolute",
         retrieval: RetrievalConfig | None = None,
-        proposal_fn: ProposalFn | None = None,
+        proposal_fn: ProposalFn | Literal["prm"] | None = None,
+        response: Response = "prm",
         score: ScoreType = "peak",
         chunk_size: int | None = None,
         keep_prms: bool = True,
@@ -135,6 +140,10 @@ class Predictor:
     ):
         if score not in ("peak", "retrieval", "class"):
             raise ValueError(f"score must be 'peak', 'retrieval' or 'class', got {score!r}")
+        if response not in ("prm", "crm"):
+            raise ValueError(f"response must be 'prm' or 'crm', got {response!r}")
+        if isinstance(proposal_fn, str) and proposal_fn != "prm":
+            raise ValueError(f"proposal_fn must be a callable or 'prm', got {proposal_fn!r}")
         if isinstance(input_size, int):
             input_size = (input_size, input_size)
         self.model = model.eval()
@@ -147,6 +156,7 @@ class Predictor:
         self.retrieval = retrieval or RetrievalConfig()
         self.retrieval.validate(getattr(model, "num_classes", None))
         self.proposal_fn = proposal_fn
+        self.response = response
         self.score = score
         self.chunk_size = chunk_size
         self.keep_prms = keep_prms
@@ -202,29 +212,51 @@ class Predictor:
             if self.proposal_fn is None:
                 raise ValueError(
                     f"image {index}: no proposals given and no proposal_fn set "
-                    "(pass proposals, or a generator such as prm.proposals.SelectiveSearch)"
+                    "(pass proposals, a generator such as prm.proposals.SelectiveSearch, "
+                    "or 'prm' for the proposal-free fallback)"
                 )
-            proposals = self.proposal_fn((image * 255).round().to(torch.uint8))
-        if not isinstance(proposals, torch.Tensor) or proposals.dim() != 3:
-            raise ValueError(f"image {index}: proposals must be a (P, H, W) tensor")
-        if tuple(proposals.shape[1:]) != (height, width):
-            raise ValueError(
-                f"image {index}: proposals are {tuple(proposals.shape[1:])}, "
-                f"the image is {(height, width)}"
-            )
+            if callable(self.proposal_fn):
+                proposals = self.proposal_fn((image * 255).round().to(torch.uint8))
+        if proposals is not None:
+            if not isinstance(proposals, torch.Tensor) or proposals.dim() != 3:
+                raise ValueError(f"image {index}: proposals must be a (P, H, W) tensor")
+            if tuple(proposals.shape[1:]) != (height, width):
+                raise ValueError(
+                    f"image {index}: proposals are {tuple(proposals.shape[1:])}, "
+                    f"the image is {(height, width)}"
+                )
         x = self.preprocess(image).to(self.device)
-        response = peak_response_maps(
-            self.model,
-            x[None],
-            class_threshold=self.class_threshold,
-            peak_threshold=self.peak_threshold,
-            peak_threshold_mode=self.peak_threshold_mode,
-            chunk_size=self.chunk_size,
-        )[0]
+        options = {
+            "class_threshold": self.class_threshold,
+            "peak_threshold": self.peak_threshold,
+            "peak_threshold_mode": self.peak_threshold_mode,
+        }
+        if self.response == "prm":
+            response = peak_response_maps(
+                self.model, x[None], chunk_size=self.chunk_size, **options
+            )
+        else:
+            response = class_response_peak_maps(self.model, x[None], **options)
+        response = response[0]
+        if proposals is None:
+            proposals = self._fallback_proposals(response, (height, width))
         found = retrieve_instances(
             response["prms"], response["labels"], response["crm"], proposals, self.retrieval
         )
         return self._assemble(response, found, (height, width))
+
+    def _fallback_proposals(self, response: dict, size: tuple[int, int]) -> torch.Tensor:
+        """Proposal-free candidates from the PRMs, at the image's resolution."""
+        from prm.proposals import prm_support_proposals
+
+        prms = response["prms"]
+        if len(prms) == 0:
+            return torch.zeros((0, *size), dtype=torch.bool)
+        prms = F.interpolate(prms[None].float(), size=size, mode="bilinear")[0].cpu()
+        factor = getattr(self.model, "sub_pixel_factor", 1)
+        crm_size = tuple(response["crm"].shape[1:])
+        peaks = crm_to_image_coords(response["peaks"][:, 1:].cpu(), crm_size, factor, size)
+        return prm_support_proposals(prms, peaks)
 
     def _assemble(self, response: dict, found: dict, image_size: tuple[int, int]) -> dict:
         crm = response["crm"].cpu()

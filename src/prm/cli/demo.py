@@ -1,0 +1,55 @@
+"""``prm demo``: weakly supervised instance segmentation end to end, on a CPU, in minutes."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  prm demo                          # the full demo (a few minutes on 2 CPU cores)
+  prm demo --out /tmp/demo --train-images 500 --test-images 50 --epochs 2   # a smoke run
+
+It generates ShapeScenes (synthetic scenes with exact instance masks), trains a PRM
+network and a CAM baseline from image-level labels only, predicts the test split with
+selective-search proposals, and prints mAP^r, ABO, pointwise localisation and
+classification mAP of both. OUT/report holds report.json, table.md, the results files
+and overlay PNGs (instances | PRMs | ground truth). Re-running resumes finished steps.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "demo",
+        help="train and evaluate PRM against CAM on synthetic data (CPU, minutes)",
+        description="The end-to-end demo on the embedded ShapeScenes dataset.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", default="prm-demo", help="working folder (default prm-demo)")
+    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument("--test-images", type=int, default=300)
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the preset's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="proposal processes")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from prm.demo import run_demo
+
+    report = run_demo(
+        args.out,
+        train_images=args.train_images,
+        test_images=args.test_images,
+        epochs=args.epochs,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print()
+    print(f"ShapeScenes test split, {args.test_images} images (percent):")
+    print(report["table"])
+    minutes = report["timings_s"]["total"] / 60
+    print(f"\ntook {minutes:.1f} min; report, results and overlays in {args.out}/report")
+    return 0

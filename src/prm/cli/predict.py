@@ -1,0 +1,189 @@
+"""``prm predict``: instance masks for images, a folder or a dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  # a folder of photos: COCO results JSON + overlay PNGs (instances, PRMs, peaks)
+  prm predict --checkpoint runs/voc/last.pt --images photos/ --out predictions/
+
+  # a dataset split, with cached selective-search proposals, evaluated on the way
+  prm predict --checkpoint runs/voc/last.pt --dataset voc --root VOCdevkit/VOC2012 \\
+      --split val --proposals selective-search --proposal-cache proposals/ --evaluate
+
+  # precomputed proposals (e.g. MCG .mat files named <image id>.mat)
+  prm predict --checkpoint runs/voc/last.pt --dataset voc --root VOCdevkit/VOC2012 \\
+      --split val --proposals mcg/ --evaluate
+
+  # no proposals at all: candidates from the PRMs themselves
+  prm predict --checkpoint runs/shapes/last.pt --images scene.png --proposals prm
+
+Output folder: results.json (COCO results: RLE masks, category ids, scores),
+overlays/ (one PNG per image for the first --overlays images), and with --evaluate
+metrics.json, table.txt and precision-recall curves.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "predict",
+        help="instance masks for images, a folder or a dataset split",
+        description="Predict scored instance masks with a trained PRM network.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", nargs="+", help="image files and/or folders of images")
+    source.add_argument("--dataset", help="voc, coco, folder or shapes")
+    parser.add_argument("--root", help="dataset folder")
+    parser.add_argument("--split", help="dataset split")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--proposals",
+        default="selective-search",
+        help="'selective-search' (default), 'prm' (proposal-free) or a folder of "
+        "precomputed proposals",
+    )
+    parser.add_argument("--proposal-cache", help="cache folder for selective-search proposals")
+    parser.add_argument(
+        "--input-size", type=int, default=None, help="network input size (default: training size)"
+    )
+    parser.add_argument("--class-threshold", type=float, default=0.0)
+    parser.add_argument("--peak-threshold", type=float, default=None)
+    parser.add_argument(
+        "--peak-threshold-mode", choices=["absolute", "relative"], default="absolute"
+    )
+    parser.add_argument("--score", choices=["peak", "retrieval", "class"], default="peak")
+    parser.add_argument(
+        "--response",
+        choices=["prm", "crm"],
+        default="prm",
+        help="'crm' retrieves with class response maps (the CAM baseline)",
+    )
+    parser.add_argument("--alpha", type=float, default=0.8, help="instance-aware weight")
+    parser.add_argument("--beta", type=float, default=1e-5, help="background penalty")
+    parser.add_argument("--tau", type=float, default=0.95, help="background threshold factor")
+    parser.add_argument("--proposal-count", type=int, default=100)
+    parser.add_argument("--nms-threshold", type=float, default=0.3)
+    parser.add_argument("--per-class-nms", action="store_true")
+    parser.add_argument("--sub-pixel-factor", type=int, help="override the checkpoint's")
+    parser.add_argument("--chunk-size", type=int, help="peaks back-propagated at once")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write")
+    parser.add_argument("--limit", type=int, help="only the first N images of the dataset")
+    parser.add_argument("--evaluate", action="store_true", help="evaluate against the dataset")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["instance", "coco", "semantic", "pointwise", "classification", "prm_quality"],
+        metavar="NAME",
+        help="metrics for --evaluate",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def build_predictor(args: argparse.Namespace):
+    """The model and :class:`~prm.predictor.Predictor` the flags describe."""
+    from prm.engine import load_checkpoint, load_model
+    from prm.engine.train import resolve_device
+    from prm.predictor import Predictor
+    from prm.retrieval import RetrievalConfig
+
+    overrides = {}
+    if args.sub_pixel_factor is not None:
+        overrides["sub_pixel_factor"] = args.sub_pixel_factor
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, map_location=device, **overrides).to(device)
+    input_size = args.input_size
+    if input_size is None:
+        input_size = load_checkpoint(args.checkpoint)["config"]["image_size"]
+    retrieval = RetrievalConfig(
+        alpha=args.alpha,
+        beta=args.beta,
+        tau=args.tau,
+        proposal_count=args.proposal_count,
+        nms_threshold=args.nms_threshold,
+        nms_class_agnostic=not args.per_class_nms,
+    )
+    predictor = Predictor(
+        model,
+        input_size=input_size,
+        class_threshold=args.class_threshold,
+        peak_threshold=args.peak_threshold,
+        peak_threshold_mode=args.peak_threshold_mode,
+        retrieval=retrieval,
+        proposal_fn="prm" if args.proposals in ("prm", "fallback") else None,
+        response=args.response,
+        score=args.score,
+        chunk_size=args.chunk_size,
+        device=device,
+    )
+    return model, predictor
+
+
+def _image_paths(items: list[str]) -> list:
+    from pathlib import Path
+
+    from prm.proposals import list_images
+
+    paths = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(list_images(path))  # raises ValueError for a folder of no images
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prm.engine.inference import predict_dataset, predict_files, proposal_source
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.evaluate and args.images:
+        raise ValueError("--evaluate needs --dataset (images alone have no ground truth)")
+    model, predictor = build_predictor(args)
+    source = proposal_source(args.proposals, args.proposal_cache)
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    common = {
+        "proposals": source,
+        "results_file": out / "results.json",
+        "overlay_dir": out / "overlays" if args.overlays > 0 else None,
+        "num_overlays": args.overlays,
+        "progress": not args.quiet,
+    }
+    if args.images:
+        summary = predict_files(predictor, _image_paths(args.images), names, **common)
+    else:
+        from prm.data import build_dataset
+
+        extra = {"keep_empty": True} if args.dataset == "coco" else {}
+        dataset = build_dataset(args.dataset, args.root, args.split, on_error="skip", **extra)
+        if list(dataset.classes) != list(names):
+            raise ValueError(
+                f"checkpoint {args.checkpoint} was trained on classes {names}, "
+                f"the dataset has {list(dataset.classes)}"
+            )
+        summary = predict_dataset(
+            predictor,
+            dataset,
+            metrics=args.metrics if args.evaluate else (),
+            report_dir=out if args.evaluate else None,
+            print_table=True,
+            limit=args.limit,
+            **common,
+        )
+    print(
+        f"{summary.images} images, {summary.instances} instances -> {summary.results_file}"
+        + (f"; skipped {len(summary.skipped)} unreadable images" if summary.skipped else "")
+    )
+    return 0

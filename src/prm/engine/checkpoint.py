@@ -1,0 +1,117 @@
+"""Checkpoints: written atomically, read with ``weights_only=True``, checked on load."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prm.model import PeakResponseNet, build_model
+
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_model"]
+
+CHECKPOINT_FORMAT = "prm-checkpoint-v1"
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically.
+
+    The file is written to a temporary name in the same folder, flushed to disk and then
+    renamed over ``path``, so an interruption leaves either the old or the new checkpoint,
+    never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": CHECKPOINT_FORMAT, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a readable prm checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a prm checkpoint (expected format {CHECKPOINT_FORMAT!r}); "
+            "to start from backbone weights use --weights instead"
+        )
+    return state
+
+
+def check_compatible(
+    state: dict[str, Any],
+    path: str | Path,
+    *,
+    backbone: str | None = None,
+    class_names: list[str] | None = None,
+) -> None:
+    """Refuse a checkpoint of another architecture or class list, naming both."""
+    config = state["model_config"]
+    if backbone is not None and config["backbone"] != backbone:
+        raise ValueError(f"checkpoint {path} is a {config['backbone']} model, not {backbone}")
+    if class_names is not None and list(config["class_names"] or []) != list(class_names):
+        raise ValueError(
+            f"checkpoint {path} was trained on classes {config['class_names']}, "
+            f"the dataset has {list(class_names)}"
+        )
+
+
+def load_model(
+    path: str | Path,
+    *,
+    backbone: str | None = None,
+    class_names: list[str] | None = None,
+    map_location: str | torch.device = "cpu",
+    **overrides: Any,
+) -> PeakResponseNet:
+    """Rebuild a trained :class:`PeakResponseNet` from a checkpoint.
+
+    Args:
+        path: checkpoint file.
+        backbone, class_names: when given, the checkpoint must match them.
+        map_location: where to load tensors.
+        **overrides: inference-time settings that carry no weights
+            (``sub_pixel_factor``, ``peak_filter``, ``win_size``).
+
+    Returns:
+        The model in eval mode.
+    """
+    state = load_checkpoint(path, map_location)
+    check_compatible(state, path, backbone=backbone, class_names=class_names)
+    config = dict(state["model_config"])
+    allowed = {"sub_pixel_factor", "peak_filter", "win_size"}
+    if set(overrides) - allowed:
+        raise ValueError(f"only {sorted(allowed)} can be changed at load time")
+    config.update(overrides)
+    name = config.pop("backbone")
+    config.pop("in_channels", None)
+    model = build_model(name, config.pop("num_classes"), weights=None, **config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(
+            f"checkpoint {path} does not match its own model description: {exc}"
+        ) from exc
+    return model.eval()

@@ -1,0 +1,382 @@
+"""Training: image-level labels in, a peak-stimulated classifier out (method.md §3).
+
+``train(config)`` runs the whole loop: data, model, SGD with the authors' two learning
+rates, multi-label soft-margin loss on the class scores, a checkpoint every epoch
+(atomic; ``resume=True`` continues an interrupted run exactly), validation classification
+mAP, a tqdm progress bar and a JSONL log. Under ``torchrun`` it trains with PyTorch DDP
+(gloo on CPU, nccl on GPU).
+
+Exact resumption: every epoch draws its shuffling and augmentation randomness from seeds
+derived from ``(seed, epoch)`` alone, so an epoch replayed after a crash sees the same
+batches as in an uninterrupted run, and the checkpoint of the previous epoch holds
+everything else (weights, optimiser momentum, BatchNorm statistics, scheduler position).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm.auto import tqdm
+
+from prm.data import InferenceTransform, TrainTransform, build_dataset, collate
+from prm.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from prm.engine.config import TrainConfig, save_config
+from prm.evaluation import ClassificationEvaluator
+from prm.model import PeakResponseNet, build_model
+
+__all__ = ["train", "resolve_device", "build_datasets", "model_from_config", "classification_map"]
+
+StepCallback = Callable[[int, int, float], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**31)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))  # noqa: NPY002 - seeds third-party code using the legacy API
+    torch.manual_seed(seed)
+
+
+def build_datasets(config: TrainConfig, with_val: bool = True):
+    """The training set (with training transforms, bad items skipped) and the val set."""
+    kwargs: dict[str, Any] = {"on_error": "skip"}
+    if config.dataset == "shapes":
+        kwargs["num_images"] = config.num_train_images
+    if config.dataset == "voc":
+        kwargs["use_difficult"] = not config.drop_difficult
+    train_set = build_dataset(
+        config.dataset,
+        config.root,
+        config.train_split,
+        transform=TrainTransform(config.image_size, flip=config.flip),
+        **kwargs,
+    )
+    if len(train_set) == 0:
+        raise ValueError(
+            f"the {config.dataset} training split {config.train_split!r} has no images"
+        )
+    val_set = None
+    if with_val and config.val_split:
+        if config.dataset == "shapes":
+            kwargs["num_images"] = config.num_val_images
+        val_set = build_dataset(
+            config.dataset,
+            config.root,
+            config.val_split,
+            transform=InferenceTransform(config.image_size),
+            **kwargs,
+        )
+    return train_set, val_set
+
+
+def model_from_config(config: TrainConfig, class_names: list[str]) -> PeakResponseNet:
+    """The network a configuration describes."""
+    return build_model(
+        config.backbone,
+        len(class_names),
+        weights=config.weights,
+        class_names=class_names,
+        sub_pixel_factor=config.sub_pixel_factor,
+        peak_stimulation=config.peak_stimulation,
+        peak_filter=config.peak_filter,
+        win_size=config.win_size,
+        gradient=config.gradient,
+    )
+
+
+def _optimizer(model: PeakResponseNet, config: TrainConfig) -> torch.optim.Optimizer:
+    # Two learning rates as the authors: the 1x1 classifier at lr, the (pretrained)
+    # backbone at lr * backbone_lr_mult; weight decay on all parameters.
+    groups = [
+        {"params": list(model.backbone.parameters()), "lr": config.lr * config.backbone_lr_mult},
+        {"params": list(model.classifier.parameters()), "lr": config.lr},
+    ]
+    for group in groups:
+        group["initial_lr"] = group["lr"]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, progress: float) -> None:
+    factor = 1.0
+    if config.lr_schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+
+
+@torch.no_grad()
+def classification_map(
+    model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "validate"
+) -> dict[str, Any]:
+    """Classification mAP of the model's class scores over a loader (``prm.evaluation``)."""
+    evaluator = ClassificationEvaluator(loader.dataset.classes)
+    was_training = model.training
+    model.eval()
+    for images, targets, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        if len(targets) == 0:
+            continue
+        scores = model(images.to(device)).float().cpu()
+        evaluator.process(targets, [{"class_scores": s} for s in scores])
+    model.train(was_training)
+    return evaluator.summarize()
+
+
+class _Distributed:
+    """Process-group bookkeeping for torchrun; a no-op in a single process."""
+
+    def __init__(self, device: torch.device):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world_size > 1
+        self.device = device
+        if self.enabled and not dist.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                self.device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.item() / self.world_size
+
+    def in_sync(self, model: nn.Module) -> bool:
+        """Whether every rank holds the same weights (a cheap checksum, all-gathered)."""
+        if not self.enabled:
+            return True
+        checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+        gathered = [torch.zeros_like(checksum) for _ in range(self.world_size)]
+        dist.all_gather(gathered, checksum)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool | str | Path = False,
+    on_step: StepCallback | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train a PRM network as ``config`` says; returns the path of the last checkpoint.
+
+    Args:
+        config: the run's :class:`TrainConfig`.
+        resume: ``True`` continues from ``<out>/last.pt`` when it exists; a path continues
+            from that checkpoint. The checkpoint must have the same backbone and classes.
+        on_step: called after every optimiser step as ``on_step(epoch, step, loss)``.
+        progress: show progress bars.
+
+    Writes into ``config.out``: ``config.yaml``, ``last.pt`` (every epoch),
+    ``metrics.jsonl`` (one JSON object per epoch) and TensorBoard events when enabled.
+    """
+    device = resolve_device(config.device)
+    ddp = _Distributed(device)
+    device = ddp.device
+    out = Path(config.out)
+    try:
+        _seed_everything(config.seed)
+        train_set, val_set = build_datasets(config, with_val=ddp.is_main)
+        classes = list(train_set.classes)
+        model = model_from_config(config, classes).to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = _optimizer(model, config)
+        start_epoch = 0
+
+        resume_path = None
+        if resume is True and (out / "last.pt").is_file():
+            resume_path = out / "last.pt"
+        elif resume not in (False, True, None):
+            resume_path = Path(resume)
+        if resume_path is not None:
+            state = load_checkpoint(resume_path, map_location=device)
+            check_compatible(state, resume_path, backbone=config.backbone, class_names=classes)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch = int(state["epoch"])
+            if ddp.is_main:
+                print(f"resuming {resume_path} after epoch {start_epoch}/{config.epochs}")
+
+        if ddp.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(config, out / "config.yaml")
+        writer = _tensorboard(out) if (config.tensorboard and ddp.is_main) else None
+
+        net: nn.Module = model
+        if config.compile:
+            net = torch.compile(net)
+        if ddp.enabled:
+            net = nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        loss_fn = nn.MultiLabelSoftMarginLoss()
+        autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if config.amp == "bf16"
+            else contextlib.nullcontext()
+        )
+        val_loader = None
+        if val_set is not None:
+            val_loader = DataLoader(
+                val_set,
+                batch_size=config.batch_size,
+                num_workers=config.workers,
+                collate_fn=collate,
+            )
+
+        for epoch in range(start_epoch, config.epochs):
+            seed = _epoch_seed(config.seed, epoch)
+            _seed_everything(seed)  # augmentation in the main process (workers=0)
+            generator = torch.Generator().manual_seed(seed)  # shuffling and worker seeds
+            if ddp.enabled:
+                sampler = DistributedSampler(train_set, seed=seed, drop_last=True)
+                sampler.set_epoch(epoch)
+            else:
+                sampler = RandomSampler(train_set, generator=generator)
+            loader = DataLoader(
+                train_set,
+                batch_size=config.batch_size,
+                sampler=sampler,
+                num_workers=config.workers,
+                collate_fn=collate,
+                generator=generator,
+                drop_last=True,
+                persistent_workers=False,
+            )
+            steps = len(loader)
+            if config.max_steps_per_epoch is not None:
+                steps = min(steps, config.max_steps_per_epoch)
+            net.train()
+            total_loss, seen, skipped, began = 0.0, 0, 0, time.perf_counter()
+            bar = tqdm(
+                total=steps,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                disable=not (progress and ddp.is_main),
+                dynamic_ncols=True,
+            )
+            for step, (images, targets, bad) in enumerate(loader):
+                if step >= steps:
+                    break
+                skipped += bad
+                _set_lr(optimizer, config, (epoch + step / steps) / config.epochs)
+                if len(targets) == 0:
+                    continue
+                images = images.to(device, non_blocking=True)
+                if config.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                labels = torch.stack([t["image_labels"] for t in targets]).to(device)
+                with autocast:
+                    scores = net(images)
+                loss = loss_fn(scores.float(), labels)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
+                        "lower the learning rate"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(targets)
+                seen += len(targets)
+                elapsed = time.perf_counter() - began
+                bar.set_postfix(
+                    loss=f"{total_loss / max(seen, 1):.4f}",
+                    img_s=f"{seen * ddp.world_size / max(elapsed, 1e-9):.1f}",
+                )
+                bar.update()
+                if on_step is not None:
+                    on_step(epoch, step, loss.item())
+            bar.close()
+
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": ddp.mean(total_loss / max(seen, 1)),
+                "lr": optimizer.param_groups[1]["lr"],
+                "images_per_s": seen * ddp.world_size / max(time.perf_counter() - began, 1e-9),
+                "skipped": skipped,
+                "world_size": ddp.world_size,
+                "ranks_in_sync": ddp.in_sync(model),
+            }
+            if ddp.is_main:
+                val_due = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+                if val_loader is not None and val_due:
+                    metrics = classification_map(model, val_loader, device)
+                    record["val_classification_map"] = metrics.get("classification/mAP")
+                save_checkpoint(
+                    out / "last.pt",
+                    {
+                        "model": model.state_dict(),
+                        "model_config": model.config(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "config": asdict(config),
+                        "class_names": classes,
+                        "metrics": record,
+                    },
+                )
+                with open(out / "metrics.jsonl", "a") as log:
+                    log.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    for key, value in record.items():
+                        if isinstance(value, (int, float)) and not isinstance(value, bool):
+                            writer.add_scalar(key, value, epoch + 1)
+                if progress:
+                    shown = {
+                        k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
+                    }
+                    tqdm.write(json.dumps(shown))
+            ddp.barrier()
+        if writer is not None:
+            writer.close()
+        return out / "last.pt"
+    finally:
+        ddp.close()
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # tensorboard is optional
+        raise ValueError("tensorboard logging needs `pip install tensorboard`") from exc
+    return SummaryWriter(str(out / "tensorboard"))

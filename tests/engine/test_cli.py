@@ -1,0 +1,143 @@
+"""The `prm` command line on tiny data: each command, and the mistakes people make."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prm.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny network trained through `prm train` (shared by the tests of this file)."""
+    root = tmp_path_factory.mktemp("cli")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    code = main(
+        [
+            "train", "--preset", "shapes", "--root", str(root / "data"),
+            "--out", str(root / "run"), "--epochs", "1", "--image-size", "64",
+            "--batch-size", "8", "--device", "cpu", "--quiet",
+            "--set", "num_train_images=24", "--set", "num_val_images=8",
+        ]
+    )  # fmt: skip
+    torch.set_num_threads(threads)
+    assert code == 0
+    return root / "run" / "last.pt"
+
+
+def test_help_lists_every_command_with_examples(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("demo", "train", "predict", "evaluate", "proposals"):
+        assert f"prm {command}" in text
+    for command in ("demo", "train", "predict", "evaluate", "proposals"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_train_wrote_a_run(checkpoint):
+    run = checkpoint.parent
+    assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
+
+
+def test_predict_and_evaluate_a_dataset(checkpoint, tmp_path, capsys):
+    out = tmp_path / "pred"
+    code = main(
+        [
+            "predict", "--checkpoint", str(checkpoint), "--dataset", "shapes",
+            "--split", "test", "--limit", "3", "--out", str(out), "--proposals", "prm",
+            "--class-threshold", "-100", "--evaluate", "--quiet",
+            "--metrics", "instance", "classification",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results and {"image_id", "category_id", "segmentation", "score"} <= set(results[0])
+    assert results[0]["image_id"].startswith("test_") and 1 <= results[0]["category_id"] <= 6
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["instance/mAP_r@0.5"] <= 1
+    assert len(list((out / "overlays").glob("*.png"))) == 3
+    assert "mAP_r@0.5" in capsys.readouterr().out
+
+    # The results file is any method's input to `prm evaluate`.
+    code = main(
+        [
+            "evaluate", "--dataset", "shapes", "--split", "test", "--quiet",
+            "--predictions", str(out / "results.json"), "--metrics", "instance",
+        ]
+    )  # fmt: skip
+    assert code == 0
+
+
+def test_predict_images_skips_unreadable_files(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(folder / "a.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        code = main(
+            [
+                "predict", "--checkpoint", str(checkpoint), "--images", str(folder),
+                "--out", str(out), "--proposals", "prm", "--class-threshold", "-100",
+                "--quiet",
+            ]
+        )  # fmt: skip
+    assert code == 0
+    assert "skipped 1 unreadable images" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert {r["image_id"] for r in results} == {"a"}
+    assert (out / "overlays" / "a.png").is_file()
+
+
+PREDICT = "predict --out {tmp}/o --checkpoint "
+MISTAKES = [
+    (PREDICT + "{tmp}/none.pt --images {tmp}", "none.pt does not exist"),
+    (PREDICT + "{ck} --images {tmp}/nothing", "nothing does not exist"),
+    (PREDICT + "{ck} --images {tmp}/empty", "no images"),
+    (PREDICT + "{ck} --dataset voc --root {tmp}/novoc", "novoc"),
+    (PREDICT + "{tmp}/fake.pt --images {tmp}", "not a prm checkpoint"),
+    ("train --preset shapes --config {tmp}/none.yaml", "none.yaml does not exist"),
+    ("train --preset shapes --set nonsense=1 --out {tmp}/r", "unknown configuration keys"),
+]
+
+
+@pytest.mark.parametrize("argv, message", MISTAKES)
+def test_mistakes_give_one_line_errors(argv, message, checkpoint, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    torch.save({"state_dict": {}}, tmp_path / "fake.pt")
+    argv = argv.format(tmp=tmp_path, ck=checkpoint).split()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_demo_smoke_run(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = main(
+            [
+                "demo", "--out", str(tmp_path / "demo"), "--train-images", "32",
+                "--test-images", "4", "--epochs", "1", "--workers", "1", "--quiet",
+            ]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    report = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
+    assert set(report["metrics"]) == {
+        "CAM + selective search",
+        "PRM + selective search",
+        "PRM, no proposals (fallback)",
+    }
+    assert "| PRM + selective search |" in capsys.readouterr().out
+    assert (tmp_path / "demo" / "report" / "overlays" / "prm").is_dir()
