@@ -256,7 +256,8 @@ def select_peaks(
             raise ValueError(f"a relative peak_threshold must lie in [0, 1], got {peak_threshold}")
         flat = crm.flatten(2)
         low, high = flat.amin(2)[b, c], flat.amax(2)[b, c]
-        return keep & (values >= low + peak_threshold * (high - low))
+        # Written from the top so that t = 1 gives exactly the maximum (no rounding).
+        return keep & (values >= high - (1.0 - peak_threshold) * (high - low))
     raise ValueError(
         f"peak_threshold_mode must be 'absolute' or 'relative', got {peak_threshold_mode!r}"
     )

@@ -97,8 +97,11 @@ class Predictor:
             ``(h, w)``; ``None`` feeds each image at its own size.
         mean, std: normalisation (ImageNet's by default).
         class_threshold: minimum class score for a class's peaks to be used (0).
-        peak_threshold: peak threshold (see :func:`prm.backprop.select_peaks`); ``None``
-            keeps every peak that passes the model's peak filter.
+        peak_threshold: peak threshold (see :func:`prm.backprop.select_peaks`). The
+            default 0 (absolute) keeps peaks with a positive logit, i.e. where the network
+            says the class is more likely present than not; the authors' demo used 30 for
+            their VOC model, whose logits are larger. ``None`` keeps every peak that passes
+            the model's peak filter.
         peak_threshold_mode: ``"absolute"`` (logits, the authors') or ``"relative"``.
         retrieval: :class:`~prm.retrieval.RetrievalConfig` (the authors' values).
         proposal_fn: what to do for an image given without proposals: a callable taking
@@ -128,7 +131,7 @@ class Predictor:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         class_threshold: float = 0.0,
-        peak_threshold: float | None = None,
+        peak_threshold: float | None = 0.0,
         peak_threshold_mode: Literal["absolute", "relative"] = "absolute",
         retrieval: RetrievalConfig | None = None,
         proposal_fn: ProposalFn | Literal["prm"] | None = None,
@@ -207,6 +210,28 @@ class Predictor:
     def _predict_one(
         self, image: torch.Tensor, proposals: torch.Tensor | None, index: int
     ) -> dict[str, torch.Tensor]:
+        response, proposals = self.respond(image, proposals, index)
+        return self.retrieve(response, proposals)
+
+    @torch.no_grad()
+    def respond(
+        self, image: torch.Tensor, proposals: torch.Tensor | None = None, index: int = 0
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The first half of a prediction: peaks, their maps, and the proposals.
+
+        Split from :meth:`retrieve` so that several retrieval settings can be tried on one
+        image's maps without back-propagating again (see :func:`prm.engine.tune_retrieval`).
+
+        Args:
+            image (Tensor[3, H, W]): float in [0, 1].
+            proposals (Tensor[P, H, W] | None): the image's proposals, or ``None`` for
+                ``proposal_fn``.
+            index: the image's position, for error messages.
+
+        Returns:
+            ``(response, proposals)``: the dict of :func:`prm.backprop.peak_response_maps`
+            (maps at the network input size) and ``(P, H, W)`` proposals.
+        """
         height, width = image.shape[1:]
         if proposals is None:
             if self.proposal_fn is None:
@@ -240,10 +265,32 @@ class Predictor:
         response = response[0]
         if proposals is None:
             proposals = self._fallback_proposals(response, (height, width))
+        return response, proposals
+
+    @torch.no_grad()
+    def retrieve(
+        self,
+        response: dict[str, torch.Tensor],
+        proposals: torch.Tensor,
+        retrieval: RetrievalConfig | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The second half of a prediction: one proposal per peak, NMS, full-size output.
+
+        Args:
+            response, proposals: from :meth:`respond`.
+            retrieval: settings to use instead of the predictor's own.
+
+        Returns:
+            The prediction dict (see :meth:`__call__`).
+        """
         found = retrieve_instances(
-            response["prms"], response["labels"], response["crm"], proposals, self.retrieval
+            response["prms"],
+            response["labels"],
+            response["crm"],
+            proposals,
+            retrieval or self.retrieval,
         )
-        return self._assemble(response, found, (height, width))
+        return self._assemble(response, found, tuple(proposals.shape[1:]))
 
     def _fallback_proposals(self, response: dict, size: tuple[int, int]) -> torch.Tensor:
         """Proposal-free candidates from the PRMs, at the image's resolution."""

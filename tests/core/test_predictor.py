@@ -34,7 +34,7 @@ def test_image_inputs_are_converted():
 def make_predictor(**kw):
     torch.manual_seed(0)
     model = build_model("small", 4, class_names=list("abcd"))
-    return Predictor(model, input_size=64, class_threshold=-1e9, **kw)
+    return Predictor(model, input_size=64, class_threshold=-1e9, peak_threshold=None, **kw)
 
 
 def blobs(count, h, w, seed):

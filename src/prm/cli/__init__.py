@@ -24,6 +24,7 @@ COMMANDS = {
     "train": ".train",
     "predict": ".predict",
     "evaluate": ".evaluate",
+    "tune": ".tune",
     "proposals": ".proposals",
 }
 
@@ -33,6 +34,7 @@ EPILOG = """examples:
   prm predict --checkpoint runs/voc/last.pt --images photos/ --out predictions/
   prm evaluate --dataset voc --root VOCdevkit/VOC2012 --split val --predictions results.json
   prm proposals --dataset voc --root VOCdevkit/VOC2012 --split val --cache proposals/
+  prm tune --checkpoint runs/voc/last.pt --dataset voc --root VOCdevkit/VOC2012 --split val
 
 Run `prm COMMAND --help` for the flags and more examples of each command.
 """

@@ -40,37 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--root", help="dataset folder")
     parser.add_argument("--split", help="dataset split")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--proposals",
-        default="selective-search",
-        help="'selective-search' (default), 'prm' (proposal-free) or a folder of "
-        "precomputed proposals",
-    )
-    parser.add_argument("--proposal-cache", help="cache folder for selective-search proposals")
-    parser.add_argument(
-        "--input-size", type=int, default=None, help="network input size (default: training size)"
-    )
-    parser.add_argument("--class-threshold", type=float, default=0.0)
-    parser.add_argument("--peak-threshold", type=float, default=None)
-    parser.add_argument(
-        "--peak-threshold-mode", choices=["absolute", "relative"], default="absolute"
-    )
-    parser.add_argument("--score", choices=["peak", "retrieval", "class"], default="peak")
-    parser.add_argument(
-        "--response",
-        choices=["prm", "crm"],
-        default="prm",
-        help="'crm' retrieves with class response maps (the CAM baseline)",
-    )
-    parser.add_argument("--alpha", type=float, default=0.8, help="instance-aware weight")
-    parser.add_argument("--beta", type=float, default=1e-5, help="background penalty")
-    parser.add_argument("--tau", type=float, default=0.95, help="background threshold factor")
-    parser.add_argument("--proposal-count", type=int, default=100)
-    parser.add_argument("--nms-threshold", type=float, default=0.3)
-    parser.add_argument("--per-class-nms", action="store_true")
-    parser.add_argument("--sub-pixel-factor", type=int, help="override the checkpoint's")
-    parser.add_argument("--chunk-size", type=int, help="peaks back-propagated at once")
-    parser.add_argument("--device", default="auto")
+    add_predictor_arguments(parser)
     parser.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write")
     parser.add_argument("--limit", type=int, help="only the first N images of the dataset")
     parser.add_argument("--evaluate", action="store_true", help="evaluate against the dataset")
@@ -84,6 +54,63 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
+
+
+def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False) -> None:
+    """The flags that configure a :class:`~prm.predictor.Predictor` (shared with tune).
+
+    With ``grid=True`` the retrieval weights take several values (a grid to search).
+    """
+    many = {"nargs": "+"} if grid else {}
+
+    def default(value):
+        return [value] if grid else value
+
+    parser.add_argument(
+        "--proposals",
+        default="selective-search",
+        help="'selective-search' (default), 'prm' (proposal-free) or a folder of "
+        "precomputed proposals",
+    )
+    parser.add_argument("--proposal-cache", help="cache folder for selective-search proposals")
+    parser.add_argument(
+        "--input-size", type=int, default=None, help="network input size (default: training size)"
+    )
+    parser.add_argument("--class-threshold", type=float, default=0.0)
+    parser.add_argument(
+        "--peak-threshold",
+        type=float,
+        default=0.0,
+        help="keep peaks above this (default 0: a positive logit; 'absolute' mode)",
+    )
+    parser.add_argument(
+        "--peak-threshold-mode", choices=["absolute", "relative"], default="absolute"
+    )
+    parser.add_argument("--score", choices=["peak", "retrieval", "class"], default="peak")
+    parser.add_argument(
+        "--response",
+        choices=["prm", "crm"],
+        default="prm",
+        help="'crm' retrieves with class response maps (the CAM baseline)",
+    )
+    parser.add_argument("--alpha", type=float, default=default(0.8), help="instance weight", **many)
+    parser.add_argument(
+        "--beta", type=float, default=default(1e-5), help="background penalty", **many
+    )
+    parser.add_argument(
+        "--tau", type=float, default=default(0.95), help="background factor", **many
+    )
+    parser.add_argument("--contour-width", type=int, default=default(5), **many)
+    parser.add_argument("--nms-threshold", type=float, default=default(0.3), **many)
+    parser.add_argument("--proposal-count", type=int, default=100)
+    parser.add_argument("--per-class-nms", action="store_true")
+    parser.add_argument(
+        "--retrieval-config",
+        help="YAML of retrieval settings (as `prm tune` writes); overrides the flags above",
+    )
+    parser.add_argument("--sub-pixel-factor", type=int, help="override the checkpoint's")
+    parser.add_argument("--chunk-size", type=int, help="peaks back-propagated at once")
+    parser.add_argument("--device", default="auto")
 
 
 def build_predictor(args: argparse.Namespace):
@@ -105,10 +132,13 @@ def build_predictor(args: argparse.Namespace):
         alpha=args.alpha,
         beta=args.beta,
         tau=args.tau,
+        contour_width=args.contour_width,
         proposal_count=args.proposal_count,
         nms_threshold=args.nms_threshold,
         nms_class_agnostic=not args.per_class_nms,
     )
+    if getattr(args, "retrieval_config", None):
+        retrieval = read_retrieval_config(args.retrieval_config, retrieval)
     predictor = Predictor(
         model,
         input_size=input_size,
@@ -123,6 +153,27 @@ def build_predictor(args: argparse.Namespace):
         device=device,
     )
     return model, predictor
+
+
+def read_retrieval_config(path, base):
+    """Retrieval settings from a YAML file (fields of RetrievalConfig) over ``base``."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"retrieval configuration {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    data = data.get("retrieval", data)
+    fields = set(type(base).__dataclass_fields__)
+    unknown = sorted(set(data) - fields)
+    if not isinstance(data, dict) or unknown:
+        raise ValueError(f"{path}: unknown retrieval settings {unknown}")
+    if "proposal_size_limit" in data:
+        data["proposal_size_limit"] = tuple(data["proposal_size_limit"])
+    return replace(base, **data)
 
 
 def _image_paths(items: list[str]) -> list:

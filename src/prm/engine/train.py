@@ -131,16 +131,24 @@ def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, progress: flo
 
 @torch.no_grad()
 def classification_map(
-    model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "validate"
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    desc: str = "validate",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Classification mAP of the model's class scores over a loader (``prm.evaluation``)."""
     evaluator = ClassificationEvaluator(loader.dataset.classes)
     was_training = model.training
     model.eval()
-    for images, targets, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
+    for images, targets, _ in bar:
         if len(targets) == 0:
             continue
-        scores = model(images.to(device)).float().cpu()
+        images = images.to(device)
+        if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
+            images = images.contiguous(memory_format=torch.channels_last)
+        scores = model(images).float().cpu()
         evaluator.process(targets, [{"class_scores": s} for s in scores])
     model.train(was_training)
     return evaluator.summarize()
@@ -341,7 +349,7 @@ def train(
             if ddp.is_main:
                 val_due = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
                 if val_loader is not None and val_due:
-                    metrics = classification_map(model, val_loader, device)
+                    metrics = classification_map(model, val_loader, device, progress=progress)
                     record["val_classification_map"] = metrics.get("classification/mAP")
                 save_checkpoint(
                     out / "last.pt",
