@@ -1,0 +1,256 @@
+"""Training throughput: the plain step against channels_last, bfloat16 autocast and
+``torch.compile``.
+
+Each setting (the ``TrainConfig`` field of the same name, changed alone from the plain
+configuration: ``channels_last=False, amp=None, compile=False``) trains the same network
+from the same initial weights on the same batches, with the step of ``prm.engine.train``:
+forward (under autocast when ``amp="bf16"``), multi-label soft-margin loss on the class
+scores, backward, and the preset's optimiser with the authors' two learning rates. Data
+loading is left out (batches are made once from ShapeScenes), so the numbers are the
+model's own throughput.
+
+Setups: the paper's ResNet-50 at 448 x 448 (``voc`` preset: sub-pixel factor 8, random
+weights instead of ImageNet's; a few steps of a small batch, as a CPU allows) and the
+demo's small backbone at 128 x 128 (``shapes`` preset, batch 32).
+
+Reported: images / s (batch / median step time), the first step's time (for
+``torch.compile`` the compilation: its warm-up), peak memory of a step, and how far each
+setting's losses move from the plain one's over the same steps (relative), to tell a
+faster setting that changes results from one that does not. A setting that fails (e.g.
+``torch.compile`` without a C++ compiler) is reported with its error.
+
+Usage:
+    python -m benchmarks.training               # ResNet-50 and small
+    python -m benchmarks.training --quick       # small only
+    python -m benchmarks.training --setups resnet50 --batch 8 --repeats 5
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+import traceback
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.common import (
+    PeakMemory,
+    base_parser,
+    fmt_s,
+    machine_line,
+    save,
+    setup,
+    synchronize,
+    table,
+)
+from prm.data import InferenceTransform, ShapeScenes
+from prm.engine.config import PRESETS
+from prm.engine.train import _optimizer, model_from_config
+
+# name: (preset, image size, default batch, timed steps after the warm-up)
+SETUPS = {
+    "resnet50": ("voc", 448, 4, 3),
+    "small": ("shapes", 128, 32, 10),
+}
+# Each setting changes one field of the plain configuration.
+PLAIN = {"channels_last": False, "amp": None, "compile": False}
+VARIANTS = {
+    "plain": {},
+    "channels_last": {"channels_last": True},
+    "bf16 autocast": {"amp": "bf16"},
+    "torch.compile": {"compile": True},
+}
+
+
+def make_batches(size: int, batch: int, count: int = 2) -> tuple[list, list[str]]:
+    """``count`` batches ``(images (B, 3, size, size), image-level labels (B, 6))`` of
+    ShapeScenes training images, and the class names."""
+    data = ShapeScenes("train", batch * count, size=size, transform=InferenceTransform(size))
+    items = [data[i] for i in range(len(data))]
+    out = []
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        images = torch.stack([image for image, _ in chunk])
+        labels = torch.stack([target["image_labels"] for _, target in chunk])
+        out.append((images, labels))
+    return out, data.classes
+
+
+def train_steps(config, classes, batches, steps, device) -> dict[str, Any]:
+    """First step (warm-up) and ``steps`` timed steps of one setting."""
+    torch.manual_seed(0)
+    model = model_from_config(config, classes).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(model, config)  # the training loop's own (two learning rates)
+    net: nn.Module = torch.compile(model) if config.compile else model
+    net.train()
+    loss_fn = nn.MultiLabelSoftMarginLoss()
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if config.amp == "bf16"
+        else contextlib.nullcontext()
+    )
+    losses, times = [], []
+
+    def step(index: int) -> None:
+        images, labels = batches[index % len(batches)]
+        images, labels = images.to(device), labels.to(device)
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        synchronize(device)
+        start = time.perf_counter()
+        with autocast:
+            scores = net(images)
+        loss = loss_fn(scores.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())  # .item() waits for the device
+        times.append(time.perf_counter() - start)
+
+    step(0)  # warm-up (and compilation)
+    with PeakMemory(device) as memory:
+        step(1)
+    for i in range(2, steps + 1):
+        step(i)
+    return {
+        "first_step_s": round(times[0], 3),
+        "wall_s": round(statistics.median(times[1:]), 4),
+        "runs_s": [round(t, 4) for t in times[1:]],
+        "peak_mb": round(memory.mb, 1),
+        "losses": losses,
+    }
+
+
+def run(args) -> dict[str, Any]:
+    device, info = setup(args)
+    names = args.setups or (["small"] if args.quick else list(SETUPS))
+    results = []
+    for name in names:
+        preset, size, batch, steps = SETUPS[name]
+        batch = args.batch or batch
+        steps = max(args.repeats or steps, 2)
+        batches, classes = make_batches(size, batch)
+        preset_config = PRESETS[preset]
+        base = preset_config.replace(weights=None, batch_size=batch, image_size=size, **PLAIN)
+        record: dict[str, Any] = {
+            "setup": name,
+            "preset": preset,
+            "preset_uses": {k: getattr(preset_config, k) for k in PLAIN},
+            "optimizer": base.optimizer,
+            "backbone": base.backbone,
+            "image_size": size,
+            "batch": batch,
+            "timed_steps": steps,
+            "variants": {},
+        }
+        for label, change in VARIANTS.items():
+            if label in args.skip:
+                continue
+            try:
+                m = train_steps(base.replace(**change), classes, batches, steps, device)
+            except Exception as exc:  # report, do not hide, a setting this machine cannot run
+                record["variants"][label] = {
+                    "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+                    "traceback": traceback.format_exc()[-2000:],
+                }
+                print(name, label, "failed:", record["variants"][label]["error"])
+                continue
+            m["images_per_s"] = round(batch / m["wall_s"], 2)
+            record["variants"][label] = m
+            print(name, label, {k: v for k, v in m.items() if k not in ("losses", "runs_s")})
+        default = record["variants"].get("plain")
+        for m in record["variants"].values():
+            if default is None or "losses" not in m:
+                continue
+            ref = torch.tensor(default["losses"])
+            diff = (torch.tensor(m["losses"]) - ref).abs() / ref.abs()
+            m["loss_rel_diff_max"] = float(diff.max())
+            m["speedup"] = round(default["wall_s"] / m["wall_s"], 3)
+        results.append(record)
+    return {
+        "benchmark": "training throughput",
+        "machine": info,
+        "settings": {
+            "data": "ShapeScenes train batches made once (data loading not timed)",
+            "weights": "random initialisation, the same for every setting",
+        },
+        "results": results,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Training throughput benchmark",
+        "",
+        "One optimiser step of `prm.engine.train` (forward, loss, backward, SGD) on batches "
+        "made once; the first step is the warm-up (compilation for torch.compile), then the "
+        "median of the timed steps. Produced by `python -m benchmarks.training`.",
+        "",
+        f"Machine: {machine_line(report['machine'])}.",
+        "",
+    ]
+    rows = []
+    for r in report["results"]:
+        setup_text = f"{r['backbone']} @ {r['image_size']}, batch {r['batch']}, {r['optimizer']}"
+        for label, m in r["variants"].items():
+            if "error" in m:
+                rows.append([setup_text, label, "failed", "-", "-", "-", "-", m["error"]])
+                continue
+            rows.append(
+                [
+                    setup_text,
+                    label,
+                    f"{m['images_per_s']:.2f}",
+                    f"{m.get('speedup', 1.0):.2f}x",
+                    fmt_s(m["first_step_s"]),
+                    f"{m['peak_mb']:.0f}",
+                    f"{m.get('loss_rel_diff_max', 0.0):.1e}",
+                    "",
+                ]
+            )
+    lines += table(
+        [
+            "setup",
+            "setting",
+            "images / s",
+            "vs plain",
+            "first step s",
+            "step peak MB",
+            "loss change vs plain",
+            "error",
+        ],
+        rows,
+    )
+    lines += [
+        "",
+        "loss change: the largest relative difference of the setting's losses from the",
+        "plain setting's over the same steps from the same weights (float32 round-off",
+        "alone gives ~1e-6; it grows over steps as the weights drift apart).",
+        "",
+    ]
+    for r in report["results"]:
+        uses = ", ".join(f"{k}={v}" for k, v in r["preset_uses"].items())
+        lines.append(f"- {r['backbone']}: preset `{r['preset']}` ({r['optimizer']}) uses {uses}.")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), help="what to train")
+    parser.add_argument("--batch", type=int, help="batch size (default 4 / 32)")
+    parser.add_argument(
+        "--skip", nargs="+", default=[], choices=list(VARIANTS), help="settings to leave out"
+    )
+    args = parser.parse_args()
+    report = run(args)
+    save("training", report, markdown, args)
+
+
+if __name__ == "__main__":
+    main()
