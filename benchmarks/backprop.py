@@ -14,8 +14,9 @@ maps of the image:
 - **floor**: one forward plus K input-only backward passes of the rule, each timed
   alone with nothing else in between (``benchmarks.common.floor_prms``): what the
   computation itself costs when peaks go one at a time;
-- **ours, bfloat16** (``--bf16``, on by default): the model and image in bfloat16, to see
-  whether reduced precision is faster and how far the maps move.
+- **ours, bfloat16** (``--bf16``; on by default, off with ``--quick``): the model and
+  image in bfloat16, to see whether reduced precision is faster and how far the maps
+  move.
 
 Reported: median seconds per image (and CPU seconds), speed-up over the loop, ratio to
 the floor, peak memory above the model's own, and the largest difference of the maps
@@ -23,12 +24,13 @@ from the loop's relative to the largest map value.
 
 Usage:
     python -m benchmarks.backprop               # K = 1, 4, 16, 32; 3 runs each
-    python -m benchmarks.backprop --quick       # K = 1, 4
+    python -m benchmarks.backprop --quick       # K = 4, chunks 1 and 4, no bfloat16
     python -m benchmarks.backprop --device cuda --peaks 1 4 16 32 64
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import statistics
@@ -123,8 +125,8 @@ def time_methods(model, model16, image, k, chunk_sizes, default_chunk, candidate
     peaks, maps = methods[f"ours (default, chunk {default})"]["result"]
     if len(peaks) != k:
         raise SystemExit(f"the test image has {len(peaks)} peaks, fewer than {k}")
-    if candidate:
-        for chunk in chunks:
+    if candidate != "none":
+        for chunk in chunks if candidate == "all" else [default]:
             methods[f"candidate: autograd.grad (chunk {chunk})"] = measure(
                 lambda c=chunk: autograd_prms(model, image, peaks, c), device, repeats
             )
@@ -152,18 +154,20 @@ def time_methods(model, model16, image, k, chunk_sizes, default_chunk, candidate
 def run(args) -> dict[str, Any]:
     device, info = setup(args)
     repeats = args.repeats or 3
-    peaks_list = args.peaks or ((1, 4) if args.quick else (1, 4, 16, 32))
+    peaks_list = args.peaks or ((4,) if args.quick else (1, 4, 16, 32))
     chunk_sizes = args.chunks or ((1, 4) if args.quick else CHUNKS)
+    candidate = "none" if not args.candidate else ("default" if args.quick else "all")
     torch.manual_seed(0)
     model = build_model(args.backbone, 20).eval().to(device)
     image = test_image(args.size).to(device)
     default_chunk = backprop._default_chunk_size(device)
-    model16 = copy.deepcopy(model).to(torch.bfloat16) if args.bf16 else None
+    bf16 = args.bf16 if args.bf16 is not None else not args.quick
+    model16 = copy.deepcopy(model).to(torch.bfloat16) if bf16 else None
     rows = [
         {
             "peaks": k,
             "methods": time_methods(
-                model, model16, image, k, chunk_sizes, default_chunk, args.candidate, repeats
+                model, model16, image, k, chunk_sizes, default_chunk, candidate, repeats
             ),
         }
         for k in peaks_list
@@ -252,9 +256,13 @@ def main() -> None:
         "--no-candidate",
         dest="candidate",
         action="store_false",
-        help="skip the plain-autograd candidate implementation",
+        help="skip the plain-autograd candidate (--quick: default chunk only)",
     )
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip bfloat16")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="time the bfloat16 model too (default: yes, no with --quick)",
+    )
     args = parser.parse_args()
     report = run(args)
     save("backprop", report, markdown, args)
