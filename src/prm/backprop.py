@@ -407,7 +407,8 @@ def class_response_peak_maps(
         if len(peaks) == 0:
             maps = crm.new_zeros((0, *size))
         else:
-            maps = F.interpolate(crm[:, peaks[:, 1]], size=size, mode="bilinear")[0]
-            maps = normalize_prms(maps[:, None])
+            classes, inverse = torch.unique(peaks[:, 1], return_inverse=True)
+            maps = F.interpolate(crm[:, classes], size=size, mode="bilinear")[0]
+            maps = normalize_prms(maps[:, None])[inverse]
         results.append(_response(crm, scores, peaks, maps))
     return results

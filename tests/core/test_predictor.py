@@ -112,3 +112,28 @@ def test_no_peaks_above_threshold_is_an_empty_result():
     )[0]
     assert out["masks"].shape == (0, 50, 70) and out["scores"].shape == (0,)
     assert out["class_scores"].shape == (4,)
+
+
+def test_cam_baseline_uses_each_class_map_for_all_its_peaks():
+    images, proposals = [torch.rand(3, 50, 70)], [blobs(30, 50, 70, 0)]
+    predictor = make_predictor(response="crm")
+    response, _ = predictor.respond(images[0], proposals[0])
+    maps = response["prms"]
+    assert len(maps) > 1
+    for c in response["labels"].unique():
+        same = maps[response["labels"] == c]
+        assert torch.equal(same, same[:1].expand_as(same))  # one map per class
+    # Normalised to 1, or all zero for a class whose map is negative everywhere.
+    sums = maps.flatten(1).sum(1)
+    assert torch.all(((sums - 1).abs() < 1e-5) | (sums == 0)) and (sums > 0).any()
+    out = predictor(images, proposals)[0]
+    assert len(out["masks"]) >= 1
+    none = Predictor(predictor.model, input_size=64, response="crm", class_threshold=1e9)
+    assert len(none(images, proposals)[0]["masks"]) == 0  # no peak: empty, not an error
+
+
+def test_proposal_free_fallback_makes_masks_from_prms():
+    out = make_predictor(proposal_fn="prm")([torch.rand(3, 50, 70)])[0]
+    assert len(out["masks"]) > 0 and out["masks"].shape[1:] == (50, 70)
+    with pytest.raises(ValueError, match="proposal_fn must be"):
+        make_predictor(proposal_fn="mcg")

@@ -127,7 +127,8 @@ def test_demo_smoke_run(tmp_path, capsys):
         code = main(
             [
                 "demo", "--out", str(tmp_path / "demo"), "--train-images", "32",
-                "--test-images", "4", "--epochs", "1", "--workers", "1", "--quiet",
+                "--val-images", "3", "--test-images", "4", "--epochs", "1", "--workers", "1",
+                "--quiet",
             ]
         )  # fmt: skip
     finally:

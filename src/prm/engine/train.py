@@ -67,12 +67,15 @@ def build_datasets(config: TrainConfig, with_val: bool = True):
         kwargs["num_images"] = config.num_train_images
     if config.dataset == "voc":
         kwargs["use_difficult"] = not config.drop_difficult
+    train_kwargs = dict(kwargs)
+    if config.dataset in ("voc", "coco"):
+        train_kwargs["instance_masks"] = False  # training reads image-level labels only
     train_set = build_dataset(
         config.dataset,
         config.root,
         config.train_split,
         transform=TrainTransform(config.image_size, flip=config.flip),
-        **kwargs,
+        **train_kwargs,
     )
     if len(train_set) == 0:
         raise ValueError(
