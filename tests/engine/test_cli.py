@@ -107,6 +107,7 @@ MISTAKES = [
     (PREDICT + "{tmp}/fake.pt --images {tmp}", "not a prm checkpoint"),
     ("train --preset shapes --config {tmp}/none.yaml", "none.yaml does not exist"),
     ("train --preset shapes --set nonsense=1 --out {tmp}/r", "unknown configuration keys"),
+    ("train --dataset folder --root {tmp}/empty --backbone small --weights none", "no image"),
 ]
 
 

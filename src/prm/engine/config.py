@@ -13,7 +13,15 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "PRESETS", "load_config", "save_config"]
+__all__ = ["DEFAULT_SPLITS", "TrainConfig", "PRESETS", "load_config", "save_config"]
+
+#: (train, val) splits used when a configuration leaves them to the dataset.
+DEFAULT_SPLITS = {
+    "voc": ("Main/train", "Main/val"),
+    "coco": ("train2017", "val2017"),
+    "shapes": ("train", "val"),
+    "folder": (None, None),
+}
 
 
 @dataclass
@@ -23,7 +31,10 @@ class TrainConfig:
     Data:
         dataset: ``voc``, ``coco``, ``folder`` or ``shapes`` (see ``prm.data.build_dataset``).
         root: dataset folder (for ``shapes``: an optional cache folder).
-        train_split / val_split: splits (``val_split=None`` skips validation).
+        train_split / val_split: splits; ``None`` / ``"auto"`` take the dataset's usual
+            ones (VOC ``Main/train`` / ``Main/val``, COCO ``train2017`` / ``val2017``,
+            ShapeScenes ``train`` / ``val``, a folder's ``labels.csv`` / none);
+            ``val_split=None`` skips validation.
         num_train_images / num_val_images: ShapeScenes split sizes (None: its defaults).
         image_size: square training size (448 as the authors; the aspect is not kept).
         flip: random horizontal flips.
@@ -51,8 +62,8 @@ class TrainConfig:
 
     dataset: str = "voc"
     root: str | None = None
-    train_split: str = "Main/train"
-    val_split: str | None = "Main/val"
+    train_split: str | None = None
+    val_split: str | None = "auto"
     num_train_images: int | None = None
     num_val_images: int | None = None
     image_size: int = 448
@@ -116,8 +127,6 @@ PRESETS: dict[str, TrainConfig] = {
     "voc": TrainConfig(),
     "shapes": TrainConfig(
         dataset="shapes",
-        train_split="train",
-        val_split="val",
         image_size=128,
         backbone="small",
         weights=None,

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from prm.data import InferenceTransform, TrainTransform, build_dataset, collate
 from prm.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from prm.engine.config import TrainConfig, save_config
+from prm.engine.config import DEFAULT_SPLITS, TrainConfig, save_config
 from prm.evaluation import ClassificationEvaluator
 from prm.model import PeakResponseNet, build_model
 
@@ -70,25 +70,28 @@ def build_datasets(config: TrainConfig, with_val: bool = True):
     train_kwargs = dict(kwargs)
     if config.dataset in ("voc", "coco"):
         train_kwargs["instance_masks"] = False  # training reads image-level labels only
+    default_train, default_val = DEFAULT_SPLITS.get(config.dataset, (None, None))
+    train_split = config.train_split if config.train_split is not None else default_train
+    val_split = default_val if config.val_split == "auto" else config.val_split
     train_set = build_dataset(
         config.dataset,
         config.root,
-        config.train_split,
+        train_split,
         transform=TrainTransform(config.image_size, flip=config.flip),
         **train_kwargs,
     )
     if len(train_set) == 0:
         raise ValueError(
-            f"the {config.dataset} training split {config.train_split!r} has no images"
+            f"the {config.dataset} training split {train_split!r} has no images"
         )
     val_set = None
-    if with_val and config.val_split:
+    if with_val and val_split:
         if config.dataset == "shapes":
             kwargs["num_images"] = config.num_val_images
         val_set = build_dataset(
             config.dataset,
             config.root,
-            config.val_split,
+            val_split,
             transform=InferenceTransform(config.image_size),
             **kwargs,
         )
