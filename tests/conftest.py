@@ -7,6 +7,10 @@ import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# The tests run small tensors, where OpenMP threads cost more than they bring, and a busy
+# 2-core machine makes them wait on each other; one thread is faster and deterministic.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

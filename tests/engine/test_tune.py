@@ -16,15 +16,16 @@ from prm.predictor import Predictor
 def setup():
     torch.manual_seed(0)
     model = build_model("small", 6)
-    predictor = Predictor(
-        model, input_size=64, class_threshold=-1e9, peak_threshold=None, proposal_fn="prm"
-    )
-    dataset = ShapeScenes("val", 5, size=64)
+    options = {"input_size": 64, "class_threshold": -1e9, "proposal_fn": "prm"}
+    options.update(peak_threshold=0.7, peak_threshold_mode="relative")  # a few peaks a class
+    predictor = Predictor(model, **options)
+    dataset = ShapeScenes("val", 4, size=64)
+    return predictor, dataset, options
     return predictor, dataset
 
 
 def test_best_setting_scores_what_a_fresh_prediction_scores(setup):
-    predictor, dataset = setup
+    predictor, dataset, options = setup
     grid = {"beta": [0.0, 1e-2, 1.0], "nms_threshold": [0.3, 0.9]}
     result = tune_retrieval(predictor, dataset, grid, progress=False)
     assert [t["params"] for t in result.trials][:2] == [
@@ -37,21 +38,14 @@ def test_best_setting_scores_what_a_fresh_prediction_scores(setup):
         predictor.retrieval, **result.trials[values.index(max(values))]["params"]
     )
     # The straightforward way: predict the dataset again with the chosen settings.
-    fresh = Predictor(
-        predictor.model,
-        input_size=64,
-        class_threshold=-1e9,
-        peak_threshold=None,
-        proposal_fn="prm",
-        retrieval=result.best,
-    )
+    fresh = Predictor(predictor.model, retrieval=result.best, **options)
     summary = predict_dataset(fresh, dataset, metrics=["instance"], progress=False)
     assert summary.metrics["instance/mAP_r@0.5"] == pytest.approx(result.value)
     assert predictor.retrieval.beta == 1e-5  # the predictor itself is unchanged
 
 
 def test_per_class_choice_takes_each_class_best_setting(setup):
-    predictor, dataset = setup
+    predictor, dataset, _ = setup
     result = tune_retrieval(
         predictor, dataset, {"alpha": [0.1, 0.8, 5.0]}, per_class=True, progress=False
     )
@@ -65,7 +59,7 @@ def test_per_class_choice_takes_each_class_best_setting(setup):
 
 
 def test_bad_grids(setup):
-    predictor, dataset = setup
+    predictor, dataset, _ = setup
     with pytest.raises(ValueError, match="unknown retrieval settings"):
         tune_retrieval(predictor, dataset, {"gamma": [1]}, progress=False)
     with pytest.raises(ValueError, match="at least one value"):

@@ -24,7 +24,14 @@ from prm.evaluation import results_entries, run_evaluation
 from prm.predictor import Predictor, to_image_tensor
 from prm.visualize import prediction_panel
 
-__all__ = ["PredictionSummary", "ProposalSource", "predict_dataset", "proposal_source"]
+__all__ = [
+    "PredictionSummary",
+    "ProposalSource",
+    "dataset_images",
+    "predict_dataset",
+    "predict_files",
+    "proposal_source",
+]
 
 ProposalSource = Callable[[str, torch.Tensor], torch.Tensor]
 
@@ -69,6 +76,42 @@ def proposal_source(spec: str | None, cache_dir: str | os.PathLike | None = None
         raise FileNotFoundError(f"no proposals for image {image_id} in {folder}")
 
     return from_folder
+
+
+def dataset_images(
+    dataset,
+    proposals: ProposalSource | None = None,
+    limit: int | None = None,
+    skipped: list | None = None,
+    progress: bool = True,
+    desc: str = "predict",
+) -> Iterator[tuple[int, torch.Tensor, dict, torch.Tensor | None]]:
+    """The images of a dataset, ready for a :class:`Predictor`, with their proposals.
+
+    Args:
+        dataset: a ``prm.data`` dataset without a transform.
+        proposals: per-image proposal source, or ``None``.
+        limit: only the first ``limit`` images.
+        skipped: unreadable items (``None`` from a reader with ``on_error="skip"``) are
+            appended here as ``(image id, problem)``.
+        progress, desc: progress bar.
+
+    Yields:
+        ``(index, image (3, H, W) float in [0, 1], target, proposals (P, H, W) or None)``.
+    """
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    for index in tqdm(range(count), desc=desc, disable=not progress, dynamic_ncols=True):
+        item = dataset[index]
+        if item is None:  # unreadable: the reader warned and recorded it
+            if skipped is not None:
+                skipped.append(dataset.skipped[-1] if dataset.skipped else (index, "?"))
+            continue
+        pil, target = item
+        image = to_image_tensor(pil)
+        props = None
+        if proposals is not None:
+            props = proposals(target["image_id"], (image * 255).round().to(torch.uint8))
+        yield index, image, target, props
 
 
 @dataclass
@@ -128,18 +171,9 @@ def predict_dataset(
         Path(overlay_dir).mkdir(parents=True, exist_ok=True)
 
     def pairs() -> Iterator[tuple[dict, dict]]:
-        count = len(dataset) if limit is None else min(limit, len(dataset))
-        bar = tqdm(range(count), desc=desc, disable=not progress, dynamic_ncols=True)
-        for index in bar:
-            item = dataset[index]
-            if item is None:  # unreadable: the reader warned and recorded it
-                summary.skipped.append(dataset.skipped[-1] if dataset.skipped else (index, "?"))
-                continue
-            pil, target = item
-            image = to_image_tensor(pil)
-            props = None
-            if proposals is not None:
-                props = proposals(target["image_id"], (image * 255).round().to(torch.uint8))
+        for _, image, target, props in dataset_images(
+            dataset, proposals, limit, summary.skipped, progress, desc
+        ):
             prediction = predictor([image], [props])[0]
             summary.images += 1
             summary.instances += len(prediction["scores"])

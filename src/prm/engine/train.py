@@ -81,9 +81,7 @@ def build_datasets(config: TrainConfig, with_val: bool = True):
         **train_kwargs,
     )
     if len(train_set) == 0:
-        raise ValueError(
-            f"the {config.dataset} training split {train_split!r} has no images"
-        )
+        raise ValueError(f"the {config.dataset} training split {train_split!r} has no images")
     val_set = None
     if with_val and val_split:
         if config.dataset == "shapes":

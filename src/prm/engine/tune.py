@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from prm.engine.inference import dataset_images
 from prm.evaluation import InstanceSegmentationEvaluator
-from prm.predictor import Predictor, to_image_tensor
+from prm.predictor import Predictor
 from prm.retrieval import RetrievalConfig
 
 __all__ = ["TuningResult", "tune_retrieval"]
@@ -104,18 +104,9 @@ def tune_retrieval(
         InstanceSegmentationEvaluator(classes, iou_thresholds=[threshold]) for _ in configs
     ]
 
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    for index in tqdm(
-        range(count), desc="tune retrieval", disable=not progress, dynamic_ncols=True
+    for index, image, target, props in dataset_images(
+        dataset, proposals, limit, progress=progress, desc="tune retrieval"
     ):
-        item = dataset[index]
-        if item is None:
-            continue
-        pil, target = item
-        image = to_image_tensor(pil)
-        props = None
-        if proposals is not None:
-            props = proposals(target["image_id"], (image * 255).round().to(torch.uint8))
         response, props = predictor.respond(image, props, index)
         for config, evaluator in zip(configs, evaluators):
             evaluator.process([target], [predictor.retrieve(response, props, config)])
