@@ -52,6 +52,9 @@ from prm.backprop import normalize_prms, peak_backprop_rule
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+#: Where ``--quick`` runs write: a git-ignored folder, so that trial numbers never
+#: replace the published tables.
+QUICK_RESULTS = ROOT / ".cache" / "benchmarks"
 
 # --------------------------------------------------------------------------- machine
 
@@ -277,7 +280,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--repeats", type=int, help="timed runs per measurement")
     parser.add_argument(
-        "--out", type=Path, help="results folder (default benchmarks/results, quick: .../quick)"
+        "--out",
+        type=Path,
+        help="results folder (default benchmarks/results; with --quick .cache/benchmarks)",
     )
     parser.add_argument("--no-save", action="store_true", help="print only")
     return parser
@@ -298,7 +303,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, dict[str, Any]]:
 def results_dir(args: argparse.Namespace) -> Path:
     if args.out is not None:
         return args.out
-    return RESULTS / "quick" if args.quick else RESULTS
+    return QUICK_RESULTS if args.quick else RESULTS
 
 
 def save(

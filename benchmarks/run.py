@@ -14,8 +14,9 @@ Benchmarks (each also runs alone, ``python -m benchmarks.<name> --help``):
 - ``evaluation``: ``benchmarks/evaluation.py`` (all metrics in one pass).
 
 Each writes ``<name>.json`` (machine info and every number) and ``<name>.md`` (the
-table) under ``benchmarks/results/`` (``benchmarks/results/quick/`` with ``--quick``,
-where ``proposals`` and ``evaluation``, which have no output folder option, only print).
+table) under ``benchmarks/results/``; with ``--quick`` under ``.cache/benchmarks/``
+(git-ignored: trial numbers never replace the published tables), where ``proposals``
+and ``evaluation``, which have no output folder option, only print.
 At the end ``summary.md`` in the same folder gathers the tables of this run.
 
 The machine's load average is printed before each benchmark and recorded in every
@@ -32,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, ROOT, load_average
+from benchmarks.common import QUICK_RESULTS, RESULTS, ROOT, load_average
 
 OURS = ("backprop", "retrieval", "training", "prediction")
 THEIRS = {
@@ -87,7 +88,7 @@ def main() -> int:
     parser.add_argument("--wait-max", type=float, default=600, help="longest wait, seconds")
     args = parser.parse_args()
 
-    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
     names = [n for n in (args.only or ALL) if n not in args.skip]
     if args.device != "cpu":
         names = [n for n in names if n in OURS]  # the others run on the CPU only
