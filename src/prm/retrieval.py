@@ -185,13 +185,35 @@ def proposal_contours(masks: torch.Tensor, width: int = 5) -> torch.Tensor:
     Returns:
         Tensor[P, H, W] (bool).
     """
+    masks = masks.bool()
     if masks.shape[0] == 0:
-        return masks.bool()
-    m = masks[:, None].float()
+        return masks
+    dilated = _square_morphology(masks, width, dilate=True)
+    eroded = _square_morphology(masks, width, dilate=False)
+    return dilated & ~eroded
+
+
+def _square_morphology(masks: torch.Tensor, width: int, dilate: bool) -> torch.Tensor:
+    """Binary dilation (OR) or erosion (AND) with a ``width x width`` square.
+
+    Separable (rows, then columns) and on bool tensors: ``2 (width - 1)`` logical
+    operations per pixel, an order of magnitude faster than ``max_pool2d`` on a CPU. The
+    border is padded so that it never changes the result (False for a dilation, True for
+    an erosion), as OpenCV's default border does.
+    """
     pad = width // 2
-    dilated = F.max_pool2d(m, width, stride=1, padding=pad)
-    eroded = -F.max_pool2d(-m, width, stride=1, padding=pad)
-    return (dilated > eroded)[:, 0]
+    out = masks
+    for dim in (1, 2):
+        size = out.shape[dim]
+        shape = list(out.shape)
+        shape[dim] = pad
+        fill = torch.full(shape, not dilate, dtype=torch.bool, device=out.device)
+        padded = torch.cat([fill, out, fill], dim)
+        out = padded.narrow(dim, 0, size).clone()
+        for shift in range(1, width):
+            window = padded.narrow(dim, shift, size)
+            out = out.logical_or_(window) if dilate else out.logical_and_(window)
+    return out
 
 
 def score_proposals(

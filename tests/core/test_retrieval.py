@@ -67,6 +67,18 @@ def test_background_contours_and_scores_worked_by_hand():
     assert out["boxes"].tolist() == [[3, 3, 5, 5], [0, 0, 8, 2]]
 
 
+@pytest.mark.parametrize("width", [1, 3, 5, 9])
+def test_separable_contours_equal_max_pooling(width):
+    # The straightforward morphological gradient: dilation and erosion by max-pooling
+    # (padding ignores the border, as OpenCV).
+    g = torch.Generator().manual_seed(width)
+    masks = torch.rand(12, 37, 45, generator=g) > 0.6
+    m = masks[:, None].float()
+    dilated = torch.nn.functional.max_pool2d(m, width, stride=1, padding=width // 2)
+    eroded = -torch.nn.functional.max_pool2d(-m, width, stride=1, padding=width // 2)
+    assert torch.equal(proposal_contours(masks, width), (dilated > eroded)[:, 0])
+
+
 def test_nms_is_class_agnostic_and_merges_prms():
     # A third peak, class 1 (no background), PRM on A: A scores 0.8 + 1 = 1.8 > 1.6, so it
     # suppresses peak 0's instance (IoU 1 >= 0.3) and takes over its PRM.
