@@ -120,15 +120,16 @@ def run_demo(
     def source(image_id: str, image: torch.Tensor) -> torch.Tensor:
         return cache.load(image_id)
 
+    # method -> (network, response maps, proposals, proposal_fn, file name)
     runs = {
-        "CAM + selective search": ("cam", "crm", source, None),
-        "PRM + selective search": ("prm", "prm", source, None),
-        "PRM, no proposals (fallback)": ("prm", "prm", None, "prm"),
+        "CAM + selective search": ("cam", "crm", source, None, "cam"),
+        "PRM + selective search": ("prm", "prm", source, None, "prm"),
+        "PRM, no proposals (fallback)": ("prm", "prm", None, "prm", "prm-fallback"),
     }
     rows: dict[str, dict[str, Any]] = {}
     tuned: dict[str, dict[str, Any]] = {}
     report_dir = out / "report"
-    for method, (net, response, proposals, proposal_fn) in runs.items():
+    for method, (net, response, proposals, proposal_fn, slug) in runs.items():
         model = load_model(checkpoints[net])
         predictor = Predictor(
             model,
@@ -145,7 +146,6 @@ def run_demo(
                 **{name: getattr(result.best, name) for name in TUNING_GRID},
                 "val " + result.metric: result.value,
             }
-        slug = method.split(" ")[0].lower() + ("-fallback" if proposal_fn else "")
         summary = predict_dataset(
             predictor,
             test_set,
