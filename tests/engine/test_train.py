@@ -117,6 +117,9 @@ def test_train_writes_run_folder_and_refuses_other_models(tmp_path, one_thread):
         load_model(checkpoint, class_names=["cat", "dog"])
     with pytest.raises(ValueError, match="is a small model, not resnet18"):
         train(config.replace(backbone="resnet18", epochs=2), resume=True, progress=False)
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train(config, progress=False)  # would overwrite the run
+    assert load_checkpoint(checkpoint)["epoch"] == 1
 
 
 def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(tmp_path, one_thread):

@@ -216,6 +216,7 @@ def train(
         config: the run's :class:`TrainConfig`.
         resume: ``True`` continues from ``<out>/last.pt`` when it exists; a path continues
             from that checkpoint. The checkpoint must have the same backbone and classes.
+            ``False`` refuses an ``out`` folder that already holds a run.
         on_step: called after every optimiser step as ``on_step(epoch, step, loss)``.
         progress: show progress bars.
 
@@ -237,6 +238,12 @@ def train(
         start_epoch = 0
 
         resume_path = None
+        if resume is False and (out / "last.pt").is_file():
+            # Never overwrite a run by accident: its checkpoint would be lost.
+            raise ValueError(
+                f"{out} already holds a training run ({out / 'last.pt'}); pass resume=True "
+                "(--resume) to continue it, or choose another output folder"
+            )
         if resume is True and (out / "last.pt").is_file():
             resume_path = out / "last.pt"
         elif resume not in (False, True, None):
