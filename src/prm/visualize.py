@@ -65,8 +65,9 @@ def draw_instances(
     Args:
         image: the image, ``(3, H, W)`` tensor (uint8 or float in [0, 1]), PIL or
             ``(H, W, 3)`` array.
-        prediction: a prediction dict with ``masks`` ``(N, H, W)``, ``labels``,
-            ``scores`` and optionally ``peaks`` ``(N, 2)`` ``(x, y)``.
+        prediction: a prediction dict with ``masks`` ``(N, H, W)``, ``labels`` and
+            optionally ``scores`` (printed after the class) and ``peaks`` ``(N, 2)``
+            ``(x, y)`` (marked with crosses; else the label goes to the mask's centre).
         class_names: names to print instead of class indices.
         alpha: mask opacity.
         score_threshold: draw only instances scoring at least this.
@@ -77,7 +78,8 @@ def draw_instances(
     canvas = _as_array(image).copy()
     masks = prediction["masks"].cpu().numpy().astype(bool)
     labels = prediction["labels"].cpu().tolist()
-    scores = prediction["scores"].cpu().tolist()
+    has_scores = "scores" in prediction  # ground truth has none
+    scores = prediction["scores"].cpu().tolist() if has_scores else [1.0] * len(labels)
     keep = [i for i, s in enumerate(scores) if score_threshold is None or s >= score_threshold]
     # Paint the weakest first so that the most confident instances stay on top.
     for rank, i in enumerate(reversed(keep)):
@@ -93,11 +95,11 @@ def draw_instances(
         name = class_names[labels[i]] if class_names else str(labels[i])
         if peaks is not None:
             x, y = (float(v) for v in peaks[i])
+            _cross(draw, x, y, colour)
         else:
             ys, xs = np.nonzero(masks[i])
             x, y = (float(xs.mean()), float(ys.mean())) if len(xs) else (0.0, 0.0)
-        _cross(draw, x, y, colour)
-        text = f"{name} {scores[i]:.2f}"
+        text = f"{name} {scores[i]:.2f}" if has_scores else name
         tx, ty = min(x + 5, out.width - 6 * len(text)), max(y - 12, 0)
         draw.rectangle([tx - 1, ty, tx + 6 * len(text), ty + 11], fill=(0, 0, 0))
         draw.text((tx, ty), text, fill=colour)
@@ -151,12 +153,7 @@ def prediction_panel(
     """Side by side: the instances, the PRMs and (when given) the ground-truth masks."""
     panels = [draw_instances(image, prediction, class_names), draw_prms(image, prediction)]
     if target is not None and "masks" in target:
-        n = len(target["masks"])
-        gt = {
-            "masks": target["masks"],
-            "labels": target["labels"],
-            "scores": torch.ones(n),
-        }
+        gt = {"masks": target["masks"], "labels": target["labels"]}
         panels.append(draw_instances(image, gt, class_names))
     width = sum(p.width for p in panels) + 4 * (len(panels) - 1)
     out = Image.new("RGB", (width, panels[0].height), (255, 255, 255))
