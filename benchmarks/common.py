@@ -597,37 +597,6 @@ def authors_retrieval(prms, labels, crm, proposals, cfg) -> list[list]:
     return kept
 
 
-def shifted_contours(masks: torch.Tensor, width: int = 5) -> torch.Tensor:
-    """A candidate for ``prm.retrieval.proposal_contours``: the same contours (dilation
-    minus erosion with a ``width`` square, pixels outside the image ignored), from
-    logical OR / AND of shifted boolean maps, one axis at a time, instead of two 5x5
-    float max-pools. Measured against ours in ``benchmarks/retrieval.py``.
-
-    Args:
-        masks (Tensor[P, H, W]): binary masks.
-        width: odd side of the square.
-
-    Returns:
-        Tensor[P, H, W] (bool).
-    """
-    masks = masks.bool()
-    reach = width // 2
-
-    def sweep(x: torch.Tensor, dim: int, op) -> torch.Tensor:
-        out, n = x.clone(), x.shape[dim]
-        for s in range(1, min(reach, n - 1) + 1):
-            # Each pixel meets its neighbours s pixels before and after it; a neighbour
-            # outside the image is never met, so borders neither dilate nor erode.
-            head, tail = out.narrow(dim, 0, n - s), out.narrow(dim, s, n - s)
-            op(head, x.narrow(dim, s, n - s), out=head)
-            op(tail, x.narrow(dim, 0, n - s), out=tail)
-        return out
-
-    dilated = sweep(sweep(masks, 2, torch.logical_or), 1, torch.logical_or)
-    eroded = sweep(sweep(masks, 2, torch.logical_and), 1, torch.logical_and)
-    return dilated & ~eroded
-
-
 def random_blobs(generator: torch.Generator, count: int, size: tuple[int, int]) -> torch.Tensor:
     """``count`` random axis-aligned ellipses, ``Tensor[count, H, W]`` bool."""
     h, w = size

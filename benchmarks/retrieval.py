@@ -8,9 +8,6 @@ response maps of 14 x 14, and P proposals (random ellipses) at a VOC-like image 
 
 - **ours**: ``prm.retrieve_instances`` (proposals resized and contoured once, scores of
   all pairs from matrix products, then NMS);
-- **candidate contours**: ours with ``prm.retrieval.proposal_contours`` replaced, for
-  this row only, by ``benchmarks.common.shifted_contours`` (the same contours from
-  shifted boolean maps: the contour is most of our time);
 - **loop**: the authors' loop (``benchmarks.common.authors_retrieval``): for every peak,
   for every proposal, resize it, take its morphological gradient and sum the PRM and
   the background under it; then sort and NMS.
@@ -27,12 +24,10 @@ Usage:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-import prm.retrieval
 from benchmarks.common import (
     authors_retrieval,
     base_parser,
@@ -43,7 +38,6 @@ from benchmarks.common import (
     random_blobs,
     save,
     setup,
-    shifted_contours,
     table,
 )
 from prm.retrieval import RetrievalConfig, retrieve_instances
@@ -68,17 +62,6 @@ def make_inputs(max_peaks: int, proposals: int, seed: int = 0) -> dict[str, torc
     }
 
 
-@contextmanager
-def candidate_contours():
-    """Use ``shifted_contours`` inside ``prm.retrieval`` for the duration of the block."""
-    original = prm.retrieval.proposal_contours
-    prm.retrieval.proposal_contours = shifted_contours
-    try:
-        yield
-    finally:
-        prm.retrieval.proposal_contours = original
-
-
 def same_selection(ours: dict[str, torch.Tensor], loop: list[list]) -> bool:
     """Whether both kept the same peaks with the same proposals, in the same order."""
     return (
@@ -89,7 +72,7 @@ def same_selection(ours: dict[str, torch.Tensor], loop: list[list]) -> bool:
 
 
 def time_setting(inputs, k, p, device, repeats, loop_max_pairs, loop_cache) -> dict[str, Any]:
-    """Ours, the candidate and the loop on the first k peaks and p proposals; ``loop_cache``
+    """Ours and the loop on the first k peaks and p proposals; ``loop_cache``
     keeps loop timings by (peaks, proposals) so that an extrapolation reuses a run."""
     prms, labels = inputs["prms"][:k], inputs["labels"][:k]
     crm, proposals = inputs["crm"], inputs["proposals"][:p]
@@ -97,8 +80,6 @@ def time_setting(inputs, k, p, device, repeats, loop_max_pairs, loop_cache) -> d
     args = [t.to(device) for t in (prms, labels, crm, proposals)]
     record: dict[str, Any] = {"peaks": k, "proposals": p}
     ours = measure(lambda: retrieve_instances(*args, config), device, repeats)
-    with candidate_contours():
-        candidate = measure(lambda: retrieve_instances(*args, config), device, repeats)
     if k * p <= loop_max_pairs:
         loop = measure(
             lambda: authors_retrieval(prms, labels, crm, proposals, config), device, 1, warmup=0
@@ -106,7 +87,6 @@ def time_setting(inputs, k, p, device, repeats, loop_max_pairs, loop_cache) -> d
         loop_cache[k, p] = public(loop)
         loop["extrapolated"] = False
         record["same_selection"] = same_selection(ours["result"], loop["result"])
-        record["candidate_same_selection"] = same_selection(candidate["result"], loop["result"])
     else:
         sub = min(8, k)
         if (sub, p) not in loop_cache:  # the same inputs: the first peaks, same proposals
@@ -122,14 +102,9 @@ def time_setting(inputs, k, p, device, repeats, loop_max_pairs, loop_cache) -> d
         loop["wall_s"] *= k / sub
         loop["cpu_s"] *= k / sub
         loop["extrapolated"] = f"from {sub} peaks x {k / sub:g}"
-        record["same_selection"] = record["candidate_same_selection"] = None
-    record["ours"], record["candidate_contours"], record["loop"] = (
-        public(ours),
-        public(candidate),
-        public(loop),
-    )
+        record["same_selection"] = None
+    record["ours"], record["loop"] = public(ours), public(loop)
     record["speedup"] = round(loop["wall_s"] / ours["wall_s"], 1)
-    record["candidate_speedup"] = round(loop["wall_s"] / candidate["wall_s"], 1)
     print({key: v for key, v in record.items() if key not in ("ours", "loop")})
     return record
 
@@ -175,10 +150,7 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["results"]:
         loop = r["loop"]
         loop_text = fmt_s(loop["wall_s"]) + (" (extrapolated)" if loop["extrapolated"] else "")
-        words = {True: "yes", False: "NO", None: "-"}
-        same = words[r["same_selection"]]
-        if r["same_selection"] is not None:
-            same += " / " + words[r["candidate_same_selection"]]
+        same = {True: "yes", False: "NO", None: "-"}[r["same_selection"]]
         rows.append(
             [
                 r["peaks"],
@@ -187,8 +159,6 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{r['ours']['peak_mb']:.0f}",
                 loop_text,
                 f"{r['speedup']:.1f}x",
-                fmt_s(r["candidate_contours"]["wall_s"]),
-                f"{r['candidate_speedup']:.1f}x",
                 same,
             ]
         )
@@ -200,19 +170,15 @@ def markdown(report: dict[str, Any]) -> str:
             "ours peak MB",
             "loop s",
             "speed-up",
-            "candidate contours s",
-            "candidate speed-up",
-            "same selections (ours / candidate)",
+            "same selections",
         ],
         rows,
     )
     lines += [
         "",
-        "speed-up: loop time / our time. candidate contours: ours with the proposal",
-        "contours computed from shifted boolean maps (`benchmarks.common.shifted_contours`,",
-        "equal to `prm.retrieval.proposal_contours`, tested). same selections: both keep the",
-        "same peaks with the same proposals in the same order (loop runs that were",
-        "extrapolated are not compared).",
+        "speed-up: loop time / our time. same selections: both keep the same peaks with the",
+        "same proposals in the same order (loop runs that were extrapolated are not",
+        "compared; tests/core/test_retrieval.py checks scores and merged PRMs too).",
         "",
     ]
     return "\n".join(lines)

@@ -17,7 +17,9 @@ Each writes ``<name>.json`` (machine info and every number) and ``<name>.md`` (t
 table) under ``benchmarks/results/``; with ``--quick`` under ``.cache/benchmarks/``
 (git-ignored: trial numbers never replace the published tables), where ``proposals``
 and ``evaluation``, which have no output folder option, only print.
-At the end ``summary.md`` in the same folder gathers the tables of this run.
+At the end ``summary.md`` in the same folder gathers every table found there (this run's
+and earlier ones': each table names its machine and date) and ``run.json`` records this
+run's exit codes and durations.
 
 The machine's load average is printed before each benchmark and recorded in every
 result; ``--wait-load 1.0`` waits (up to ``--wait-max`` seconds) for a quiet machine
@@ -74,6 +76,13 @@ def wait_for_quiet(threshold: float | None, longest: float) -> None:
         time.sleep(30)
 
 
+def write_summary(out: Path) -> None:
+    """``<out>/summary.md``: every benchmark table found in ``out``, in a fixed order."""
+    out.mkdir(parents=True, exist_ok=True)
+    tables = [(out / f"{n}.md").read_text().strip() for n in ALL if (out / f"{n}.md").is_file()]
+    (out / "summary.md").write_text("\n\n".join(tables) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -86,9 +95,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="results folder")
     parser.add_argument("--wait-load", type=float, help="wait for a load average below this")
     parser.add_argument("--wait-max", type=float, default=600, help="longest wait, seconds")
+    parser.add_argument(
+        "--summary-only", action="store_true", help="only rewrite summary.md from the tables"
+    )
     args = parser.parse_args()
 
     out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
+    if args.summary_only:
+        write_summary(out)
+        return 0
     names = [n for n in (args.only or ALL) if n not in args.skip]
     if args.device != "cpu":
         names = [n for n in names if n in OURS]  # the others run on the CPU only
@@ -101,16 +116,8 @@ def main() -> int:
         status[name] = {"returncode": code, "seconds": round(time.perf_counter() - start, 1)}
         print(f"=== {name}: exit {code} after {status[name]['seconds']} s ===", flush=True)
 
-    out.mkdir(parents=True, exist_ok=True)
-    tables = []
-    for name in names:
-        # proposals / evaluation write to benchmarks/results only in a full run.
-        where = out if name in OURS else (RESULTS if not args.quick else None)
-        md = where / f"{name}.md" if where is not None else None
-        if md is not None and md.is_file() and status[name]["returncode"] == 0:
-            tables.append(md.read_text().strip())
-    (out / "summary.md").write_text("\n\n".join(tables) + "\n")
-    (out / "run.json").write_text(json.dumps(status, indent=2) + "\n")
+    write_summary(out)
+    (out / "run.json").write_text(json.dumps(status, indent=2) + "\n")  # this run only
     print(f"\n{json.dumps(status)}\nwrote {out / 'summary.md'}")
     return 1 if any(s["returncode"] for s in status.values()) else 0
 
