@@ -1,11 +1,18 @@
 """Shared pytest fixtures."""
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# The repository root on the path: the benchmarks folder and the reference loops in
+# tests/core (tests.core.reference_retrieval) are imported by name.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 # The tests run small tensors, where OpenMP threads cost more than they bring, and a busy
 # 2-core machine makes them wait on each other; one thread is faster and deterministic.

@@ -1,10 +1,7 @@
 """Proposal retrieval (method.md §5): a hand-worked example and the authors' loop."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from scipy import ndimage
 
 from prm.retrieval import (
     RetrievalConfig,
@@ -167,77 +164,7 @@ def test_bad_inputs():
         )
 
 
-# --- The authors' per-peak, per-proposal loop, written out with PIL and scipy ----------
-
-
-def imresize(array, size, resample):
-    """scipy.misc.imresize: byte-scale to 0..255, then PIL resize to (h, w)."""
-    array = np.asarray(array, dtype=np.float64)
-    low, high = array.min(), array.max()
-    scale = 255.0 / (high - low) if high > low else 255.0
-    data = (((array - low) * scale).clip(0, 255) + 0.5).astype(np.uint8)
-    return np.array(Image.fromarray(data).resize((size[1], size[0]), resample))
-
-
-def morphological_gradient(mask, width):
-    """cv2.morphologyEx(MORPH_GRADIENT) with a square: borders never erode."""
-    square = np.ones((width, width), bool)
-    dilated = ndimage.binary_dilation(mask, square)
-    eroded = ndimage.binary_erosion(mask, square, border_value=1)
-    return dilated & ~eroded
-
-
-def authors_retrieval(prms, labels, crm, proposals, cfg):
-    prms, crm, proposals = prms.numpy(), crm.numpy(), proposals.numpy()
-    height, width = prms.shape[1:]
-    area = height * width
-    instances = []
-    for i, prm in enumerate(prms):
-        c = int(labels[i])
-        class_response = imresize(crm[c], (height, width), Image.BICUBIC)
-        background = (class_response < cfg.tau * class_response.mean()).astype(np.float32)
-        best, best_j, best_mask = -np.inf, None, None
-        for j in range(min(cfg.proposal_count, len(proposals))):
-            mask = imresize(proposals[j].astype(int), (height, width), Image.NEAREST).astype(bool)
-            contour = morphological_gradient(mask, cfg.contour_width)
-            if not (
-                cfg.proposal_size_limit[0] * area <= mask.sum() < cfg.proposal_size_limit[1] * area
-            ):
-                continue
-            value = (
-                cfg.alpha * prm[mask].sum() + prm[contour].sum() - cfg.beta * background[mask].sum()
-            )
-            if value > best:
-                best, best_j, best_mask = value, j, mask
-        if best_mask is not None:
-            instances.append([best, c, best_mask, prm.copy(), best_j, i])
-    instances.sort(key=lambda v: v[0], reverse=True)
-    kept = []
-    while instances:
-        top = instances.pop(0)
-        kept.append(top)
-        rest = []
-        for other in instances:
-            inter = np.logical_and(top[2], other[2]).sum()
-            union = np.logical_or(top[2], other[2]).sum()
-            if inter / (union + 1e-10) < cfg.nms_threshold:
-                rest.append(other)
-            else:
-                top[3] += other[3]
-        instances = rest
-    return kept
-
-
-def random_blobs(generator, count, size):
-    h, w = size
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    cy = torch.rand(count, generator=generator) * h
-    cx = torch.rand(count, generator=generator) * w
-    ry = 2 + torch.rand(count, generator=generator) * h / 3
-    rx = 2 + torch.rand(count, generator=generator) * w / 3
-    return ((yy - cy[:, None, None]) / ry[:, None, None]) ** 2 + (
-        (xx - cx[:, None, None]) / rx[:, None, None]
-    ) ** 2 <= 1
+from tests.core.reference_retrieval import authors_retrieval, random_blobs  # noqa: E402
 
 
 @pytest.mark.parametrize("seed", range(6))
