@@ -41,7 +41,6 @@ import torch
 from benchmarks.common import (
     FixedPeaks,
     PeakMemory,
-    autograd_prms,
     base_parser,
     floor_prms,
     fmt_s,
@@ -113,7 +112,7 @@ def bf16_distance(maps16: torch.Tensor, peaks16, maps32: torch.Tensor, peaks32) 
     }
 
 
-def time_methods(model, model16, image, k, chunk_sizes, default_chunk, candidate, repeats):
+def time_methods(model, model16, image, k, chunk_sizes, default_chunk, repeats):
     """Every method on the image's k strongest peaks; one dict per method."""
     device = image.device
     methods: dict[str, dict[str, Any]] = {}
@@ -125,11 +124,6 @@ def time_methods(model, model16, image, k, chunk_sizes, default_chunk, candidate
     peaks, maps = methods[f"ours (default, chunk {default})"]["result"]
     if len(peaks) != k:
         raise SystemExit(f"the test image has {len(peaks)} peaks, fewer than {k}")
-    if candidate != "none":
-        for chunk in chunks if candidate == "all" else [default]:
-            methods[f"candidate: autograd.grad (chunk {chunk})"] = measure(
-                lambda c=chunk: autograd_prms(model, image, peaks, c), device, repeats
-            )
     methods["loop"] = measure(lambda: loop_prms(model, image, peaks), device, repeats)
     methods["floor"] = floor(model, image, peaks, device, repeats)
     reference = methods["loop"]["result"]
@@ -156,7 +150,6 @@ def run(args) -> dict[str, Any]:
     repeats = args.repeats or 3
     peaks_list = args.peaks or ((4,) if args.quick else (1, 4, 16, 32))
     chunk_sizes = args.chunks or ((1, 4) if args.quick else CHUNKS)
-    candidate = "none" if not args.candidate else ("default" if args.quick else "all")
     torch.manual_seed(0)
     model = build_model(args.backbone, 20).eval().to(device)
     image = test_image(args.size).to(device)
@@ -166,9 +159,7 @@ def run(args) -> dict[str, Any]:
     rows = [
         {
             "peaks": k,
-            "methods": time_methods(
-                model, model16, image, k, chunk_sizes, default_chunk, candidate, repeats
-            ),
+            "methods": time_methods(model, model16, image, k, chunk_sizes, default_chunk, repeats),
         }
         for k in peaks_list
     ]
@@ -252,12 +243,6 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--size", type=int, default=448, help="square input size")
     parser.add_argument("--chunks", type=int, nargs="+", help="chunk sizes (default 1 4 16)")
-    parser.add_argument(
-        "--no-candidate",
-        dest="candidate",
-        action="store_false",
-        help="skip the plain-autograd candidate (--quick: default chunk only)",
-    )
     parser.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,

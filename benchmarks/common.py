@@ -473,45 +473,6 @@ def floor_prms(
     return maps, forward_s, backward_s
 
 
-def autograd_prms(
-    model: nn.Module, image: torch.Tensor, peaks: torch.Tensor, chunk_size: int = 1
-) -> torch.Tensor:
-    """A candidate for ``prm.peak_response_maps``: the same rule and maps, with plain
-    autograd instead of ``torch.func.vjp``.
-
-    One ordinary forward under the rule (the input requiring gradients), then the peaks
-    ``chunk_size`` at a time: ``torch.autograd.grad`` with ``retain_graph=True``, and
-    with ``is_grads_batched=True`` (vmap over the backward pass only) for chunks of
-    more than one peak. Measured against ours in ``benchmarks/backprop.py``.
-
-    Args:
-        model: network in eval mode with ``class_response_maps``.
-        image (Tensor[3, H, W]): one normalised image.
-        peaks (Tensor[K, 3], int64): ``(c, y, x)`` CRM cells.
-        chunk_size: peaks per backward call.
-
-    Returns:
-        Tensor[K, H, W]: normalised peak response maps.
-    """
-    x = image[None].detach().clone().requires_grad_()
-    with torch.enable_grad(), peak_backprop_rule():
-        crm = model.class_response_maps(x)
-    maps = []
-    for start in range(0, len(peaks), chunk_size):
-        chunk = peaks[start : start + chunk_size]
-        onehot = torch.zeros((len(chunk), *crm.shape), dtype=crm.dtype, device=crm.device)
-        onehot[torch.arange(len(chunk)), 0, chunk[:, 0], chunk[:, 1], chunk[:, 2]] = 1
-        if len(chunk) == 1:
-            (grad,) = torch.autograd.grad(crm, x, onehot[0], retain_graph=True)
-        else:
-            (grad,) = torch.autograd.grad(crm, x, onehot, retain_graph=True, is_grads_batched=True)
-            grad = grad[:, 0]
-        maps.append(normalize_prms(grad))
-    if not maps:
-        return image.new_zeros((0, *image.shape[1:]))
-    return torch.cat(maps)
-
-
 def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """``max |ours - reference| / max |reference|`` (0 for two empty tensors)."""
     if reference.numel() == 0:
