@@ -47,6 +47,7 @@ from benchmarks.common import (
     loop_prms,
     machine_line,
     measure,
+    measure_interleaved,
     public,
     relative_difference,
     save,
@@ -118,13 +119,17 @@ def time_methods(model, model16, image, k, chunk_sizes, default_chunk, repeats):
     methods: dict[str, dict[str, Any]] = {}
     chunks = sorted({min(c, k) for c in chunk_sizes})  # a chunk larger than K is K
     default = min(default_chunk, k)
-    for chunk in [default] + [c for c in chunks if c != default]:
-        name = f"ours (default, chunk {chunk})" if chunk == default else f"ours (chunk {chunk})"
-        methods[name] = measure(lambda c=chunk: ours(model, image, k, c), device, repeats)
-    peaks, maps = methods[f"ours (default, chunk {default})"]["result"]
+    peaks, _ = ours(model, image, k, default)
     if len(peaks) != k:
         raise SystemExit(f"the test image has {len(peaks)} peaks, fewer than {k}")
-    methods["loop"] = measure(lambda: loop_prms(model, image, peaks), device, repeats)
+    fns = {}
+    for chunk in [default] + [c for c in chunks if c != default]:
+        name = f"ours (default, chunk {chunk})" if chunk == default else f"ours (chunk {chunk})"
+        fns[name] = lambda c=chunk: ours(model, image, k, c)
+    fns["loop"] = lambda: loop_prms(model, image, peaks)
+    # In rounds (see measure_interleaved): ours and the loop see the same machine.
+    methods.update(measure_interleaved(fns, device, repeats))
+    peaks, maps = methods[f"ours (default, chunk {default})"]["result"]
     methods["floor"] = floor(model, image, peaks, device, repeats)
     reference = methods["loop"]["result"]
     for m in methods.values():
@@ -184,7 +189,8 @@ def markdown(report: dict[str, Any]) -> str:
         "# Peak back-propagation benchmark",
         "",
         f"{s['backbone']} at {s['image_size']} x {s['image_size']}, one image, K peaks; "
-        f"median of {s['repeats']} runs after a warm-up. Produced by "
+        f"median of {s['repeats']} runs after a warm-up; ours and the loop run in "
+        "rounds (one run each per round, the order rotating). Produced by "
         "`python -m benchmarks.backprop`.",
         "",
         f"Machine: {machine_line(report['machine'])}.",

@@ -254,6 +254,52 @@ def measure(
     }
 
 
+def measure_interleaved(
+    fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int = 3
+) -> dict[str, dict[str, Any]]:
+    """Time several functions of the same work in rounds: one warm-up each (which also
+    takes its peak memory), then ``repeats`` rounds in which each runs once, the order
+    rotating by one every round.
+
+    On a shared machine, timing one method's runs back to back and then the next's lets
+    slow drifts of the machine land on one method; rounds spread them over all.
+
+    Returns:
+        One dict per name, as :func:`measure` returns.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    records: dict[str, dict[str, Any]] = {}
+    for name, fn in fns.items():
+        with PeakMemory(device) as tracker:
+            fn()
+            synchronize(device)
+        records[name] = {"walls": [], "cpus": [], "mb": tracker.mb, "method": tracker.method}
+    names = list(fns)
+    results: dict[str, Any] = {}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            results[name] = None  # free the previous result before the next call
+            wall, cpu = time.perf_counter(), time.process_time()
+            results[name] = fns[name]()
+            synchronize(device)
+            records[name]["walls"].append(time.perf_counter() - wall)
+            records[name]["cpus"].append(time.process_time() - cpu)
+    return {
+        name: {
+            "wall_s": statistics.median(rec["walls"]),
+            "cpu_s": statistics.median(rec["cpus"]),
+            "min_s": min(rec["walls"]),
+            "runs_s": [round(w, 4) for w in rec["walls"]],
+            "peak_mb": round(rec["mb"], 1),
+            "rss_method": rec["method"],
+            "result": results[name],
+        }
+        for name, rec in records.items()
+    }
+
+
 def public(record: dict[str, Any]) -> dict[str, Any]:
     """A :func:`measure` record without its ``result`` (for the JSON)."""
     out = {k: v for k, v in record.items() if k != "result"}

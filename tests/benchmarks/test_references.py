@@ -18,6 +18,7 @@ from benchmarks.common import (
     floor_prms,
     loop_prms,
     measure,
+    measure_interleaved,
     random_blobs,
     relative_difference,
 )
@@ -119,6 +120,25 @@ def test_measure_reports_the_median_and_the_memory_a_call_needs():
         assert 60 <= record["peak_mb"] < 200
     with pytest.raises(ValueError, match="repeats"):
         measure(allocate, torch.device("cpu"), repeats=0)
+
+
+def test_measure_interleaved_runs_in_rotating_rounds():
+    order = []
+
+    def make(name):
+        def fn():
+            order.append(name)
+            return name
+
+        return fn
+
+    records = measure_interleaved({n: make(n) for n in "abc"}, torch.device("cpu"), repeats=3)
+    # Warm-ups a b c, then rounds a b c / b c a / c a b.
+    assert "".join(order) == "abc" + "abc" + "bca" + "cab"
+    for name, record in records.items():
+        assert record["result"] == name and len(record["runs_s"]) == 3
+    with pytest.raises(ValueError, match="repeats"):
+        measure_interleaved({"a": make("a")}, torch.device("cpu"), repeats=0)
 
 
 def test_relative_difference():
