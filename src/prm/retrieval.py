@@ -252,7 +252,7 @@ def score_proposals(
     peak_background: torch.Tensor,
     alpha: torch.Tensor,
     beta: torch.Tensor,
-    chunk: int = 16,
+    chunk: int = _CHUNK,
 ) -> torch.Tensor:
     """The retrieval score of every (peak, proposal) pair, all at one resolution.
 
