@@ -143,3 +143,15 @@ def test_demo_smoke_run(tmp_path, capsys):
     }
     assert "| PRM + selective search |" in capsys.readouterr().out
     assert (tmp_path / "demo" / "report" / "overlays" / "prm").is_dir()
+
+
+def test_predict_fails_when_no_image_could_be_read(checkpoint, tmp_path, capsys):
+    """Issue 10, item 6: it exited 0 with an empty results file."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    argv = ["predict", "--checkpoint", str(checkpoint), "--images", str(folder), "--quiet"]
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        code = main([*argv, "--out", str(tmp_path / "out"), "--proposals", "prm"])
+    assert code == 2
+    assert "no image could be read (first: " in capsys.readouterr().err

@@ -237,4 +237,9 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.images} images, {summary.instances} instances -> {summary.results_file}"
         + (f"; skipped {len(summary.skipped)} unreadable images" if summary.skipped else "")
     )
+    if summary.images == 0:  # an empty results file is not a success
+        first = (
+            f" (first: {summary.skipped[0][0]}: {summary.skipped[0][1]})" if summary.skipped else ""
+        )
+        raise ValueError(f"no image could be read{first}")
     return 0

@@ -16,12 +16,13 @@ import multiprocessing
 import os
 import re
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from prm.paths import safe_relative_name
 
 from .compact import CompactProposals
 from .io import _write_atomic, load_proposals, save_proposals
@@ -72,11 +73,7 @@ class ProposalCache:
 
     def path(self, image_id: str) -> Path:
         """The cache file of an image id (ids are made safe as file names)."""
-        image_id = str(image_id)
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).lstrip(".") or "_"
-        if safe != image_id:  # keep distinct ids distinct after the substitution
-            safe = f"{safe}-{zlib.crc32(image_id.encode()):08x}"
-        return self.folder / f"{safe}.npz"
+        return self.folder / safe_relative_name(image_id, ".npz", keep_folders=False)
 
     def __contains__(self, image_id: str) -> bool:
         return self.path(image_id).is_file()
