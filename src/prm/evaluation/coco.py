@@ -25,7 +25,7 @@ from pycocotools.cocoeval import COCOeval
 
 from prm.masks import encode_rle
 
-from .base import Evaluator, ground_truth, predicted_instances, target_size
+from .base import Evaluator, as_tensor, ground_truth, predicted_instances, target_size
 
 __all__ = ["COCOEvaluator", "COCO_STATS"]
 
@@ -112,7 +112,8 @@ class COCOEvaluator(Evaluator):
                     f"{bad[0]}, expected {size}"
                 )
         else:
-            pred_masks = prediction["masks"]
+            image = target.get("image_id", "?")
+            pred_masks = as_tensor(prediction["masks"], f"prediction masks of image {image}")
             if pred_masks.dim() != 3 or tuple(pred_masks.shape[1:]) != size:
                 raise ValueError(
                     f"prediction masks of image {target.get('image_id', '?')} have shape "

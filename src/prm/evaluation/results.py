@@ -125,7 +125,7 @@ def load_results(
 
     Returns:
         list aligned with ``images``: ``{"image_id", "labels": int64 (N,), "scores":
-        float32 (N,), "rles": list of N RLE dicts}``, entries in file order. An image
+        float64 (N,), "rles": list of N RLE dicts}``, entries in file order. An image
         without results gets N = 0.
 
     Raises:
@@ -203,7 +203,7 @@ def load_results(
         out[i]["rles"].append(rle)
     for item in out:
         item["labels"] = torch.tensor(item["labels"], dtype=torch.int64)
-        item["scores"] = torch.tensor(item["scores"], dtype=torch.float32)
+        item["scores"] = torch.tensor(item["scores"], dtype=torch.float64)  # JSON: doubles
     return out
 
 
