@@ -11,6 +11,7 @@ authors do. Masks, boxes, peaks and PRMs come back at the image's own resolution
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -24,6 +25,7 @@ from prm.backprop import class_response_peak_maps, peak_response_maps
 from prm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from prm.masks import masks_to_boxes
 from prm.retrieval import RetrievalConfig, retrieve_instances
+from prm.validation import check_number
 
 __all__ = ["Predictor", "crm_to_image_coords", "to_image_tensor"]
 
@@ -149,6 +151,21 @@ class Predictor:
             raise ValueError(f"proposal_fn must be a callable or 'prm', got {proposal_fn!r}")
         if isinstance(input_size, int):
             input_size = (input_size, input_size)
+        if input_size is not None:
+            for side in input_size:
+                check_number("input_size", side, minimum=1, integer=True)
+        for name, value in (
+            ("class_threshold", class_threshold),
+            ("peak_threshold", peak_threshold),
+        ):
+            if value is not None and not (isinstance(value, numbers.Real) and value == value):
+                raise ValueError(f"{name} must be a number (not NaN), got {value!r}")
+        if peak_threshold_mode not in ("absolute", "relative"):
+            raise ValueError(
+                f"peak_threshold_mode must be 'absolute' or 'relative', got {peak_threshold_mode!r}"
+            )
+        if chunk_size is not None:
+            check_number("chunk_size", chunk_size, minimum=1, integer=True)
         self.model = model.eval()
         self.input_size = input_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)

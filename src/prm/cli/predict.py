@@ -197,7 +197,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from prm.engine.inference import predict_dataset, predict_files, proposal_source
+    from prm.validation import check_number
 
+    check_number("--overlays", args.overlays, minimum=0, integer=True)
+    for flag, value in (("--limit", args.limit), ("--sub-pixel-factor", args.sub_pixel_factor)):
+        if value is not None:
+            check_number(flag, value, minimum=1, integer=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.evaluate and args.images:

@@ -148,8 +148,18 @@ def prediction_masks(prediction: Mapping, size: Sequence[int]) -> torch.Tensor:
                 f"{tuple(masks.shape)}, expected (N, {size[0]}, {size[1]}) (the image size)"
             )
         return masks.bool().cpu()  # evaluation runs on the CPU
+    rles = prediction["rles"]
+    entries = prediction.get("entries")
+    for j, rle in enumerate(rles):
+        rle_size = tuple(int(v) for v in rle.get("size", ())) if isinstance(rle, dict) else ()
+        if rle_size and rle_size != size:  # name the entry at fault, not the first one
+            which = f"entry {entries[j]}" if entries is not None else f"RLE {j}"
+            raise ValueError(
+                f"{which} (image {prediction.get('image_id', '?')}) is a mask of size "
+                f"{rle_size}, but the image is {size}"
+            )
     try:
-        return decode_rle(prediction["rles"], size=size)
+        return decode_rle(rles, size=size)
     except ValueError as exc:
         raise ValueError(
             f"predictions of image {prediction.get('image_id', '?')} do not fit it: {exc}"
