@@ -110,6 +110,13 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
     )
     parser.add_argument("--sub-pixel-factor", type=int, help="override the checkpoint's")
     parser.add_argument("--chunk-size", type=int, help="peaks back-propagated at once")
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=2048,
+        help="longest side an image is worked on at; larger images are scaled down and "
+        "their masks scaled back (default 2048; 0: no limit)",
+    )
     parser.add_argument("--device", default="auto")
 
 
@@ -151,6 +158,7 @@ def build_predictor(args: argparse.Namespace):
         score=args.score,
         chunk_size=args.chunk_size,
         device=device,
+        max_size=getattr(args, "max_size", 2048) or None,
     )
     return model, predictor
 

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from prm.data import COCODataset, DataError, load_image
 from prm.evaluation import results_entries, run_evaluation
 from prm.paths import output_path, safe_relative_name
-from prm.predictor import Predictor, to_image_tensor
+from prm.predictor import Predictor, to_image_tensor, working_size
 from prm.visualize import prediction_panel
 
 __all__ = [
@@ -94,6 +95,7 @@ def dataset_images(
     skipped: list | None = None,
     progress: bool = True,
     desc: str = "predict",
+    max_size: int | None = None,
 ) -> Iterator[tuple[int, torch.Tensor, dict, torch.Tensor | None]]:
     """The images of a dataset, ready for a :class:`Predictor`, with their proposals.
 
@@ -104,6 +106,9 @@ def dataset_images(
         skipped: unreadable items (``None`` from a reader with ``on_error="skip"``) are
             appended here as ``(image id, problem)``.
         progress, desc: progress bar.
+        max_size: proposals of an image whose longest side exceeds it are computed on
+            the image scaled down to it (the working size of ``Predictor(max_size=)``),
+            so that no image takes unbounded time; ``None``: at full size.
 
     Yields:
         ``(index, image (3, H, W) float in [0, 1], target, proposals (P, H, W) or None)``.
@@ -119,8 +124,16 @@ def dataset_images(
         image = to_image_tensor(pil)
         props = None
         if proposals is not None:
-            props = proposals(target["image_id"], (image * 255).round().to(torch.uint8))
+            props = proposals(target["image_id"], _proposal_image(image, max_size))
         yield index, image, target, props
+
+
+def _proposal_image(image: torch.Tensor, max_size: int | None) -> torch.Tensor:
+    """The uint8 image proposals are computed on: at most ``max_size`` on its longest side."""
+    work = working_size(tuple(image.shape[1:]), max_size)
+    if work != tuple(image.shape[1:]):
+        image = F.interpolate(image[None], size=work, mode="bilinear", antialias=True)[0]
+    return (image * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 @dataclass
@@ -182,7 +195,7 @@ def predict_dataset(
 
     def pairs() -> Iterator[tuple[dict, dict]]:
         for _, image, target, props in dataset_images(
-            dataset, proposals, limit, summary.skipped, progress, desc
+            dataset, proposals, limit, summary.skipped, progress, desc, _max_size(predictor)
         ):
             prediction = predictor([image], [props])[0]
             summary.images += 1
@@ -255,7 +268,7 @@ def predict_files(
                 continue
             props = None
             if proposals is not None:
-                props = proposals(image_id, (image * 255).round().to(torch.uint8))
+                props = proposals(image_id, _proposal_image(image, _max_size(predictor)))
             prediction = predictor([image], [props])[0]
             summary.images += 1
             summary.instances += len(prediction["scores"])
@@ -270,6 +283,10 @@ def predict_files(
                     inputs,
                 )
     return summary
+
+
+def _max_size(predictor) -> int | None:
+    return getattr(predictor, "max_size", None)
 
 
 def unique_image_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
