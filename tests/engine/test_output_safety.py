@@ -159,3 +159,21 @@ def test_unique_ids_for_every_kind_of_clash(tmp_path):
     with pytest.warns(UserWarning):
         ids = unique_image_ids(paths)
     assert len(set(ids)) == 4 and ids[3] == "q"
+
+
+def test_proposal_folders_are_read_by_safe_names_only(tmp_path):
+    from prm.engine.inference import proposal_source
+    from prm.proposals import save_proposals
+
+    folder = tmp_path / "proposals"
+    folder.mkdir()
+    masks = torch.ones(1, 4, 4, dtype=torch.bool)
+    save_proposals(tmp_path / "secret.npz", masks)  # outside the folder
+    save_proposals(folder / "2007_000032.npz", masks)  # a plain id: its own name
+    save_proposals(folder / safe_relative_name("a b/c", ".npz", keep_folders=False), masks)
+    source = proposal_source(str(folder))
+    image = torch.zeros(3, 4, 4, dtype=torch.uint8)
+    assert source("2007_000032", image).shape == (1, 4, 4)
+    assert source("a b/c", image).shape == (1, 4, 4)  # as a `prm proposals` cache names it
+    with pytest.raises(FileNotFoundError, match="no proposals for image ../secret"):
+        source("../secret", image)
