@@ -36,6 +36,10 @@ def test_voc_without_split_evaluates_val_not_train(voc_writer, tmp_path, capsys)
     out = capsys.readouterr().out
     assert code == 0, capsys.readouterr().err
     assert "(split val)" in out and "3 predictions" in out
+    stable = main(
+        [*argv, "--predictions", str(results), "--metrics", "instance", "--ties", "stable"]
+    )
+    assert stable == 0
 
 
 def test_coco_export_in_its_own_layout(tmp_path, capsys):

@@ -67,6 +67,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--class-agnostic-abo", action="store_true", help="also report class-agnostic ABO"
     )
+    parser.add_argument(
+        "--ties",
+        choices=["chainercv", "stable"],
+        default="chainercv",
+        help="order of tied scores in mAP^r: chainercv's np.argsort(scores)[::-1] (default, "
+        "equal to chainercv) or stable (the order in the file)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -111,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             "use_07_metric": args.use_07_metric,
             "use_ignore_mask": args.use_ignore_mask,
             "class_agnostic_abo": args.class_agnostic_abo,
+            "ties": args.ties,
         }
     where = args.annotations or f"split {args.split or split}"
     print(f"{dataset!r} ({where}), {sum(len(r['scores']) for r in results)} predictions")
