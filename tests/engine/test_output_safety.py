@@ -177,3 +177,16 @@ def test_proposal_folders_are_read_by_safe_names_only(tmp_path):
     assert source("a b/c", image).shape == (1, 4, 4)  # as a `prm proposals` cache names it
     with pytest.raises(FileNotFoundError, match="no proposals for image ../secret"):
         source("../secret", image)
+
+
+def test_an_overlay_never_replaces_a_dataset_image(predictor, tmp_path):
+    out = tmp_path / "out"
+    root = out / "overlays"  # the user's images where overlays go
+    source = picture(root / "x.png", seed=4)
+    (root / "labels.csv").write_text("file,labels\nx.png,a\n")
+    before = source.read_bytes()
+    with pytest.warns(UserWarning, match="would overwrite the input"):
+        summary = predict_dataset(
+            predictor, FolderDataset(root, "labels.csv"), overlay_dir=root, progress=False
+        )
+    assert summary.images == 1 and summary.overlays == [] and source.read_bytes() == before

@@ -192,6 +192,7 @@ def predict_dataset(
     names = list(dataset.classes)
     coco = isinstance(dataset, COCODataset)
     writer = _ResultsWriter(results_file) if results_file is not None else None
+    inputs = _input_files(dataset) if overlay_dir is not None else None
 
     def pairs() -> Iterator[tuple[dict, dict]]:
         for _, image, target, props in dataset_images(
@@ -211,6 +212,7 @@ def predict_dataset(
                     overlay_dir,
                     target["image_id"],
                     (image, prediction, names, target),
+                    inputs,
                 )
             yield target, prediction
 
@@ -283,6 +285,17 @@ def predict_files(
                     inputs,
                 )
     return summary
+
+
+def _input_files(dataset) -> set[Path] | None:
+    """Resolved paths of a dataset's image files, never to be written over (when known)."""
+    from prm.data import FolderDataset
+
+    if isinstance(dataset, FolderDataset):
+        return {(dataset.root / row["file"]).resolve() for row in dataset.rows}
+    if isinstance(dataset, COCODataset):
+        return {(dataset.image_dir / im["file_name"]).resolve() for im in dataset.images}
+    return None
 
 
 def _max_size(predictor) -> int | None:
