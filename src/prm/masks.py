@@ -68,31 +68,40 @@ def decode_rle(rles: list[dict], size: tuple[int, int] | None = None) -> torch.T
     return torch.from_numpy(np.ascontiguousarray(decoded.transpose(2, 0, 1))).bool()
 
 
-def mask_iou(a: torch.Tensor, b: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def mask_iou(
+    a: torch.Tensor, b: torch.Tensor, chunk: int = 256, exact: bool = False
+) -> torch.Tensor:
     """Intersection over union of every pair of masks.
 
     Args:
         a (Tensor[N, H, W]): binary masks.
         b (Tensor[M, H, W]): binary masks of the same size.
         chunk: rows of ``a`` processed at once (bounds memory to ``chunk x H x W`` floats).
+        exact: return float64 IoUs divided from exact integer pixel counts, so that
+            ``iou >= t`` holds exactly when ``|a & b| / |a | b| >= t`` (an IoU of exactly
+            0.7 is not rounded to 0.69999999 as float32 would). Used by evaluation.
 
     Returns:
-        Tensor[N, M] (float32); 0 where both masks are empty.
+        Tensor[N, M] (float32, or float64 with ``exact``); 0 where both masks are empty.
     """
     if a.dim() != 3 or b.dim() != 3 or a.shape[1:] != b.shape[1:]:
         raise ValueError(
             f"mask_iou needs (N, H, W) and (M, H, W), got {tuple(a.shape)}, {tuple(b.shape)}"
         )
-    bf = b.flatten(1).float()
+    # float32 sums of 0/1 products are exact integers below 2^24 pixels; beyond, float64.
+    count_dtype = torch.float64 if exact and a.shape[1] * a.shape[2] >= 2**24 else torch.float32
+    bf = b.flatten(1).to(count_dtype)
     area_b = bf.sum(1)
     out = []
     for start in range(0, a.shape[0], chunk):
-        af = a[start : start + chunk].flatten(1).float()
+        af = a[start : start + chunk].flatten(1).to(count_dtype)
         inter = af @ bf.T
         union = af.sum(1)[:, None] + area_b[None, :] - inter
+        if exact:  # the division of two exact counts, correctly rounded once
+            inter, union = inter.double(), union.double()
         out.append(torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter)))
     if not out:
-        return torch.zeros((0, b.shape[0]))
+        return torch.zeros((0, b.shape[0]), dtype=torch.float64 if exact else torch.float32)
     return torch.cat(out)
 
 

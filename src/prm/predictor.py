@@ -11,6 +11,8 @@ authors do. Masks, boxes, peaks and PRMs come back at the image's own resolution
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -24,6 +26,10 @@ from prm.backprop import class_response_peak_maps, peak_response_maps
 from prm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from prm.masks import masks_to_boxes
 from prm.retrieval import RetrievalConfig, retrieve_instances
+from prm.validation import check_number
+
+# Longest side an image is worked on at by default (Predictor(max_size=...), --max-size).
+MAX_SIZE = 2048
 
 __all__ = ["Predictor", "crm_to_image_coords", "to_image_tensor"]
 
@@ -120,6 +126,11 @@ class Predictor:
             returned under their own keys.
         chunk_size: peaks back-propagated at once (see :func:`peak_response_maps`).
         keep_prms: return the per-instance PRMs (``(N, H, W)`` floats per image).
+        max_size: the longest side an image is worked on at (default 2048). A larger
+            image is scaled down to it (with a warning), predicted, and its masks,
+            boxes and peaks are scaled back to the image's size (nearest neighbour);
+            its ``prms`` stay at the working size. This bounds the time and memory of
+            one image (proposals and maps are ``(P, H, W)``). ``None``: no bound.
         device: where to run (the model's device by default).
     """
 
@@ -140,6 +151,7 @@ class Predictor:
         chunk_size: int | None = None,
         keep_prms: bool = True,
         device: torch.device | str | None = None,
+        max_size: int | None = MAX_SIZE,
     ):
         if score not in ("peak", "retrieval", "class"):
             raise ValueError(f"score must be 'peak', 'retrieval' or 'class', got {score!r}")
@@ -149,6 +161,24 @@ class Predictor:
             raise ValueError(f"proposal_fn must be a callable or 'prm', got {proposal_fn!r}")
         if isinstance(input_size, int):
             input_size = (input_size, input_size)
+        if input_size is not None:
+            for side in input_size:
+                check_number("input_size", side, minimum=1, integer=True)
+        for name, value in (
+            ("class_threshold", class_threshold),
+            ("peak_threshold", peak_threshold),
+        ):
+            if value is not None and not (isinstance(value, numbers.Real) and value == value):
+                raise ValueError(f"{name} must be a number (not NaN), got {value!r}")
+        if peak_threshold_mode not in ("absolute", "relative"):
+            raise ValueError(
+                f"peak_threshold_mode must be 'absolute' or 'relative', got {peak_threshold_mode!r}"
+            )
+        if chunk_size is not None:
+            check_number("chunk_size", chunk_size, minimum=1, integer=True)
+        if max_size is not None:
+            check_number("max_size", max_size, minimum=32, integer=True)
+        self.max_size = max_size
         self.model = model.eval()
         self.input_size = input_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
@@ -204,7 +234,21 @@ class Predictor:
         for index, raw in enumerate(images):
             image = to_image_tensor(raw)
             props = proposals[index] if proposals is not None else None
-            outputs.append(self._predict_one(image, props, index))
+            size = tuple(image.shape[1:])
+            work = working_size(size, self.max_size)
+            if work == size:
+                outputs.append(self._predict_one(image, props, index))
+                continue
+            warnings.warn(
+                f"image {index} is {size[1]}x{size[0]} pixels, larger than max_size "
+                f"{self.max_size}: predicted at {work[1]}x{work[0]} and scaled back",
+                stacklevel=2,
+            )
+            small = F.interpolate(image[None], size=work, mode="bilinear", antialias=True)[0]
+            if isinstance(props, torch.Tensor) and props.dim() == 3:
+                if tuple(props.shape[1:]) == size:  # else at the working size already
+                    props = resize_nearest(props, work)
+            outputs.append(_scale_back(self._predict_one(small, props, index), size, work))
         return outputs
 
     def _predict_one(
@@ -341,6 +385,37 @@ class Predictor:
         if self.keep_prms:
             result["prms"] = found["prms"].cpu()[order]
         return result
+
+
+def working_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
+    """``(H, W)`` an image of ``size`` is worked on at: its longest side <= ``max_size``."""
+    height, width = size
+    if max_size is None or max(height, width) <= max_size:
+        return (height, width)
+    scale = max_size / max(height, width)
+    return (max(1, round(height * scale)), max(1, round(width * scale)))
+
+
+def resize_nearest(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(N, h, w)`` -> ``(N, H, W)`` by nearest neighbour (index selection: no float copy).
+
+    Pixel ``i`` of the output takes pixel ``floor((i + 0.5) * h / H)`` of the input.
+    """
+    h, w = masks.shape[1:]
+    rows = ((torch.arange(size[0]) + 0.5) * h / size[0]).long().clamp(max=h - 1)
+    cols = ((torch.arange(size[1]) + 0.5) * w / size[1]).long().clamp(max=w - 1)
+    return masks[:, rows][:, :, cols]
+
+
+def _scale_back(result: dict, size: tuple[int, int], work: tuple[int, int]) -> dict:
+    """A prediction made at ``work`` size, with masks, boxes and points at ``size``."""
+    result = dict(result)
+    result["masks"] = resize_nearest(result["masks"], size)
+    result["boxes"] = masks_to_boxes(result["masks"])
+    factor = torch.tensor([size[1] / work[1], size[0] / work[0]])
+    for key in ("peaks", "class_peaks"):
+        result[key] = result[key] * factor
+    return result
 
 
 def _model_device(model: nn.Module) -> torch.device:

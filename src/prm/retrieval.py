@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from prm.masks import mask_iou, masks_to_boxes
+from prm.validation import check_number
 
 __all__ = [
     "RetrievalConfig",
@@ -87,12 +88,25 @@ class RetrievalConfig:
             return cls(alpha=alpha, beta=beta, tau=tau, **kwargs)
         raise ValueError(f"param must be (tau, beta, alpha) or a list of them, got {param!r}")
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self, num_classes: int | None = None) -> None:
-        """Raise ``ValueError`` on inconsistent settings."""
+        """Raise ``ValueError`` (one line, naming the setting) on nonsense settings.
+
+        ``alpha``, ``beta``, ``tau`` (each value) must be finite and >= 0;
+        ``nms_threshold`` ``None`` or in [0, 1]; with ``num_classes``, per-class lists
+        must have one value per class.
+        """
         for name in ("alpha", "beta", "tau"):
             value = getattr(self, name)
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                check_number(name, value, minimum=0)
                 continue
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+                raise ValueError(f"{name} must be a number or one number per class, got {value!r}")
+            for v in value:
+                check_number(f"{name} (per class)", v, minimum=0)
             if num_classes is not None and len(value) != num_classes:
                 raise ValueError(
                     f"{name} has {len(value)} per-class values for {num_classes} classes"
@@ -106,6 +120,8 @@ class RetrievalConfig:
                 f"contour_width must be a positive odd integer, got {self.contour_width!r}"
             )
         lo, hi = self.proposal_size_limit
+        check_number("proposal_size_limit[0]", lo, minimum=0)
+        check_number("proposal_size_limit[1]", hi, minimum=0)
         if not 0 <= lo < hi:
             raise ValueError(
                 f"proposal_size_limit must be (lo, hi) with 0 <= lo < hi, got {(lo, hi)}"
@@ -114,6 +130,8 @@ class RetrievalConfig:
             raise ValueError(
                 f"proposal_count must be a positive integer, got {self.proposal_count!r}"
             )
+        if self.nms_threshold is not None:
+            check_number("nms_threshold", self.nms_threshold, minimum=0, maximum=1)
 
     def per_peak(self, name: str, labels: torch.Tensor) -> torch.Tensor:
         """The value of ``alpha``/``beta``/``tau`` for each peak's class, ``(K,)``."""

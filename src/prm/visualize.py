@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 __all__ = ["PALETTE", "draw_instances", "draw_prms", "prediction_panel"]
@@ -131,7 +132,10 @@ def draw_prms(
     if prms is not None and len(prms):
         maps = prms.detach().cpu().float()
         maps = maps / maps.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
-        heat = maps.amax(0).numpy() ** 0.5  # sqrt: back-propagated maps are peaky
+        heat = maps.amax(0)
+        if tuple(heat.shape) != base.shape[:2]:  # maps of an image worked on smaller
+            heat = F.interpolate(heat[None, None], size=base.shape[:2], mode="bilinear")[0, 0]
+        heat = heat.numpy() ** 0.5  # sqrt: back-propagated maps are peaky
         colour = colormaps["inferno"](heat)[..., :3] * 255
         weight = alpha * heat[..., None]
         base = (1 - weight) * base + weight * colour

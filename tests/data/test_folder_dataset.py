@@ -115,7 +115,8 @@ def test_unknown_class_and_missing_file_rows(photos):
 
 def test_mask_of_the_wrong_size_or_wrong_instances(photos):
     write_index_png(photos / "masks" / "small.png", np.ones((5, 5)))
-    csv = write_csv(photos / "m.csv", ["a.jpg,,masks/small.png,dog", "a.jpg,,masks/a.png,dog"])
+    (photos / "b.jpg").write_bytes((photos / "a.jpg").read_bytes())  # one row per image
+    csv = write_csv(photos / "m.csv", ["a.jpg,,masks/small.png,dog", "b.jpg,,masks/a.png,dog"])
     dataset = FolderDataset(photos, csv)
     with pytest.raises(DataError, match=r"small\.png: instance mask is 5x5 .* 16x12 .*upright"):
         dataset[0]
@@ -146,3 +147,27 @@ def test_bad_csv_files(tmp_path):
         FolderDataset(tmp_path, tmp_path / "empty.csv")
     with pytest.raises(FileNotFoundError, match="label CSV not found"):
         FolderDataset(tmp_path, "missing.csv")
+
+
+def test_duplicate_rows_are_warned_once_and_counted_once(photos, tmp_path):
+    """Issue 10, item 10: a repeated row counted twice in training, and `prm evaluate`
+    blamed the results file."""
+    csv = write_csv(
+        photos / "labels.csv",
+        ["a.jpg,cat,,", "grey.png,dog,,", "./a.jpg,cat,,", "grey.png,dog,,", "print.jpg,cat,,"],
+    )
+    with pytest.warns(BadDataWarning, match=r"2 duplicate row\(s\).*line 4 repeats line 2"):
+        dataset = FolderDataset(photos, csv)
+    assert [dataset.image_id(i) for i in range(len(dataset))] == ["a", "grey", "print"]
+    write_jpeg(photos / "grey.jpg", size=(12, 16))  # another file with the id "grey"
+    csv = write_csv(photos / "labels.csv", ["grey.png,dog,,", "grey.jpg,cat,,"])
+    with pytest.raises(DataError, match="grey.jpg has the image id 'grey' of line 2"):
+        FolderDataset(photos, csv)
+
+
+def test_results_of_a_dataset_with_repeated_ids_blame_the_dataset(tmp_path):
+    from prm.evaluation import load_results
+
+    (tmp_path / "r.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"dataset lists image id\(s\) \['a'\] more than once"):
+        load_results(tmp_path / "r.json", ["a", "b", "a"], category_ids=[1])

@@ -108,6 +108,14 @@ MISTAKES = [
     ("train --preset shapes --config {tmp}/none.yaml", "none.yaml does not exist"),
     ("train --preset shapes --set nonsense=1 --out {tmp}/r", "unknown configuration keys"),
     ("train --dataset folder --root {tmp}/empty --backbone small --weights none", "no image"),
+    # issue 10, items 5 and 9: nonsense numbers, a file that is not a checkpoint
+    ("train --preset shapes --set lr=-1 --out {tmp}/r", "lr must be > 0"),
+    ("train --preset shapes --set lr=.nan --out {tmp}/r", "lr must be finite"),
+    (PREDICT + "{ck} --images {tmp} --beta nan", "beta must be finite"),
+    (PREDICT + "{ck} --images {tmp} --input-size -5", "input_size must be >= 1"),
+    (PREDICT + "{ck} --images {tmp} --nms-threshold 3", "nms_threshold must be <= 1"),
+    (PREDICT + "{ck} --images {tmp} --overlays -1", "--overlays must be >= 0"),
+    (PREDICT + "{ck} --images {tmp} --class-threshold nan", "class_threshold must be a number"),
 ]
 
 
@@ -143,3 +151,15 @@ def test_demo_smoke_run(tmp_path, capsys):
     }
     assert "| PRM + selective search |" in capsys.readouterr().out
     assert (tmp_path / "demo" / "report" / "overlays" / "prm").is_dir()
+
+
+def test_predict_fails_when_no_image_could_be_read(checkpoint, tmp_path, capsys):
+    """Issue 10, item 6: it exited 0 with an empty results file."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    argv = ["predict", "--checkpoint", str(checkpoint), "--images", str(folder), "--quiet"]
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        code = main([*argv, "--out", str(tmp_path / "out"), "--proposals", "prm"])
+    assert code == 2
+    assert "no image could be read (first: " in capsys.readouterr().err

@@ -94,7 +94,7 @@ def test_checkpoints_are_atomic_and_checked(tmp_path, monkeypatch):
         load_checkpoint(other)
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00garbage")
-    with pytest.raises(ValueError, match="cannot read checkpoint .*corrupt.pt"):
+    with pytest.raises(ValueError, match="corrupt.pt is not a prm checkpoint: not a file"):
         load_checkpoint(corrupt)
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         load_checkpoint(tmp_path / "nothing.pt")
@@ -166,3 +166,76 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert record["world_size"] == 2
     assert record["ranks_in_sync"] is True  # DDP kept both replicas identical
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_fewer_images_than_a_batch_is_refused(tmp_path):
+    """Issue 10, item 4: drop_last gave 0 steps, train_loss 0.0, a checkpoint and exit 0."""
+    config = tiny_config(tmp_path, num_train_images=5, batch_size=8, epochs=1, val_split=None)
+    with pytest.raises(ValueError, match="5 training images make no full batch of 8"):
+        train(config, progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"lr": -1}, "lr must be > 0"),
+        ({"lr": float("nan")}, "lr must be finite"),
+        ({"lr": "fast"}, "lr must be a number"),
+        ({"momentum": 1.5}, "momentum must be < 1"),
+        ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
+        ({"image_size": -5}, "image_size must be >= 32"),
+        ({"batch_size": 2.5}, "batch_size must be an integer"),
+        ({"workers": -1}, "workers must be >= 0"),
+        ({"max_steps_per_epoch": 0}, "max_steps_per_epoch must be >= 1"),
+    ],
+)
+def test_nonsense_numbers_are_refused_by_the_config(tmp_path, changes, message):
+    """Issue 10, item 5: `--set lr=-1` trained."""
+    with pytest.raises(ValueError, match=message):
+        tiny_config(tmp_path, **changes)
+    with pytest.raises(ValueError, match=message):
+        tiny_config(tmp_path).replace(**changes)
+
+
+def test_resume_repairs_metrics_and_removes_stale_temporaries(tmp_path, one_thread):
+    """Issue 10, item 12: a kill between checkpoint and log lost the epoch's line."""
+    config = tiny_config(tmp_path, epochs=1, val_split=None)
+    train(config, progress=False)
+    run = tmp_path / "run"
+    log = run / "metrics.jsonl"
+    log.write_text("")  # killed after the checkpoint rename, before the line
+    stale = run / ".last.pt.x1y2.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train(config.replace(epochs=2), resume=True, progress=False)
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
+    assert not stale.exists()
+    # A line beyond the checkpoint (killed after the line, before the rename) is dropped.
+    log.write_text(log.read_text() + json.dumps({"epoch": 3, "train_loss": 9.9}) + "\n")
+    log.write_text(log.read_text() + '{"epoch": 4, "trai')  # cut short by the kill
+    train(config.replace(epochs=3), resume=True, progress=False)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3] and records[2]["train_loss"] != 9.9
+
+
+def test_non_checkpoints_are_named_without_torch_advice(tmp_path):
+    """Issue 10, item 9: torch's advice to retry with weights_only=False was passed on."""
+    import argparse
+
+    torch.save({"model": argparse.Namespace(x=1)}, tmp_path / "pickled.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint at all")
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"epoch": 1})
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
+    for name, says in [
+        ("pickled.pt", "holds Python objects other than tensors"),
+        ("notes.pt", "not a file written by torch.save"),
+        ("other.pt", "expected format"),
+        ("cut.pt", "is not a prm checkpoint"),
+    ]:
+        with pytest.raises(ValueError) as error:
+            load_checkpoint(tmp_path / name)
+        message = str(error.value)
+        assert name in message and says in message, message
+        assert "\n" not in message and "weights_only" not in message, message

@@ -150,3 +150,70 @@ def test_no_images_and_no_predictions(rects):
 def test_category_ids_must_fit_the_classes():
     with pytest.raises(ValueError, match="2 distinct ids"):
         COCOEvaluator(["a", "b"], category_ids=[1, 1])
+
+
+def polygon_scene(tmp_path, seed=17, num_images=12, size=(90, 110)):
+    """A COCO json of polygon objects whose json areas and pixel counts straddle 32^2."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images, annotations = [], []
+    (tmp_path / "img").mkdir()
+    for i in range(num_images):
+        h, w = size
+        Image.new("RGB", (w, h)).save(tmp_path / "img" / f"{i}.png")
+        images.append({"id": 10 + i, "file_name": f"{i}.png", "height": h, "width": w})
+        for _ in range(int(rng.integers(1, 5))):
+            side, angle = rng.uniform(31.9, 32.1), rng.uniform(0, np.pi / 2)
+            cy, cx = rng.uniform(25, h - 25), rng.uniform(25, w - 25)
+            corners = [
+                (cx + side / np.sqrt(2) * np.cos(angle + k * np.pi / 2),
+                 cy + side / np.sqrt(2) * np.sin(angle + k * np.pi / 2))
+                for k in range(4)
+            ]  # fmt: skip
+            polygon = [float(v) for xy in corners for v in xy]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": 10 + i,
+                    "category_id": int(rng.choice([1, 5])),
+                    "segmentation": [polygon],
+                    "area": side * side,  # the polygon's area, as in COCO's json
+                    "bbox": [0, 0, 1, 1],
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": 1, "name": "square"}, {"id": 5, "name": "diamond"}]
+    path = tmp_path / "instances.json"
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    return path
+
+
+def test_size_ranges_use_the_json_area_as_pycocotools(tmp_path):
+    """Issue 10, item 17: APs/m/l and ARs/m/l used the mask's pixel count, not `area`."""
+    from prm.data import COCODataset
+
+    gt_json = polygon_scene(tmp_path)
+    dataset = COCODataset(gt_json, tmp_path / "img", keep_empty=True)
+    rng = np.random.default_rng(0)
+    pairs, straddle = [], 0
+    for index in range(len(dataset)):
+        target = dataset[index][1]
+        pixels = target["masks"].flatten(1).sum(1).double()
+        straddle += int(((pixels > 32**2) != (target["area"] > 32**2)).sum())
+        masks = torch.roll(target["masks"], int(rng.integers(-4, 5)), dims=2)
+        scores = torch.from_numpy(rng.random(len(masks)))
+        pairs.append((target, {"masks": masks, "labels": target["labels"], "scores": scores}))
+    assert straddle >= 3  # objects the two areas put in different size ranges
+    ours = evaluate(COCOEvaluator(dataset.classes, dataset.category_ids), pairs)
+    save_results(
+        tmp_path / "results.json",
+        (p for _, p in pairs),
+        (int(t["image_id"]) for t, _ in pairs),
+        dataset.category_ids,
+    )
+    expected = pycocotools_stats(str(gt_json), str(tmp_path / "results.json"))
+    np.testing.assert_array_equal(ours_as_stats(ours), expected)  # difference 0
+    assert 0 < ours["coco/APs"] < 1 and 0 < ours["coco/APm"] < 1

@@ -101,10 +101,6 @@ GOOD = {"image_id": "x", "category_id": 1, "segmentation": GOOD_RLE, "score": 0.
         ([{**GOOD, "segmentation": [[0, 0, 1, 1, 2, 2]]}], "segmentation must be an RLE"),
         ([{**GOOD, "segmentation": {"size": [6], "counts": "x"}}], "RLE size must be"),
         ([{**GOOD, "segmentation": {"size": [6, 8], "counts": [1, 2]}}], "summing to H x W = 48"),
-        (
-            [GOOD, {**GOOD, "segmentation": encode_rle(torch.ones(1, 3, 3))[0]}],
-            r"entry 1: RLE of size \(3, 3\)",
-        ),
     ],
 )
 def test_errors_name_the_file_and_entry(tmp_path, content, message):
@@ -134,3 +130,19 @@ def test_save_errors(tmp_path, two_predictions):
         save_results(tmp_path / "r.json", two_predictions, ["a"], [1, 2, 3])
     with pytest.raises(ValueError, match="label 2, but only 2 category ids"):
         save_results(tmp_path / "r.json", two_predictions, ["a", "b"], [1, 2])
+
+
+@pytest.mark.parametrize("wrong", [0, 1])
+def test_the_entry_of_the_wrong_size_is_named_with_its_size(tmp_path, wrong):
+    """Issue 10, item 11: a wrong first entry made the error blame the next, right one."""
+    from prm.evaluation import prediction_masks
+
+    entries = [GOOD, GOOD, GOOD]
+    entries[wrong] = {**GOOD, "segmentation": encode_rle(torch.ones(1, 3, 3))[0]}
+    path = write(tmp_path, entries)
+    loaded = load_results(path, ["x"], [1])  # image sizes unknown: checked when decoded
+    with pytest.raises(ValueError) as info:
+        prediction_masks(loaded[0], SIZE)
+    assert f"entry {wrong} (image x) is a mask of size (3, 3), but the image is (6, 8)" in str(
+        info.value
+    )

@@ -164,3 +164,25 @@ def test_an_interrupted_run_leaves_complete_files_and_resumes(tmp_path):
     resumed = ProposalCache(tmp_path / "cache", CountingGenerator())  # same settings
     summary = precompute_proposals(images, resumed, progress=False)
     assert (summary.computed, summary.cached) == (2, 1)
+
+
+def test_corrupt_cache_entries_are_recomputed_with_a_warning(tmp_path):
+    """Issue 10, item 7: a hand-corrupted file counted as cached forever."""
+    images = write_images(tmp_path / "images", count=3)
+    generator = CountingGenerator()
+    cache = ProposalCache(tmp_path / "cache", generator)
+    assert precompute_proposals(images, cache, progress=False).computed == 3
+    cache.path("img0").write_bytes(b"edited by hand")
+    cache.path("img1").write_bytes(cache.path("img1").read_bytes()[:40])  # truncated
+    with pytest.warns(UserWarning, match="cache entry of image img0 is unusable"):
+        summary = precompute_proposals(images, cache, progress=False)
+    assert (summary.computed, summary.cached) == (2, 1) and generator.calls == 5
+    assert cache.problem("img0") is None and cache.problem("img1") is None
+    # A whole file of another image size is caught where the image is known: get().
+    cache.save("img2", torch.ones(1, 5, 5, dtype=torch.bool))
+    with pytest.warns(UserWarning, match="img2 is unusable"):
+        masks = cache.get("img2", Image.open(images / "img2.png"))
+    assert masks.shape == (2, 16, 24) and generator.calls == 6
+    cache.path("img2").write_bytes(b"")
+    with pytest.warns(UserWarning, match="img2 is unusable"):
+        assert cache.get("img2", Image.open(images / "img2.png")).shape == (2, 16, 24)

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
+from .dataset_args import add_dataset_arguments, dataset_from_args
+
 EPILOG = """examples:
   prm evaluate --dataset voc --root VOCdevkit/VOC2012 --split val --predictions results.json
   prm evaluate --dataset coco --root coco --split val2017 --predictions results.json \\
       --metrics coco instance --out eval/
   prm evaluate --dataset shapes --split val --predictions results.json --use-07-metric
+
+  # a COCO export in its own layout
+  prm evaluate --dataset coco --annotations export/labels.json --image-dir export/images \\
+      --predictions results.json
 
 The results file is a JSON list of {"image_id", "category_id", "segmentation" (compressed
 RLE), "score"} as `prm predict` writes it; any method's results in that format work.
@@ -19,6 +25,8 @@ Metric definitions: docs/evaluation.md.
 
 # Kept literal (not imported) so that `prm --help` does not load torch; `run` validates.
 MASK_METRICS = ("instance", "coco", "semantic")
+# Default split of each dataset when --split is not given (build_dataset's are for training).
+EVALUATION_SPLITS = {"voc": "val", "shapes": "val", "coco": "val2017"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,11 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--dataset", required=True, help="dataset reader: voc, coco, folder, shapes"
-    )
-    parser.add_argument("--root", help="dataset folder (see `prm.data.build_dataset`)")
-    parser.add_argument("--split", help="dataset split (default: the reader's)")
+    add_dataset_arguments(parser, default_split="val for voc and shapes, val2017 for coco")
     parser.add_argument("--predictions", required=True, help="results .json to score")
     parser.add_argument("--out", help="folder for metrics.json, table.txt and PR-curve PNGs")
     parser.add_argument(
@@ -63,13 +67,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--class-agnostic-abo", action="store_true", help="also report class-agnostic ABO"
     )
+    parser.add_argument(
+        "--ties",
+        choices=["chainercv", "stable"],
+        default="chainercv",
+        help="order of tied scores in mAP^r: chainercv's np.argsort(scores)[::-1] (default, "
+        "equal to chainercv) or stable (the order in the file)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from prm.data import build_dataset
     from prm.evaluation import METRICS, load_results, prediction_masks, run_evaluation
 
     unknown = [m for m in args.metrics if m not in METRICS]
@@ -83,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         )
     # COCO drops images without objects by default; their false positives must count here.
     extra = {"keep_empty": True} if args.dataset == "coco" else {}
-    dataset = build_dataset(args.dataset, args.root, args.split, **extra)
+    # Scores are measured on held-out data: never the training split by default.
+    split = EVALUATION_SPLITS.get(args.dataset.lower())
+    dataset = dataset_from_args(args, split, **extra)
     results = load_results(args.predictions, dataset)
 
     def pairs() -> Iterator[tuple[dict, dict]]:
@@ -106,8 +118,10 @@ def run(args: argparse.Namespace) -> int:
             "use_07_metric": args.use_07_metric,
             "use_ignore_mask": args.use_ignore_mask,
             "class_agnostic_abo": args.class_agnostic_abo,
+            "ties": args.ties,
         }
-    print(f"{dataset!r}, {sum(len(r['scores']) for r in results)} predictions")
+    where = args.annotations or f"split {args.split or split}"
+    print(f"{dataset!r} ({where}), {sum(len(r['scores']) for r in results)} predictions")
     run_evaluation(
         pairs(),
         dataset.classes,

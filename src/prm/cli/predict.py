@@ -110,6 +110,13 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
     )
     parser.add_argument("--sub-pixel-factor", type=int, help="override the checkpoint's")
     parser.add_argument("--chunk-size", type=int, help="peaks back-propagated at once")
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=2048,
+        help="longest side an image is worked on at; larger images are scaled down and "
+        "their masks scaled back (default 2048; 0: no limit)",
+    )
     parser.add_argument("--device", default="auto")
 
 
@@ -151,6 +158,7 @@ def build_predictor(args: argparse.Namespace):
         score=args.score,
         chunk_size=args.chunk_size,
         device=device,
+        max_size=getattr(args, "max_size", 2048) or None,
     )
     return model, predictor
 
@@ -197,7 +205,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from prm.engine.inference import predict_dataset, predict_files, proposal_source
+    from prm.validation import check_number
 
+    check_number("--overlays", args.overlays, minimum=0, integer=True)
+    for flag, value in (("--limit", args.limit), ("--sub-pixel-factor", args.sub_pixel_factor)):
+        if value is not None:
+            check_number(flag, value, minimum=1, integer=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.evaluate and args.images:
@@ -237,4 +250,9 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.images} images, {summary.instances} instances -> {summary.results_file}"
         + (f"; skipped {len(summary.skipped)} unreadable images" if summary.skipped else "")
     )
+    if summary.images == 0:  # an empty results file is not a success
+        first = (
+            f" (first: {summary.skipped[0][0]}: {summary.skipped[0][1]})" if summary.skipped else ""
+        )
+        raise ValueError(f"no image could be read{first}")
     return 0

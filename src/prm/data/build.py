@@ -27,7 +27,8 @@ def build_dataset(
         root: where the data is:
             - voc: ``VOCdevkit/VOC2012`` (or ``VOCdevkit``);
             - coco: the folder holding ``annotations/instances_<split>.json`` and
-              ``<split>/`` (override with ``annotation_file=`` / ``image_dir=``);
+              ``<split>/`` (override with ``annotation_file=`` / ``image_dir=``; with
+              both, no root is needed);
             - folder: the image folder;
             - shapes: optional cache folder (nothing needed: images are generated).
         split: which part (default in brackets):
@@ -53,6 +54,10 @@ def build_dataset(
         if root is not None:
             kwargs.setdefault("cache_dir", root)
         return ShapeScenes(split=split, **kwargs)
+    if name == "coco" and kwargs.get("annotation_file") and kwargs.get("image_dir"):
+        from .coco import COCODataset  # a COCO export in its own layout: no root needed
+
+        return COCODataset(kwargs.pop("annotation_file"), kwargs.pop("image_dir"), **kwargs)
     if root is None:
         raise ValueError(f"dataset {name!r} needs a root folder (--root PATH)")
     root = Path(root)

@@ -33,7 +33,8 @@ class COCODataset(ItemDataset):
     Items follow ``docs/conventions.md``: ``image_id`` is the COCO id as a string,
     ``image_labels`` float32 (C,), ``size`` (H, W), ``masks`` bool (N, H, W), ``labels``
     int64 (N,), ``iscrowd`` bool (N,), ``ignore_mask`` bool (H, W) (all False: COCO marks
-    regions to ignore as crowd instances instead).
+    regions to ignore as crowd instances instead), ``area`` float64 (N,) (the json's
+    ``area``, used by COCO AP's size ranges; the mask's pixel count where it has none).
 
     Args:
         annotation_file: the instances json.
@@ -225,4 +226,16 @@ class COCODataset(ItemDataset):
             ),
             "iscrowd": torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool),
             "ignore_mask": torch.zeros(h, w, dtype=torch.bool),
+            # The json's area (a polygon's own area), which COCOeval's size ranges use;
+            # the mask's pixel count where the json has none.
+            "area": torch.tensor(
+                [_area(a, m) for a, m in zip(anns, masks, strict=True)], dtype=torch.float64
+            ),
         }
+
+
+def _area(annotation: dict, mask: torch.Tensor) -> float:
+    area = annotation.get("area")
+    if isinstance(area, (int, float)) and not isinstance(area, bool) and area >= 0:
+        return float(area)
+    return float(mask.sum())

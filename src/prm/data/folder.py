@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .common import ItemDataset, multi_hot
+from .common import BadDataWarning, ItemDataset, multi_hot
 from .images import DataError, load_image, load_index_png
 
 __all__ = ["FolderDataset", "IMAGE_EXTENSIONS"]
@@ -39,6 +40,10 @@ IGNORE = 255
 
 def _names(cell: str | None) -> list[str]:
     return [name.strip() for name in (cell or "").split(";") if name.strip()]
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.normpath(a.replace("\\", "/")) == os.path.normpath(b.replace("\\", "/"))
 
 
 class FolderDataset(ItemDataset):
@@ -100,11 +105,37 @@ class FolderDataset(ItemDataset):
         self._index = {name: i for i, name in enumerate(self.classes)}
 
         self.rows: list[dict] = []
+        first_line: dict[str, int] = {}  # image id -> CSV line of its first row
+        duplicates: list[str] = []
         for line, row in enumerate(rows, start=2):
             try:
-                self.rows.append(self._index_row(row, line))
+                indexed = self._index_row(row, line)
             except (DataError, FileNotFoundError) as error:
                 self._bad(error, row["file"])
+                continue
+            image_id = indexed["image_id"]
+            if image_id in first_line:
+                earlier = first_line[image_id]
+                if _same_file(rows[earlier - 2]["file"], row["file"]):
+                    # Counted twice in training, two rows for one id in evaluation.
+                    duplicates.append(f"line {line} repeats line {earlier}")
+                    continue
+                problem = (
+                    f"{row['file']} has the image id {image_id!r} of line {earlier} "
+                    f"({rows[earlier - 2]['file']}); rename one of them"
+                )
+                self._bad(DataError(self._where(line), problem), row["file"])
+                continue
+            first_line[image_id] = line
+            self.rows.append(indexed)
+        if duplicates:
+            warnings.warn(
+                f"{self.csv_file}: {len(duplicates)} duplicate row(s) of the same image "
+                f"left out, the first row of each kept ({'; '.join(duplicates[:5])}"
+                f"{'; ...' if len(duplicates) > 5 else ''})",
+                BadDataWarning,
+                stacklevel=2,
+            )
 
     def _find_csv(self, path: Path) -> Path:
         for candidate in (path, self.root / path):

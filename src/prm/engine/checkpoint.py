@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes: noise here
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+        # torch's message advises retrying with weights_only=False, which would run any
+        # code the file holds: never pass that on; say what the file is not instead.
+        raise ValueError(_not_a_checkpoint(path, exc)) from None
+    return _checked(path, state)
+
+
+def _not_a_checkpoint(path: Path, exc: Exception) -> str:
+    """One line saying why ``path`` could not be read as a checkpoint."""
+    if "Unsupported global" in str(exc):  # a pickled class weights_only refuses
+        return (
+            f"{path} is not a prm checkpoint: it holds Python objects other than tensors "
+            "and plain values (a pickled model or another program's file), which are "
+            "never loaded, as they could run code"
+        )
+    if isinstance(exc, (EOFError, OSError)) or "PytorchStreamReader" in str(exc):
+        return f"{path} is not a prm checkpoint: a truncated or damaged file ({type(exc).__name__})"
+    return f"{path} is not a prm checkpoint: not a file written by torch.save"
+
+
+def _checked(path: Path, state: Any) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a prm checkpoint (expected format {CHECKPOINT_FORMAT!r}); "

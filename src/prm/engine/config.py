@@ -13,7 +13,15 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULT_SPLITS", "TrainConfig", "PRESETS", "load_config", "save_config"]
+from prm.validation import check_number
+
+__all__ = [
+    "DEFAULT_SPLITS",
+    "TrainConfig",
+    "PRESETS",
+    "load_config",
+    "save_config",
+]
 
 #: (train, val) splits used when a configuration leaves them to the dataset.
 DEFAULT_SPLITS = {
@@ -99,8 +107,22 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
+        # Numbers first, each with a one-line message (from YAML or --set, anything goes).
+        check_number("epochs", self.epochs, minimum=1, integer=True)
+        check_number("batch_size", self.batch_size, minimum=1, integer=True)
+        check_number("lr", self.lr, minimum=0, exclusive=True)
+        check_number("backbone_lr_mult", self.backbone_lr_mult, minimum=0)
+        check_number("momentum", self.momentum, minimum=0, maximum=1, exclusive_max=True)
+        check_number("weight_decay", self.weight_decay, minimum=0)
+        check_number("image_size", self.image_size, minimum=32, integer=True)
+        check_number("sub_pixel_factor", self.sub_pixel_factor, minimum=1, integer=True)
+        check_number("win_size", self.win_size, minimum=1, integer=True)
+        check_number("seed", self.seed, minimum=0, integer=True)
+        check_number("workers", self.workers, minimum=0, integer=True)
+        check_number("val_every", self.val_every, minimum=1, integer=True)
+        for name in ("num_train_images", "num_val_images", "max_steps_per_epoch"):
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), minimum=1, integer=True)
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.lr_schedule not in ("constant", "cosine"):

@@ -12,16 +12,19 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from prm.data import COCODataset, DataError, load_image
 from prm.evaluation import results_entries, run_evaluation
-from prm.predictor import Predictor, to_image_tensor
+from prm.paths import output_path, safe_relative_name
+from prm.predictor import Predictor, to_image_tensor, working_size
 from prm.visualize import prediction_panel
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "predict_dataset",
     "predict_files",
     "proposal_source",
+    "unique_image_ids",
 ]
 
 ProposalSource = Callable[[str, torch.Tensor], torch.Tensor]
@@ -69,10 +73,16 @@ def proposal_source(spec: str | None, cache_dir: str | os.PathLike | None = None
 
     def from_folder(image_id: str, image: torch.Tensor) -> torch.Tensor:
         size = tuple(image.shape[1:])
-        for suffix in (".npz", ".json", ".mat"):
-            path = folder / f"{image_id}{suffix}"
-            if path.is_file():
-                return load_proposals(path, size, allow_empty=True)
+        # The id as a safe name (never a path out of the folder), with folders or flat
+        # as a `prm proposals` cache names it.
+        names = dict.fromkeys(
+            safe_relative_name(image_id, keep_folders=keep) for keep in (True, False)
+        )
+        for name in names:
+            for suffix in (".npz", ".json", ".mat"):
+                path = folder / f"{name}{suffix}"
+                if path.is_file():
+                    return load_proposals(path, size, allow_empty=True)
         raise FileNotFoundError(f"no proposals for image {image_id} in {folder}")
 
     return from_folder
@@ -85,6 +95,7 @@ def dataset_images(
     skipped: list | None = None,
     progress: bool = True,
     desc: str = "predict",
+    max_size: int | None = None,
 ) -> Iterator[tuple[int, torch.Tensor, dict, torch.Tensor | None]]:
     """The images of a dataset, ready for a :class:`Predictor`, with their proposals.
 
@@ -95,6 +106,9 @@ def dataset_images(
         skipped: unreadable items (``None`` from a reader with ``on_error="skip"``) are
             appended here as ``(image id, problem)``.
         progress, desc: progress bar.
+        max_size: proposals of an image whose longest side exceeds it are computed on
+            the image scaled down to it (the working size of ``Predictor(max_size=)``),
+            so that no image takes unbounded time; ``None``: at full size.
 
     Yields:
         ``(index, image (3, H, W) float in [0, 1], target, proposals (P, H, W) or None)``.
@@ -110,8 +124,16 @@ def dataset_images(
         image = to_image_tensor(pil)
         props = None
         if proposals is not None:
-            props = proposals(target["image_id"], (image * 255).round().to(torch.uint8))
+            props = proposals(target["image_id"], _proposal_image(image, max_size))
         yield index, image, target, props
+
+
+def _proposal_image(image: torch.Tensor, max_size: int | None) -> torch.Tensor:
+    """The uint8 image proposals are computed on: at most ``max_size`` on its longest side."""
+    work = working_size(tuple(image.shape[1:]), max_size)
+    if work != tuple(image.shape[1:]):
+        image = F.interpolate(image[None], size=work, mode="bilinear", antialias=True)[0]
+    return (image * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 @dataclass
@@ -149,9 +171,12 @@ def predict_dataset(
             targets); unreadable items (``None``, with ``on_error="skip"``) are counted.
         proposals: per-image proposal source (see :func:`proposal_source`); ``None``
             uses the predictor's own ``proposal_fn``.
-        results_file: write a COCO results JSON here.
+        results_file: write a COCO results JSON here, image by image; if the run stops
+            on an error, what was done is kept in ``<stem>.partial.json``.
         overlay_dir: write ``<image id>.png`` panels (instances, PRMs, ground truth) of the
-            first ``num_overlays`` images here.
+            first ``num_overlays`` images here, named by
+            :func:`prm.paths.safe_relative_name` (never outside ``overlay_dir``; an id with
+            folders gets subfolders). A panel that cannot be written is warned about.
         metrics: names of ``prm.evaluation.METRICS`` to compute (none by default), with
             :func:`prm.evaluation.run_evaluation` (one pass, streamed).
         report_dir: where ``run_evaluation`` writes metrics.json, table.txt and PR curves.
@@ -163,45 +188,47 @@ def predict_dataset(
         A :class:`PredictionSummary` (``metrics`` filled when ``metrics`` were asked for).
     """
     summary = PredictionSummary()
-    entries: list[dict] = []
     category_ids = list(dataset.category_ids)
     names = list(dataset.classes)
     coco = isinstance(dataset, COCODataset)
-    if overlay_dir is not None:
-        Path(overlay_dir).mkdir(parents=True, exist_ok=True)
+    writer = _ResultsWriter(results_file) if results_file is not None else None
+    inputs = _input_files(dataset) if overlay_dir is not None else None
 
     def pairs() -> Iterator[tuple[dict, dict]]:
         for _, image, target, props in dataset_images(
-            dataset, proposals, limit, summary.skipped, progress, desc
+            dataset, proposals, limit, summary.skipped, progress, desc, _max_size(predictor)
         ):
             prediction = predictor([image], [props])[0]
             summary.images += 1
             summary.instances += len(prediction["scores"])
-            if results_file is not None:
+            if writer is not None:
                 image_id = target["image_id"]
                 if coco:  # COCO results files use the integer image ids
                     image_id = int(image_id)
-                entries.extend(results_entries(prediction, image_id, category_ids))
+                writer.add(results_entries(prediction, image_id, category_ids))
             if overlay_dir is not None and len(summary.overlays) < num_overlays:
-                path = Path(overlay_dir) / f"{target['image_id']}.png"
-                prediction_panel(image, prediction, names, target).save(path)
-                summary.overlays.append(path)
+                _write_overlay(
+                    summary,
+                    overlay_dir,
+                    target["image_id"],
+                    (image, prediction, names, target),
+                    inputs,
+                )
             yield target, prediction
 
-    if metrics:
-        summary.metrics = run_evaluation(
-            pairs(),
-            names,
-            category_ids,
-            metrics=list(metrics),
-            out_dir=report_dir,
-            print_table=print_table,
-        )
-    else:
-        for _ in pairs():
-            pass
-    if results_file is not None:
-        summary.results_file = _write_json(results_file, entries)
+    with _finish_on_error(writer, summary):
+        if metrics:
+            summary.metrics = run_evaluation(
+                pairs(),
+                names,
+                category_ids,
+                metrics=list(metrics),
+                out_dir=report_dir,
+                print_table=print_table,
+            )
+        else:
+            for _ in pairs():
+                pass
     return summary
 
 
@@ -219,42 +246,160 @@ def predict_files(
     """Predict image files without ground truth (``prm predict --images``).
 
     Unreadable files are warned about, skipped and counted. Results use the file stem as
-    ``image_id`` and ``label + 1`` as ``category_id``.
+    ``image_id`` (made unique by :func:`unique_image_ids` when two files share a stem)
+    and ``label + 1`` as ``category_id``. Overlays never overwrite an input file.
     """
     summary = PredictionSummary()
-    entries: list[dict] = []
     category_ids = list(range(1, len(class_names) + 1))
-    if overlay_dir is not None:
-        Path(overlay_dir).mkdir(parents=True, exist_ok=True)
-    for path in tqdm(paths, desc="predict", disable=not progress, dynamic_ncols=True):
-        path = Path(path)
-        try:
-            image = to_image_tensor(load_image(path, exif_transpose=True))
-        except (DataError, FileNotFoundError) as exc:
-            warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
-            summary.skipped.append((str(path), str(exc)))
-            continue
-        props = None
-        if proposals is not None:
-            props = proposals(path.stem, (image * 255).round().to(torch.uint8))
-        prediction = predictor([image], [props])[0]
-        summary.images += 1
-        summary.instances += len(prediction["scores"])
-        if results_file is not None:
-            entries.extend(results_entries(prediction, path.stem, category_ids))
-        if overlay_dir is not None and len(summary.overlays) < num_overlays:
-            out = Path(overlay_dir) / f"{path.stem}.png"
-            prediction_panel(image, prediction, class_names).save(out)
-            summary.overlays.append(out)
-    if results_file is not None:
-        summary.results_file = _write_json(results_file, entries)
+    paths = [Path(p) for p in paths]
+    ids = unique_image_ids(paths)
+    inputs = {p.resolve() for p in paths}
+    writer = _ResultsWriter(results_file) if results_file is not None else None
+    with _finish_on_error(writer, summary):
+        for path, image_id in tqdm(
+            list(zip(paths, ids, strict=True)),
+            desc="predict",
+            disable=not progress,
+            dynamic_ncols=True,
+        ):
+            try:
+                image = to_image_tensor(load_image(path, exif_transpose=True))
+            except (DataError, FileNotFoundError) as exc:
+                warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
+                summary.skipped.append((str(path), str(exc)))
+                continue
+            props = None
+            if proposals is not None:
+                props = proposals(image_id, _proposal_image(image, _max_size(predictor)))
+            prediction = predictor([image], [props])[0]
+            summary.images += 1
+            summary.instances += len(prediction["scores"])
+            if writer is not None:
+                writer.add(results_entries(prediction, image_id, category_ids))
+            if overlay_dir is not None and len(summary.overlays) < num_overlays:
+                _write_overlay(
+                    summary,
+                    overlay_dir,
+                    image_id,
+                    (image, prediction, class_names),
+                    inputs,
+                )
     return summary
 
 
-def _write_json(path: str | os.PathLike, data: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-    return path
+def _input_files(dataset) -> set[Path] | None:
+    """Resolved paths of a dataset's image files, never to be written over (when known)."""
+    from prm.data import FolderDataset
+
+    if isinstance(dataset, FolderDataset):
+        return {(dataset.root / row["file"]).resolve() for row in dataset.rows}
+    if isinstance(dataset, COCODataset):
+        return {(dataset.image_dir / im["file_name"]).resolve() for im in dataset.images}
+    return None
+
+
+def _max_size(predictor) -> int | None:
+    return getattr(predictor, "max_size", None)
+
+
+def unique_image_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """One distinct id per image file: its stem, with folders added where stems clash.
+
+    ``a/good.jpg`` and ``b/good.jpg`` become ``a/good`` and ``b/good`` (as few parent
+    folders as make them distinct); files that still clash (``x.jpg`` and ``x.png``, or
+    one file given twice) keep their suffix and then get ``-2``, ``-3``... A warning
+    names every id that is not the plain stem.
+
+    Args:
+        paths: the image files, in order.
+
+    Returns:
+        ids aligned with ``paths``.
+    """
+    paths = [Path(p) for p in paths]
+    ids = [p.stem for p in paths]
+    groups: dict[str, list[int]] = {}
+    for i, stem in enumerate(ids):
+        groups.setdefault(stem, []).append(i)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        parts = [Path(os.path.abspath(paths[i])).with_suffix("").parts for i in members]
+        for depth in range(2, max(len(p) for p in parts) + 1):
+            names = ["/".join(p[-depth:]) for p in parts]
+            if len(set(names)) == len(names):
+                break
+        for i, name in zip(members, names, strict=True):
+            ids[i] = name
+    seen: dict[str, int] = {}
+    for i, image_id in enumerate(list(ids)):
+        if ids.count(image_id) > 1:  # same folders and stem: keep the suffix
+            image_id = f"{image_id}{paths[i].suffix}"
+        count = seen[image_id] = seen.get(image_id, 0) + 1
+        ids[i] = image_id if count == 1 else f"{image_id}-{count}"
+    renamed = [f"{p} -> {i}" for p, i in zip(paths, ids, strict=True) if i != p.stem]
+    if renamed:
+        warnings.warn(
+            "image files share a name; their ids are made unique: " + ", ".join(renamed),
+            stacklevel=2,
+        )
+    return ids
+
+
+def _write_overlay(summary, overlay_dir, image_id, panel_args, inputs=None) -> None:
+    """Draw and save one overlay; a failure is warned about, never fatal (results stay)."""
+    try:
+        path = output_path(overlay_dir, image_id, ".png", inputs=inputs)
+        prediction_panel(*panel_args).save(path)
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"could not write the overlay of image {image_id}: {exc}", stacklevel=3)
+        return
+    summary.overlays.append(path)
+
+
+class _ResultsWriter:
+    """A COCO results JSON written image by image (flushed), so that no result is lost.
+
+    The list goes to ``.<name>.tmp`` and is renamed to ``path`` when complete; after an
+    error it is closed as valid JSON and renamed to ``<stem>.partial.json`` instead.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.file = open(self.tmp, "w")  # noqa: SIM115 (closed by close())
+        self.file.write("[")
+        self.count = 0
+
+    def add(self, entries: list[dict]) -> None:
+        for entry in entries:
+            self.file.write(",\n" if self.count else "\n")
+            self.file.write(json.dumps(entry))
+            self.count += 1
+        self.file.flush()
+
+    def close(self, complete: bool = True) -> Path:
+        self.file.write("\n]\n")
+        self.file.close()
+        target = self.path if complete else self.path.with_name(f"{self.path.stem}.partial.json")
+        os.replace(self.tmp, target)
+        return target
+
+
+@contextmanager
+def _finish_on_error(writer: _ResultsWriter | None, summary: PredictionSummary):
+    """Close the results file when done; on an error keep what was done as partial."""
+    try:
+        yield
+    except BaseException:
+        if writer is not None:
+            partial = writer.close(complete=False)
+            warnings.warn(
+                f"stopped after {summary.images} images; their {writer.count} results are "
+                f"in {partial}",
+                stacklevel=3,
+            )
+        raise
+    if writer is not None:
+        summary.results_file = writer.close()

@@ -230,6 +230,14 @@ def train(
     try:
         _seed_everything(config.seed)
         train_set, val_set = build_datasets(config, with_val=ddp.is_main)
+        if len(train_set) < config.batch_size * ddp.world_size:
+            # Batches are full (drop_last): fewer images would train 0 steps and still
+            # save a checkpoint, which looks like success.
+            raise ValueError(
+                f"{len(train_set)} training images make no full batch of "
+                f"{config.batch_size * ddp.world_size} (batch_size {config.batch_size} x "
+                f"{ddp.world_size} processes); lower --batch-size or add images"
+            )
         classes = list(train_set.classes)
         model = model_from_config(config, classes).to(device)
         if config.channels_last:
@@ -260,6 +268,9 @@ def train(
         if ddp.is_main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(config, out / "config.yaml")
+            _remove_stale_temporaries(out)
+            if resume_path is not None:
+                _reconcile_metrics(out / "metrics.jsonl", start_epoch, state.get("metrics"))
         writer = _tensorboard(out) if (config.tensorboard and ddp.is_main) else None
 
         net: nn.Module = model
@@ -347,6 +358,11 @@ def train(
                 if on_step is not None:
                     on_step(epoch, step, loss.item())
             bar.close()
+            if seen == 0:  # every batch was skipped: nothing was trained
+                raise ValueError(
+                    f"epoch {epoch + 1} trained on no image ({skipped} unreadable); "
+                    "see the warnings above"
+                )
 
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
@@ -391,6 +407,39 @@ def train(
         return out / "last.pt"
     finally:
         ddp.close()
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete ``.last.pt.*.tmp`` files that a killed checkpoint save left behind."""
+    for tmp in out.glob(".last.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        print(f"removed {tmp.name}, left by an interrupted checkpoint save")
+
+
+def _reconcile_metrics(path: Path, epoch: int, record: dict | None) -> None:
+    """Make ``metrics.jsonl`` end at the checkpoint's epoch before training resumes.
+
+    The line of an epoch is written after its checkpoint; a run killed between the two
+    lost the line, and the checkpoint's own copy (``state["metrics"]``) restores it.
+    Lines after the checkpoint's epoch (a run killed after writing one) are dropped, as
+    those epochs are trained again.
+    """
+    lines = path.read_text().splitlines() if path.is_file() else []
+    kept = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the kill
+        if isinstance(entry, dict) and int(entry.get("epoch", 0)) <= epoch:
+            kept.append(json.dumps(entry))
+    last = json.loads(kept[-1])["epoch"] if kept else 0
+    if record is not None and last < epoch:
+        kept.append(json.dumps(record))
+    if kept != lines:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
 
 
 def _tensorboard(out: Path):

@@ -18,7 +18,7 @@ __all__ = ["precision_recall", "voc_ap", "ranked_ap"]
 
 
 def precision_recall(
-    scores: np.ndarray, matches: np.ndarray, n_pos: int
+    scores: np.ndarray, matches: np.ndarray, n_pos: int, ties: str = "stable"
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Precision and recall along a ranked list.
 
@@ -27,18 +27,26 @@ def precision_recall(
         matches (ndarray[K], int): 1 true positive, 0 false positive, -1 ignored (neither;
             a match to a crowd region). Ignored records are dropped before accumulating.
         n_pos: number of positives (ground truth objects) the list is measured against.
+        ties: ``"stable"``: tied scores keep the order given; ``"chainercv"``: ranked by
+            ``np.argsort(scores)[::-1]`` in the scores' own dtype, as chainercv does.
 
     Returns:
         ``(precision, recall)``, each ndarray[K'] (float64) over the non-ignored records in
-        rank order; ``recall`` is None when ``n_pos == 0`` (recall undefined). Ties in
-        score keep the order the records were given (a stable sort), so the result does
-        not depend on the sorting algorithm.
+        rank order; ``recall`` is None when ``n_pos == 0`` (recall undefined). With
+        ``ties="stable"`` the result does not depend on the sorting algorithm.
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
     matches = np.asarray(matches)
     if scores.shape != matches.shape or scores.ndim != 1:
         raise ValueError(f"scores {scores.shape} and matches {matches.shape} must be equal 1-D")
-    order = np.argsort(-scores, kind="stable")
+    if ties == "chainercv":
+        order = np.argsort(scores)[::-1]
+    elif ties == "stable":
+        order = np.argsort(-scores, kind="stable")
+    else:
+        raise ValueError(f"ties must be 'stable' or 'chainercv', got {ties!r}")
     ranked = matches[order]
     ranked = ranked[ranked >= 0]
     tp = np.cumsum(ranked == 1)

@@ -140,15 +140,26 @@ def prediction_masks(prediction: Mapping, size: Sequence[int]) -> torch.Tensor:
     """
     size = tuple(int(s) for s in size)
     if "masks" in prediction:
-        masks = prediction["masks"]
+        image = prediction.get("image_id", "?")
+        masks = as_tensor(prediction["masks"], f"prediction masks of image {image}")
         if masks.dim() != 3 or tuple(masks.shape[1:]) != size:
             raise ValueError(
                 f"prediction masks of image {prediction.get('image_id', '?')} have shape "
                 f"{tuple(masks.shape)}, expected (N, {size[0]}, {size[1]}) (the image size)"
             )
         return masks.bool().cpu()  # evaluation runs on the CPU
+    rles = prediction["rles"]
+    entries = prediction.get("entries")
+    for j, rle in enumerate(rles):
+        rle_size = tuple(int(v) for v in rle.get("size", ())) if isinstance(rle, dict) else ()
+        if rle_size and rle_size != size:  # name the entry at fault, not the first one
+            which = f"entry {entries[j]}" if entries is not None else f"RLE {j}"
+            raise ValueError(
+                f"{which} (image {prediction.get('image_id', '?')}) is a mask of size "
+                f"{rle_size}, but the image is {size}"
+            )
     try:
-        return decode_rle(prediction["rles"], size=size)
+        return decode_rle(rles, size=size)
     except ValueError as exc:
         raise ValueError(
             f"predictions of image {prediction.get('image_id', '?')} do not fit it: {exc}"
@@ -169,8 +180,8 @@ def ground_truth(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validated ``(masks bool (G, H, W), labels int64 (G,), iscrowd bool (G,))``."""
     image = target.get("image_id", "?")
-    masks = target["masks"]
-    labels = torch.as_tensor(target["labels"]).long().cpu()
+    masks = as_tensor(target["masks"], f"target masks of image {image}")
+    labels = as_tensor(target["labels"], f"target labels of image {image}").long()
     if masks.dim() != 3 or tuple(masks.shape[1:]) != size:
         raise ValueError(
             f"target masks of image {image} have shape {tuple(masks.shape)}, "
@@ -183,7 +194,10 @@ def ground_truth(
         )
     check_labels(labels, num_classes, f"target of image {image}")
     crowd = target.get("iscrowd")
-    crowd = torch.zeros(len(masks), dtype=torch.bool) if crowd is None else crowd.bool().cpu()
+    if crowd is None:
+        crowd = torch.zeros(len(masks), dtype=torch.bool)
+    else:
+        crowd = as_tensor(crowd, f"iscrowd of image {image}").bool()
     if crowd.shape != (len(masks),):
         raise ValueError(
             f"target of image {image} has {len(masks)} masks but iscrowd of shape "
@@ -194,7 +208,8 @@ def ground_truth(
 
 def ignore_mask(target: Mapping, size: tuple[int, int]) -> torch.Tensor:
     """The target's validated ``ignore_mask``, bool (H, W) on the CPU."""
-    ignore = torch.as_tensor(target["ignore_mask"]).bool().cpu()
+    ignore = as_tensor(target["ignore_mask"], f"ignore_mask of image {target.get('image_id', '?')}")
+    ignore = ignore.bool()
     if tuple(ignore.shape) != size:
         raise ValueError(
             f"ignore_mask of image {target.get('image_id', '?')} has shape "
@@ -206,10 +221,17 @@ def ignore_mask(target: Mapping, size: tuple[int, int]) -> torch.Tensor:
 def predicted_instances(
     prediction: Mapping, num_masks: int, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated ``(labels int64 (N,), scores float32 (N,))`` of a prediction dict."""
+    """Validated ``(labels int64 (N,), scores (N,))`` of a prediction dict.
+
+    Scores keep the caller's precision: float64 stays float64 (two distinct float64
+    scores must not become a tie), float32 stays float32; Python numbers and integers
+    become float64, half precision float32.
+    """
     image = prediction.get("image_id", "?")
-    labels = torch.as_tensor(prediction["labels"]).long().cpu()
-    scores = torch.as_tensor(prediction["scores"]).float().cpu()
+    labels = as_tensor(prediction["labels"], f"prediction labels of image {image}").long()
+    scores = as_tensor(prediction["scores"], f"prediction scores of image {image}")
+    if scores.dtype not in (torch.float32, torch.float64):
+        scores = scores.double() if not scores.is_floating_point() else scores.float()
     if labels.shape != (num_masks,) or scores.shape != (num_masks,):
         raise ValueError(
             f"prediction of image {image} has {num_masks} masks, labels of shape "
@@ -220,6 +242,28 @@ def predicted_instances(
         raise ValueError(f"prediction of image {image} has non-finite scores")
     check_labels(labels, num_classes, f"prediction of image {image}")
     return labels, scores
+
+
+def as_tensor(value, what: str) -> torch.Tensor:
+    """A CPU tensor from a tensor, a numpy array or a (nested) list, as users pass them.
+
+    Python floats become float64 (numpy's default), not torch's float32.
+
+    Raises:
+        ValueError: naming ``what``, for anything that is not array-like.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    try:
+        array = np.ascontiguousarray(value)  # negative strides (x[::-1]) are fine too
+        if array.dtype == object:
+            raise TypeError("ragged or mixed values")
+        return torch.from_numpy(array)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(
+            f"{what} must be a torch tensor, numpy array or list of numbers, got "
+            f"{type(value).__name__} ({exc})"
+        ) from exc
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, what: str) -> None:

@@ -1,16 +1,15 @@
 """COCO-style mask AP through pycocotools' ``COCOeval`` (``iouType="segm"``).
 
 The targets are converted to a COCO ground truth in memory: each instance becomes an
-annotation with its mask as compressed RLE, ``area`` = mask pixel count and ``iscrowd``
-kept, so crowd regions are handled exactly as COCO does (a detection matched to a crowd
-region is ignored, crowd regions never count as missed). Predictions become COCO results
-the way ``COCO.loadRes`` builds them from a results file (area = mask area, bbox from the
-mask). Only RLEs are kept between ``process`` and ``summarize``.
-
-One difference from running pycocotools on the official ``instances_*.json``: there the
-``area`` of a polygon annotation is the polygon's area, here it is the pixel count of its
-mask, so an object whose two areas straddle 32^2 or 96^2 can land in another size bucket
-(AP_s/AP_m/AP_l). AP, AP50, AP75 and AR do not use ground-truth areas and are identical.
+annotation with its mask as compressed RLE, ``iscrowd`` kept, so crowd regions are
+handled exactly as COCO does (a detection matched to a crowd region is ignored, crowd
+regions never count as missed), and ``area`` taken from the target's ``"area"`` when it
+has one (:class:`~prm.data.COCODataset` passes on the json's ``area``: for a polygon, the
+polygon's area, which is what pycocotools uses for the small/medium/large ranges), else
+the mask's pixel count. Predictions become COCO results the way ``COCO.loadRes`` builds
+them from a results file (area = mask area, bbox from the mask). Only RLEs are kept
+between ``process`` and ``summarize``. With the json's areas, every number equals
+pycocotools run on the json itself.
 """
 
 from __future__ import annotations
@@ -19,13 +18,14 @@ import contextlib
 import io
 from collections.abc import Mapping, Sequence
 
+import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from prm.masks import encode_rle
 
-from .base import Evaluator, ground_truth, predicted_instances, target_size
+from .base import Evaluator, as_tensor, ground_truth, predicted_instances, target_size
 
 __all__ = ["COCOEvaluator", "COCO_STATS"]
 
@@ -49,7 +49,7 @@ COCO_STATS = (
 class COCOEvaluator(Evaluator):
     """COCO mask AP (AP, AP50, AP75, size buckets, AR) and per-class AP via pycocotools.
 
-    Reads target ``masks``, ``labels``, ``size`` (and ``iscrowd``) and prediction
+    Reads target ``masks``, ``labels``, ``size`` (and ``iscrowd``, ``area``) and prediction
     ``masks`` or ``rles``, ``labels``, ``scores``. The target's ``ignore_mask`` plays no
     part (COCO has none).
 
@@ -95,11 +95,12 @@ class COCOEvaluator(Evaluator):
     def process_image(self, target: Mapping, prediction: Mapping) -> None:
         size = target_size(target)
         masks, labels, crowd = ground_truth(target, size, self.num_classes)
+        areas = _areas(target, masks)
         self._gts.append(
             [
-                {"rle": rle, "label": int(label), "iscrowd": int(c)}
-                for rle, label, c in zip(
-                    encode_rle(masks), labels.tolist(), crowd.tolist(), strict=True
+                {"rle": rle, "label": int(label), "iscrowd": int(c), "area": area}
+                for rle, label, c, area in zip(
+                    encode_rle(masks), labels.tolist(), crowd.tolist(), areas, strict=True
                 )
             ]
         )
@@ -112,7 +113,8 @@ class COCOEvaluator(Evaluator):
                     f"{bad[0]}, expected {size}"
                 )
         else:
-            pred_masks = prediction["masks"]
+            image = target.get("image_id", "?")
+            pred_masks = as_tensor(prediction["masks"], f"prediction masks of image {image}")
             if pred_masks.dim() != 3 or tuple(pred_masks.shape[1:]) != size:
                 raise ValueError(
                     f"prediction masks of image {target.get('image_id', '?')} have shape "
@@ -148,6 +150,8 @@ class COCOEvaluator(Evaluator):
                     _annotation(g["rle"], image_id, self.category_ids[g["label"]], len(gt_anns))
                 )
                 gt_anns[-1]["iscrowd"] = g["iscrowd"]
+                if g["area"] is not None:  # the json's area, as COCOeval reads it there
+                    gt_anns[-1]["area"] = g["area"]
             for d in dts:
                 dt_anns.append(
                     _annotation(d["rle"], image_id, self.category_ids[d["label"]], len(dt_anns))
@@ -178,6 +182,20 @@ class COCOEvaluator(Evaluator):
             name = self.classes[self.category_ids.index(cat_id)]
             results[f"coco/AP/{name}"] = float(p[p > -1].mean()) if (p > -1).any() else None
         return results
+
+
+def _areas(target: Mapping, masks) -> list[float | None]:
+    """The target's ``area`` per instance (``None``: use the mask's pixel count)."""
+    if "area" not in target:
+        return [None] * len(masks)
+    image = target.get("image_id", "?")
+    areas = as_tensor(target["area"], f"area of image {image}").double()
+    if areas.shape != (len(masks),) or not bool(torch.isfinite(areas).all()):
+        raise ValueError(
+            f"target of image {image} has {len(masks)} masks but area {areas.tolist()}; "
+            "give one finite area per instance"
+        )
+    return areas.tolist()
 
 
 def _coco_image_ids(image_ids: list) -> list[int]:

@@ -49,9 +49,10 @@ from .base import (
     target_size,
 )
 
-__all__ = ["InstanceSegmentationEvaluator", "match_instances"]
+__all__ = ["InstanceSegmentationEvaluator", "match_instances", "score_order"]
 
 IOU_THRESHOLDS = (0.25, 0.5, 0.7, 0.75)
+TIE_ORDERS = ("chainercv", "stable")
 
 
 def match_instances(
@@ -61,7 +62,9 @@ def match_instances(
 
     Args:
         iou (Tensor[P, G]): IoU of each prediction (rows sorted by decreasing score) with
-            each ground truth; pairs of different classes must be set to -1.
+            each ground truth; pairs of different classes must be set to -1. Give float64
+            IoUs from exact counts (``mask_iou(..., exact=True)``) for ``IoU >= t`` to be
+            exact at the threshold.
         crowd_overlap (Tensor[P]): largest ``|pred & crowd| / |pred|`` over the crowd
             regions of the prediction's class (0 where none).
         thresholds: T IoU thresholds in (0, 1].
@@ -75,9 +78,9 @@ def match_instances(
     if num_pred == 0:
         return matches
     if num_gt:
-        best_iou, best_gt = iou.max(dim=1)  # the GT each prediction overlaps most
-        best_iou = best_iou.double().numpy()
-        best_gt = best_gt.numpy()
+        iou_np = iou.numpy()
+        best_gt = iou_np.argmax(axis=1)  # the GT each prediction overlaps most; first on ties
+        best_iou = iou_np[np.arange(num_pred), best_gt].astype(np.float64)
         taken = np.zeros((len(thresholds), num_gt), dtype=bool)
         for i in range(num_pred):
             hit = best_iou[i] >= thr[:, 0]  # (T,)
@@ -103,6 +106,13 @@ class InstanceSegmentationEvaluator(Evaluator):
             and ground-truth mask before computing IoU (off: chainercv's protocol).
         class_agnostic_abo: also report ABO where a ground truth's best overlap may come
             from a prediction of any class.
+        ties: order of predictions with equal scores. ``"chainercv"`` (default): as
+            chainercv's ``eval_instance_segmentation_voc`` orders them, with numpy's
+            default ``np.argsort(scores)[::-1]`` per class, per image and then over all
+            images (scores sorted in the precision they were given, float32 or float64),
+            so that results equal chainercv's. ``"stable"``: ties keep the order
+            processed (images in order, predictions in their given order), which does not
+            depend on numpy's sort algorithm.
 
     Summary keys (``T`` formatted like ``0.5``): ``instance/mAP_r@T``,
     ``instance/AP_r@T/<class>``, ``instance/ABO``, ``instance/ABO/<class>``,
@@ -122,7 +132,11 @@ class InstanceSegmentationEvaluator(Evaluator):
         use_07_metric: bool = False,
         use_ignore_mask: bool = False,
         class_agnostic_abo: bool = False,
+        ties: str = "chainercv",
     ):
+        if ties not in TIE_ORDERS:
+            raise ValueError(f"ties must be one of {TIE_ORDERS}, got {ties!r}")
+        self.ties = ties
         thresholds = tuple(float(t) for t in iou_thresholds)
         if not thresholds or any(not 0.0 < t <= 1.0 for t in thresholds):
             raise ValueError(f"iou_thresholds must be non-empty and in (0, 1], got {thresholds}")
@@ -137,6 +151,9 @@ class InstanceSegmentationEvaluator(Evaluator):
         self._labels = Records(1, np.int64)
         self._scores = Records(1, np.float64)
         self._matches = Records(len(self.iou_thresholds), np.int8)
+        # Classes that got float64 scores: sorted in float64, the others in float32 (as
+        # numpy would sort the caller's arrays; the order of ties depends on the dtype).
+        self._wide_scores = np.zeros(self.num_classes, dtype=bool)
         self._n_pos = np.zeros(self.num_classes, dtype=np.int64)
         self._best_iou_sum = np.zeros(self.num_classes, dtype=np.float64)
         self._best_iou_any_sum = np.zeros(self.num_classes, dtype=np.float64)
@@ -152,13 +169,14 @@ class InstanceSegmentationEvaluator(Evaluator):
             masks = masks & keep
             gt_masks = gt_masks & keep
 
-        # Ties keep the given order (stable), so results do not depend on the sort used.
-        order = torch.argsort(-scores, stable=True)
+        order = torch.from_numpy(score_order(labels.numpy(), scores.numpy(), self.ties))
         masks, labels, scores = masks[order], labels[order], scores[order]
+        if scores.dtype == torch.float64:
+            self._wide_scores[labels.unique().numpy()] = True
 
         gt, gt_l = gt_masks[~crowd], gt_labels[~crowd]
         crowds, crowd_l = gt_masks[crowd], gt_labels[crowd]
-        iou = mask_iou(masks, gt)  # (P, G), one matrix product per image
+        iou = mask_iou(masks, gt, exact=True)  # (P, G) float64, one matrix product per image
         same = labels[:, None] == gt_l[None, :]
         iou_same = torch.where(same, iou, torch.full_like(iou, -1.0))
         crowd_overlap = _crowd_overlap(masks, labels, crowds, crowd_l)
@@ -191,7 +209,12 @@ class InstanceSegmentationEvaluator(Evaluator):
                 if self._n_pos[c] == 0:
                     continue
                 sel = labels == c
-                precision, recall = precision_recall(scores[sel], matches[t, sel], self._n_pos[c])
+                class_scores = (
+                    scores[sel] if self._wide_scores[c] else scores[sel].astype(np.float32)
+                )
+                precision, recall = precision_recall(
+                    class_scores, matches[t, sel], self._n_pos[c], ties=self.ties
+                )
                 out[threshold][name] = (precision, recall)
         return out
 
@@ -223,6 +246,28 @@ class InstanceSegmentationEvaluator(Evaluator):
     def _records(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``labels (K,)``, ``scores (K,)``, ``matches (T, K)`` of all K predictions."""
         return self._labels.array[:, 0], self._scores.array[:, 0], self._matches.array.T
+
+
+def score_order(labels: np.ndarray, scores: np.ndarray, ties: str = "chainercv") -> np.ndarray:
+    """The order in which one image's predictions are matched, best score first.
+
+    Args:
+        labels (ndarray[N], int): class of each prediction.
+        scores (ndarray[N], float32 or float64): score of each prediction.
+        ties: ``"chainercv"``: class by class in increasing label order, each class's
+            predictions by ``np.argsort(scores)[::-1]`` (chainercv's order, ties
+            included); ``"stable"``: decreasing score, ties in the given order.
+
+    Returns:
+        ndarray[N] (int64): indices into the predictions.
+    """
+    if ties == "stable":
+        return np.argsort(-scores, kind="stable")
+    parts = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        parts.append(idx[np.argsort(scores[idx])[::-1]])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def _crowd_overlap(

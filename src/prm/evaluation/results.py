@@ -125,7 +125,8 @@ def load_results(
 
     Returns:
         list aligned with ``images``: ``{"image_id", "labels": int64 (N,), "scores":
-        float32 (N,), "rles": list of N RLE dicts}``, entries in file order. An image
+        float64 (N,), "rles": list of N RLE dicts, "entries": N indices of the entries in
+        the file}``, entries in file order. An image
         without results gets N = 0.
 
     Raises:
@@ -149,7 +150,12 @@ def load_results(
         raise ValueError(f"{path}: {len(sizes)} sizes given for {len(image_ids)} images")
     index = {str(image_id): i for i, image_id in enumerate(image_ids)}
     if len(index) != len(image_ids):
-        raise ValueError(f"{path}: the image ids to match are not unique")
+        seen: set[str] = set()
+        twice = sorted({str(i) for i in image_ids if str(i) in seen or seen.add(str(i))})
+        raise ValueError(
+            f"the dataset lists image id(s) {twice[:5]} more than once, so the results in "
+            f"{path} cannot be matched to images (fix the dataset, not the results file)"
+        )
     label_of = {int(cid): label for label, cid in enumerate(category_ids)}
 
     try:
@@ -163,8 +169,9 @@ def load_results(
             f"{type(entries).__name__}"
         )
 
-    out = [{"image_id": i, "labels": [], "scores": [], "rles": []} for i in image_ids]
-    image_size: dict[int, tuple[int, int]] = {}
+    out = [
+        {"image_id": i, "labels": [], "scores": [], "rles": [], "entries": []} for i in image_ids
+    ]
     for k, entry in enumerate(entries):
         where = f"{path}: entry {k}"
         if not isinstance(entry, dict):
@@ -191,19 +198,21 @@ def load_results(
         ):
             raise ValueError(f"{where}: score must be a finite number, got {score!r}")
         rle = _read_rle(entry["segmentation"], where)
-        expected = sizes[i] if sizes is not None else image_size.get(i)
-        if expected is not None and tuple(rle["size"]) != tuple(expected):
+        # Without the image sizes, entries are not compared with each other: the first
+        # entry of an image may be the wrong one. They are checked against the image
+        # when decoded (prediction_masks), which names the entry by its index here.
+        if sizes is not None and tuple(rle["size"]) != tuple(sizes[i]):
             raise ValueError(
                 f"{where}: RLE of size {tuple(rle['size'])} for image {image_ids[i]!r}, "
-                f"which is {tuple(expected)}"
+                f"which is {tuple(sizes[i])}"
             )
-        image_size[i] = tuple(rle["size"])
+        out[i]["entries"].append(k)
         out[i]["labels"].append(label)
         out[i]["scores"].append(float(score))
         out[i]["rles"].append(rle)
     for item in out:
         item["labels"] = torch.tensor(item["labels"], dtype=torch.int64)
-        item["scores"] = torch.tensor(item["scores"], dtype=torch.float32)
+        item["scores"] = torch.tensor(item["scores"], dtype=torch.float64)  # JSON: doubles
     return out
 
 

@@ -16,12 +16,14 @@ import multiprocessing
 import os
 import re
 import time
-import zlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from prm.paths import safe_relative_name
 
 from .compact import CompactProposals
 from .io import _write_atomic, load_proposals, save_proposals
@@ -72,14 +74,29 @@ class ProposalCache:
 
     def path(self, image_id: str) -> Path:
         """The cache file of an image id (ids are made safe as file names)."""
-        image_id = str(image_id)
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).lstrip(".") or "_"
-        if safe != image_id:  # keep distinct ids distinct after the substitution
-            safe = f"{safe}-{zlib.crc32(image_id.encode()):08x}"
-        return self.folder / f"{safe}.npz"
+        return self.folder / safe_relative_name(image_id, ".npz", keep_folders=False)
 
     def __contains__(self, image_id: str) -> bool:
         return self.path(image_id).is_file()
+
+    def problem(self, image_id: str, image_size: tuple[int, int] | None = None) -> str | None:
+        """Why the cached file of an image is unusable (corrupt, wrong size), or ``None``.
+
+        A file that is there is not necessarily whole: one edited by hand, or copied
+        from a broken disk, must not count as cached forever.
+        """
+        try:
+            self.load(image_id, image_size, compact=True)
+        except (ValueError, OSError) as exc:
+            return str(exc)
+        return None
+
+    def _repair(self, image_id: str, problem: str) -> None:
+        warnings.warn(
+            f"proposal cache entry of image {image_id} is unusable ({problem}); computing it again",
+            stacklevel=3,
+        )
+        self.path(image_id).unlink(missing_ok=True)
 
     def load(
         self, image_id: str, image_size: tuple[int, int] | None = None, compact: bool = False
@@ -107,7 +124,10 @@ class ProposalCache:
             Tensor[P, H, W] (bool), best first.
         """
         if image_id in self:
-            return self.load(image_id)
+            try:
+                return self.load(image_id, _size_of(image))
+            except (ValueError, OSError) as exc:
+                self._repair(image_id, str(exc))
         proposals = _compute(self.generator, image)
         self.save(image_id, proposals)
         return proposals.masks() if isinstance(proposals, CompactProposals) else proposals
@@ -124,6 +144,13 @@ class ProposalCache:
             except FileNotFoundError:
                 pass
         return removed
+
+
+def _size_of(image) -> tuple[int, int]:
+    """``(H, W)`` of a PIL image or a ``(3, H, W)`` tensor."""
+    if hasattr(image, "height") and hasattr(image, "width"):
+        return (image.height, image.width)
+    return tuple(image.shape[-2:])
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -184,10 +211,14 @@ def _run_task(task: tuple[str, object]) -> tuple[str, str, str]:
             image, target = item
             image_id = str(target["image_id"])
         name = image_id
+        status, problem = "computed", ""
         if image_id in cache:
-            return name, "cached", ""
+            problem = cache.problem(image_id, _size_of(image))
+            if problem is None:
+                return name, "cached", ""
+            status = "repaired"  # corrupt or of another size: computed again
         cache.save(image_id, _compute(cache.generator, image))
-        return name, "computed", ""
+        return name, status, problem or ""
     except (ValueError, FileNotFoundError, OSError) as exc:
         return name, "failed", str(exc)
 
@@ -238,9 +269,12 @@ def precompute_proposals(
         else:
             image_id = None
         if image_id is not None and image_id in cache:
-            summary.cached += 1
-        else:
-            todo.append((kind, what))
+            problem = cache.problem(image_id)
+            if problem is None:
+                summary.cached += 1
+                continue
+            cache._repair(image_id, problem)
+        todo.append((kind, what))
 
     from tqdm import tqdm
 
@@ -257,6 +291,12 @@ def precompute_proposals(
         elif status == "cached":
             summary.cached += 1
         else:
+            if status == "repaired":
+                warnings.warn(
+                    f"proposal cache entry of image {name} was unusable ({problem}); "
+                    "computed it again",
+                    stacklevel=2,
+                )
             summary.computed += 1
         bar.update()
 
