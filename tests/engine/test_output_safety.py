@@ -105,11 +105,12 @@ def test_subfolder_ids_get_subfolders_and_an_overlay_failure_loses_nothing(
         raise OSError("disk full")
 
     monkeypatch.setattr(inference, "prediction_panel", broken_panel)
-    with pytest.warns(UserWarning, match="could not write the overlay of image sub dir/pic one"):
+    with pytest.warns(UserWarning, match="could not write the overlay of image") as caught:
         summary = predict_dataset(
             predictor, dataset, results_file=out / "again.json", overlay_dir=out / "o2",
             progress=False,
         )  # fmt: skip
+    assert "image sub dir/pic one: disk full" in str(caught[0].message)
     ids = {r["image_id"] for r in json.loads((out / "again.json").read_text())}
     assert summary.images == 2 and ids == {"sub dir/pic one", "b"}
 
