@@ -105,15 +105,20 @@ def split_metrics(
 ) -> tuple[dict[str, Any], list[str], dict[str, dict[str, Any]]]:
     """``(summary, per-class columns, {class: {column: value}})`` of a flat metrics dict.
 
-    Keys ``<family>/<name>/<class>`` are per class (the rule of the text table); with no
-    class list, any key of three or more parts is.
+    Keys ``<family>/<name>/<class>`` are per class (the rule of the text table); a class
+    name may itself hold ``/``. With no class list, any key of three or more parts is.
     """
-    names = set(classes) | {"background"}
+    # Longest first: a class named "a/b" must win over a class named "b".
+    names = sorted(set(classes) | {"background"}, key=len, reverse=True)
     summary: dict[str, Any] = {}
     columns: list[str] = []
     per_class: dict[str, dict[str, Any]] = {}
     for key, value in metrics.items():
         head, _, tail = key.rpartition("/")
+        if classes:
+            found = next((n for n in names if key.endswith(f"/{n}")), None)
+            if found is not None:
+                head, tail = key[: -len(found) - 1], found
         if head and "/" in head and (tail in names or not classes):
             if head not in columns:
                 columns.append(head)
@@ -470,7 +475,7 @@ def _compare_section(
             )
         parts.append(
             f"<h3>{esc(main)} per class</h3><div class='scroll'><table class='sortable' "
-            "id='compare-class-table'><thead><tr>"
+            'id="compare-class-table"><thead><tr>'
             '<th data-type="text"><button>class</button></th>'
             f'<th data-type="num"><button>{a}</button></th>'
             f'<th data-type="num"><button>{b}</button></th>'
@@ -510,7 +515,7 @@ def _compare_section(
         if "peaks" in theirs_item:
             drawn["peaks"] = theirs_item["peaks"]
         file = f"c{k:03d}-other.png"
-        render_prediction(drawn, classes).save(images / file, optimize=True)
+        render_prediction(drawn, classes).save(images / file)
         mine_file = f"g{k:03d}-pred.png"
         truth_file = f"g{k:03d}-gt.png"
         their_score = result["score"]

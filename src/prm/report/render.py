@@ -136,7 +136,7 @@ def render_item(
 
     def save(picture: Image.Image, kind: str, caption: str, key: str) -> None:
         name = f"{prefix}-{kind}.png"
-        picture.save(out_dir / name, optimize=True)
+        picture.save(out_dir / name)
         panels[key].append((name, caption))
 
     save(Image.fromarray(_enlarge(image, scale)), "photo", "photo", "prediction")
