@@ -24,7 +24,8 @@ def box(y, x, h, w):
 def scene(k: int, shift: int):
     """Image k: ground truth boxes, predictions that find some and miss or misplace others.
 
-    ``shift`` moves the second prediction (0: on its object; 20: a false positive).
+    ``shift`` moves the second prediction (0: on its object; 20: a false positive); with
+    a shift, every third image has no prediction at all.
     """
     rng = np.random.default_rng(k)
     image = torch.from_numpy(rng.integers(0, 255, (3, SIZE, SIZE), dtype=np.uint8))
@@ -37,6 +38,8 @@ def scene(k: int, shift: int):
         "size": (SIZE, SIZE),
     }
     n = 1 + k % 3  # 1..3 predictions: image scores differ
+    if shift and k % 3 == 0:
+        n = 0
     masks = torch.stack([box(4, 4, 14, 14), box(26 - shift, 26, 14, 16), box(30, 2, 8, 8)])[:n]
     labels = torch.tensor([a, b, b])[:n]
     scores = torch.tensor([0.9, 0.5 + 0.01 * k, 0.3])[:n]

@@ -30,6 +30,10 @@ def test_the_page_is_self_contained_and_escapes_data(runs, tmp_path):
     assert re.search(r"g000-prm00\.png", text) and re.search(r"g000-crm00\.png", text)
     assert re.search(r"c000-other\.png", text)
     assert 'id="compare-class-table"' in text
+    # Counts differ by counts, fractions by percentage points.
+    compared = text[text.index('id="compare-table"') :]
+    row = re.search(r'data-key="instance/num_predictions">(.*?)</tr>', compared).group(1)
+    assert re.findall(r">([^<]*)</td>", row) == ["18", "15", "+3"]
 
 
 def test_rebuilding_replaces_old_pictures(runs, tmp_path):

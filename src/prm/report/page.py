@@ -409,11 +409,11 @@ def _other_predictions(other: Mapping, items: Sequence[dict]) -> dict[str, dict]
         chosen = grouped.get(image_id, [])
         try:
             labels = [label_of[int(e["category_id"])] for e in chosen]
-            masks = decode_rle([e["segmentation"] for e in chosen])
+            masks = decode_rle([e["segmentation"] for e in chosen]) if chosen else None
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: unreadable entry for image {image_id!r} ({exc})") from exc
         found[image_id] = {
-            "masks": masks.numpy() if len(chosen) else None,
+            "masks": masks.numpy() if masks is not None else None,
             "labels": np.asarray(labels, dtype=np.int64),
             "scores": np.asarray([float(e["score"]) for e in chosen], dtype=np.float32),
         }
@@ -535,7 +535,12 @@ def _compare_section(
 
 
 def _signed(value: Any) -> str:
-    return "–" if value is None else f"{100 * value:+.1f}"
+    """A difference: counts as counts, fractions in percentage points."""
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:+d}"
+    return f"{100 * value:+.1f}"
 
 
 def _script_hash(script: str) -> str:
