@@ -155,7 +155,13 @@ def run(args: argparse.Namespace) -> int:
             classes=list(dataset.classes),
             category_ids=list(dataset.category_ids),
             results=str(Path(args.predictions).resolve()),
-            dataset=dataset_flags(args.dataset, args.root, args.split),
+            dataset=dataset_flags(
+                args.dataset,
+                args.root,
+                args.split or split,
+                getattr(args, "annotations", None),
+                getattr(args, "image_dir", None),
+            ),
         )
         print(f"wrote metrics.json, table.txt, precision-recall curves and {page} to {args.out}")
     return 0

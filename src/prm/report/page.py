@@ -64,9 +64,22 @@ def write_run_info(run_dir: str | os.PathLike, **info: Any) -> Path:
     return path
 
 
-def dataset_flags(name: str, root: str | os.PathLike | None, split: str | None) -> dict:
-    """The ``--dataset/--root/--split`` of a run as run.json keeps them (root absolute)."""
-    return {"name": name, "root": str(Path(root).resolve()) if root else None, "split": split}
+def dataset_flags(
+    name: str,
+    root: str | os.PathLike | None,
+    split: str | None,
+    annotations: str | os.PathLike | None = None,
+    image_dir: str | os.PathLike | None = None,
+) -> dict:
+    """The dataset flags of a run as run.json keeps them (paths absolute)."""
+
+    def absolute(path):
+        return str(Path(path).resolve()) if path else None
+
+    flags = {"name": name, "root": absolute(root), "split": split}
+    if annotations or image_dir:  # COCO data laid out elsewhere
+        flags.update(annotations=absolute(annotations), image_dir=absolute(image_dir))
+    return flags
 
 
 def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
