@@ -26,6 +26,7 @@ from prm.engine import load_config, load_model, train
 from prm.engine.inference import predict_dataset
 from prm.engine.tune import tune_retrieval
 from prm.predictor import Predictor
+from prm.report import GallerySampler, build_report, write_run_report
 
 __all__ = ["DEMO_COLUMNS", "run_demo", "format_demo_table"]
 
@@ -71,6 +72,10 @@ def run_demo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the demo and write ``out/report``; returns the report (also ``report.json``).
+
+    ``out/report/index.html`` is the HTML report of the PRM run compared with the CAM
+    run; each method's run folder (metrics, gallery, its own page) is
+    ``out/report/runs/<prm|cam|prm-fallback>``.
 
     Args:
         out: working folder (data cache, runs, proposals, report).
@@ -146,6 +151,8 @@ def run_demo(
                 **{name: getattr(result.best, name) for name in TUNING_GRID},
                 "val " + result.metric: result.value,
             }
+        run_dir = report_dir / "runs" / slug
+        sampler = GallerySampler(run_dir / "gallery", test_set.classes)
         summary = predict_dataset(
             predictor,
             test_set,
@@ -154,10 +161,22 @@ def run_demo(
             overlay_dir=report_dir / "overlays" / slug,
             num_overlays=num_overlays,
             metrics=_METRICS,
+            report_dir=run_dir,
+            print_table=False,
             progress=progress,
             desc=method,
+            on_image=sampler.add,
         )
         rows[method] = summary.metrics
+        write_run_report(
+            run_dir,
+            sampler,
+            command="prm demo",
+            name=method,
+            classes=list(test_set.classes),
+            category_ids=list(test_set.category_ids),
+            results=f"../../results-{slug}.json",
+        )
         tick = lap(f"tune + predict + evaluate: {method}", tick)
 
     table = format_demo_table(rows)
@@ -175,4 +194,11 @@ def run_demo(
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "report.json").write_text(json.dumps(report, indent=2))
     (report_dir / "table.md").write_text(table + "\n")
+    # The page people open: PRM's run, compared with CAM's on the same images.
+    build_report(
+        report_dir / "runs" / "prm",
+        report_dir,
+        compare=report_dir / "runs" / "cam",
+        title="prm demo: PRM vs CAM on ShapeScenes",
+    )
     return report

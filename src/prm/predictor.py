@@ -125,7 +125,9 @@ class Predictor:
             network is) or ``"class"`` (the image-level class score). All three are also
             returned under their own keys.
         chunk_size: peaks back-propagated at once (see :func:`peak_response_maps`).
-        keep_prms: return the per-instance PRMs (``(N, H, W)`` floats per image).
+        keep_prms: return the per-instance PRMs (``(N, H, W)`` floats per image) and
+            the class response maps (``"crm"``, ``(C, h, w)`` at the network's output
+            resolution).
         max_size: the longest side an image is worked on at (default 2048). A larger
             image is scaled down to it (with a warning), predicted, and its masks,
             boxes and peaks are scaled back to the image's size (nearest neighbour);
@@ -384,6 +386,7 @@ class Predictor:
         }
         if self.keep_prms:
             result["prms"] = found["prms"].cpu()[order]
+            result["crm"] = crm  # (C, h, w) class response maps, for reports
         return result
 
 

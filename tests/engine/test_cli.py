@@ -65,15 +65,34 @@ def test_predict_and_evaluate_a_dataset(checkpoint, tmp_path, capsys):
     assert 0 <= metrics["instance/mAP_r@0.5"] <= 1
     assert len(list((out / "overlays").glob("*.png"))) == 3
     assert "mAP_r@0.5" in capsys.readouterr().out
+    # The HTML report, with a gallery that holds the PRMs and class response maps.
+    page = (out / "report" / "index.html").read_text()
+    assert "g000-prm00.png" in page and "g000-crm00.png" in page
+    run = json.loads((out / "run.json").read_text())
+    assert run["dataset"]["name"] == "shapes" and run["results"] == "results.json"
 
-    # The results file is any method's input to `prm evaluate`.
+    # The results file is any method's input to `prm evaluate`, which reports too.
     code = main(
         [
             "evaluate", "--dataset", "shapes", "--split", "test", "--quiet",
             "--predictions", str(out / "results.json"), "--metrics", "instance",
+            "--out", str(tmp_path / "eval"),
         ]
     )  # fmt: skip
     assert code == 0
+    page = (tmp_path / "eval" / "report" / "index.html").read_text()
+    assert "g000-pred.png" in page and "prm00" not in page  # masks only in a results file
+
+    # `prm report` rebuilds from the folder; a run without a gallery gets one sampled from
+    # its results file and the dataset remembered in run.json.
+    (out / "report" / "index.html").unlink()
+    assert main(["report", str(out), "--compare", str(tmp_path / "eval")]) == 0
+    assert 'id="compare"' in (out / "report" / "index.html").read_text()
+    for path in (tmp_path / "eval" / "gallery").iterdir():
+        path.unlink()
+    (tmp_path / "eval" / "gallery").rmdir()
+    assert main(["report", str(tmp_path / "eval"), "--quiet"]) == 0
+    assert (tmp_path / "eval" / "gallery" / "index.json").is_file()
 
 
 def test_predict_images_skips_unreadable_files(checkpoint, tmp_path, capsys):
@@ -151,6 +170,8 @@ def test_demo_smoke_run(tmp_path, capsys):
     }
     assert "| PRM + selective search |" in capsys.readouterr().out
     assert (tmp_path / "demo" / "report" / "overlays" / "prm").is_dir()
+    page = (tmp_path / "demo" / "report" / "index.html").read_text()
+    assert 'id="compare"' in page and "CAM + selective search" in page
 
 
 def test_predict_fails_when_no_image_could_be_read(checkpoint, tmp_path, capsys):

@@ -26,6 +26,7 @@ COMMANDS = {
     "evaluate": ".evaluate",
     "tune": ".tune",
     "proposals": ".proposals",
+    "report": ".report",
 }
 
 EPILOG = """examples:
@@ -35,6 +36,7 @@ EPILOG = """examples:
   prm evaluate --dataset voc --root VOCdevkit/VOC2012 --split val --predictions results.json
   prm proposals --dataset voc --root VOCdevkit/VOC2012 --split val --cache proposals/
   prm tune --checkpoint runs/voc/last.pt --dataset voc --root VOCdevkit/VOC2012 --split val
+  prm report predictions/        # (re)build predictions/report/index.html
 
 Run `prm COMMAND --help` for the flags and more examples of each command.
 """

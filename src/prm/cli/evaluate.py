@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from pathlib import Path
 
 from .dataset_args import add_dataset_arguments, dataset_from_args
 
@@ -39,7 +40,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_dataset_arguments(parser, default_split="val for voc and shapes, val2017 for coco")
     parser.add_argument("--predictions", required=True, help="results .json to score")
-    parser.add_argument("--out", help="folder for metrics.json, table.txt and PR-curve PNGs")
+    parser.add_argument(
+        "--out",
+        help="folder for metrics.json, table.txt, PR-curve PNGs and the HTML report "
+        "(report/index.html)",
+    )
     parser.add_argument(
         "--metrics",
         nargs="+",
@@ -98,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
     dataset = dataset_from_args(args, split, **extra)
     results = load_results(args.predictions, dataset)
 
+    sampler = None
+    if args.out:
+        from prm.report import GallerySampler
+
+        sampler = GallerySampler(Path(args.out) / "gallery", dataset.classes)
+
     def pairs() -> Iterator[tuple[dict, dict]]:
         for index in range(len(dataset)):
             item = dataset[index]
@@ -109,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
                 masks = prediction_masks(prediction, target["size"])
             except ValueError as exc:
                 raise ValueError(f"{args.predictions}: {exc}") from exc
+            if sampler is not None:
+                sampler.add(item[0], target, {**prediction, "masks": masks})
             yield target, {**prediction, "masks": masks}
 
     options = {}
@@ -131,6 +144,24 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         **options,
     )
-    if args.out:
-        print(f"wrote metrics.json, table.txt and precision-recall curves to {args.out}")
+    if args.out:  # the HTML report (prm.report; `prm report` rebuilds it)
+        from prm.report import dataset_flags, write_run_report
+
+        page = write_run_report(
+            args.out,
+            sampler,
+            command="prm evaluate",
+            name=Path(args.out).resolve().name,
+            classes=list(dataset.classes),
+            category_ids=list(dataset.category_ids),
+            results=str(Path(args.predictions).resolve()),
+            dataset=dataset_flags(
+                args.dataset,
+                args.root,
+                args.split or split,
+                getattr(args, "annotations", None),
+                getattr(args, "image_dir", None),
+            ),
+        )
+        print(f"wrote metrics.json, table.txt, precision-recall curves and {page} to {args.out}")
     return 0

@@ -21,7 +21,8 @@ EPILOG = """examples:
 
 Output folder: results.json (COCO results: RLE masks, category ids, scores),
 overlays/ (one PNG per image for the first --overlays images), and with --evaluate
-metrics.json, table.txt and precision-recall curves.
+metrics.json, table.txt, precision-recall curves and an HTML report (report/index.html,
+rebuilt by `prm report OUT`).
 """
 
 
@@ -237,6 +238,11 @@ def run(args: argparse.Namespace) -> int:
                 f"checkpoint {args.checkpoint} was trained on classes {names}, "
                 f"the dataset has {list(dataset.classes)}"
             )
+        sampler = None
+        if args.evaluate:
+            from prm.report import GallerySampler
+
+            sampler = GallerySampler(out / "gallery", names)
         summary = predict_dataset(
             predictor,
             dataset,
@@ -244,8 +250,24 @@ def run(args: argparse.Namespace) -> int:
             report_dir=out if args.evaluate else None,
             print_table=True,
             limit=args.limit,
+            on_image=sampler.add if sampler else None,
             **common,
         )
+        if sampler is not None:  # the HTML report (prm.report; `prm report` rebuilds it)
+            from prm.report import dataset_flags, write_run_report
+
+            page = write_run_report(
+                out,
+                sampler,
+                command="prm predict",
+                name=out.resolve().name,
+                classes=names,
+                category_ids=list(dataset.category_ids),
+                results="results.json",
+                dataset=dataset_flags(args.dataset, args.root, args.split),
+                checkpoint=str(Path(args.checkpoint).resolve()),
+            )
+            print(f"report: {page}")
     print(
         f"{summary.images} images, {summary.instances} instances -> {summary.results_file}"
         + (f"; skipped {len(summary.skipped)} unreadable images" if summary.skipped else "")

@@ -162,6 +162,7 @@ def predict_dataset(
     limit: int | None = None,
     progress: bool = True,
     desc: str = "predict",
+    on_image: Callable[[torch.Tensor, dict, dict], Any] | None = None,
 ) -> PredictionSummary:
     """Predict every image of a dataset, evaluating on the way.
 
@@ -183,6 +184,8 @@ def predict_dataset(
         print_table: print the metrics table.
         limit: only the first ``limit`` images.
         progress: show a progress bar.
+        on_image: called as ``on_image(image, target, prediction)`` for every image
+            (e.g. :meth:`prm.report.GallerySampler.add`).
 
     Returns:
         A :class:`PredictionSummary` (``metrics`` filled when ``metrics`` were asked for).
@@ -214,6 +217,8 @@ def predict_dataset(
                     (image, prediction, names, target),
                     inputs,
                 )
+            if on_image is not None:
+                on_image(image, target, prediction)
             yield target, prediction
 
     with _finish_on_error(writer, summary):

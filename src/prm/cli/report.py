@@ -1,0 +1,88 @@
+"""``prm report``: (re)build the HTML report of a run folder."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  prm report predictions/                      # after prm predict --evaluate --out predictions/
+  prm report runs/prm-eval --compare runs/cam-eval     # add the comparison with another run
+  prm report eval/ --dataset voc --root VOCdevkit/VOC2012 --split val   # sample a gallery
+
+Writes RUN_DIR/report/index.html with its pictures in RUN_DIR/report/images/ (or --out):
+the metrics, per-class AP (sortable table and bar chart), precision-recall curves, and a
+gallery of the best, worst and random images by per-image AP. It reads metrics.json,
+run.json and the gallery/ folder that `prm predict --evaluate` and `prm evaluate --out`
+save. A run without a gallery gets one from its results file and the dataset (given by
+--dataset/--root/--split or remembered in run.json). See docs/report.md.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "report",
+        help="(re)build the HTML report of a run folder",
+        description="Write a self-contained HTML report of an evaluated run.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="folder with metrics.json")
+    parser.add_argument("--out", help="report folder (default RUN_DIR/report)")
+    parser.add_argument("--compare", metavar="OTHER_RUN", help="a run to compare with")
+    parser.add_argument("--title", help="page title (default: the run's name)")
+    parser.add_argument("--dataset", help="dataset to sample a gallery from (voc, coco, ...)")
+    parser.add_argument("--root", help="dataset folder")
+    parser.add_argument("--split", help="dataset split")
+    parser.add_argument(
+        "--results", help="results file for sampling (default: the one in run.json)"
+    )
+    parser.add_argument(
+        "--resample",
+        action="store_true",
+        help="sample the gallery again even if the run has one (masks only: no PRMs)",
+    )
+    parser.add_argument("--gallery", type=int, default=4, help="images per gallery group")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prm.report import build_report, load_run, sample_from_results
+
+    run_dir = Path(args.run_dir)
+    info = load_run(run_dir)["info"]
+    has_gallery = (run_dir / "gallery" / "index.json").is_file()
+    remembered = info.get("dataset") if isinstance(info.get("dataset"), dict) else {}
+    dataset_name = args.dataset or remembered.get("name")
+    if args.dataset or args.resample or (not has_gallery and dataset_name):
+        if not dataset_name:
+            raise ValueError(
+                f"{run_dir}: no dataset known to sample a gallery from; pass --dataset"
+            )
+        from prm.data import build_dataset
+
+        extra = {}
+        if args.dataset:
+            root, split = args.root, args.split
+        else:
+            root, split = remembered.get("root"), remembered.get("split")
+            if remembered.get("annotations"):
+                extra["annotation_file"] = remembered["annotations"]
+            if remembered.get("image_dir"):
+                extra["image_dir"] = remembered["image_dir"]
+        results = args.results or info.get("results")
+        if not results:
+            raise ValueError(f"{run_dir}: no results file known; pass --results")
+        results = Path(results)
+        if not results.is_absolute() and not args.results:
+            results = run_dir / results
+        if dataset_name == "coco":
+            extra["keep_empty"] = True
+        dataset = build_dataset(dataset_name, root, split, on_error="skip", **extra)
+        sample_from_results(run_dir, results, dataset, args.gallery, progress=not args.quiet)
+    path = build_report(run_dir, args.out, compare=args.compare, title=args.title)
+    print(f"wrote {path}")
+    return 0
