@@ -25,6 +25,7 @@ from torch import nn
 from prm.backprop import class_response_peak_maps, peak_response_maps
 from prm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from prm.masks import masks_to_boxes
+from prm.proposals.compact import CompactProposals
 from prm.retrieval import RetrievalConfig, retrieve_instances
 from prm.validation import check_number
 
@@ -112,9 +113,11 @@ class Predictor:
         retrieval: :class:`~prm.retrieval.RetrievalConfig` (the authors' values).
         proposal_fn: what to do for an image given without proposals: a callable taking
             the ``(3, H, W)`` uint8 image and returning ``(P, H, W)`` bool proposals (e.g.
-            :class:`prm.proposals.SelectiveSearch`), or ``"prm"`` for the proposal-free
-            fallback (candidates from the thresholded PRMs themselves,
-            :func:`prm.proposals.prm_support_proposals`).
+            :class:`prm.proposals.SelectiveSearch`) or compact proposals
+            (:class:`~prm.proposals.CompactProposals`, e.g. from
+            ``SelectiveSearch().propose``: only the chosen ones are ever made dense), or
+            ``"prm"`` for the proposal-free fallback (candidates from the thresholded PRMs
+            themselves, :func:`prm.proposals.prm_support_proposals`).
         response: ``"prm"`` (peak response maps, the method) or ``"crm"`` (each peak's
             class response map instead: the paper's CAM baseline, no back-propagation).
         score: the instance score reported in ``"scores"`` and used to rank instances
@@ -245,7 +248,9 @@ class Predictor:
                 stacklevel=2,
             )
             small = F.interpolate(image[None], size=work, mode="bilinear", antialias=True)[0]
-            if isinstance(props, torch.Tensor) and props.dim() == 3:
+            if isinstance(props, CompactProposals) and props.size == size:
+                props = props.resize(work)  # the label map only
+            elif isinstance(props, torch.Tensor) and props.dim() == 3:
                 if tuple(props.shape[1:]) == size:  # else at the working size already
                     props = resize_nearest(props, work)
             outputs.append(_scale_back(self._predict_one(small, props, index), size, work))
@@ -287,11 +292,14 @@ class Predictor:
             if callable(self.proposal_fn):
                 proposals = self.proposal_fn((image * 255).round().to(torch.uint8))
         if proposals is not None:
-            if not isinstance(proposals, torch.Tensor) or proposals.dim() != 3:
-                raise ValueError(f"image {index}: proposals must be a (P, H, W) tensor")
-            if tuple(proposals.shape[1:]) != (height, width):
+            compact = isinstance(proposals, CompactProposals)
+            if not compact and (not isinstance(proposals, torch.Tensor) or proposals.dim() != 3):
                 raise ValueError(
-                    f"image {index}: proposals are {tuple(proposals.shape[1:])}, "
+                    f"image {index}: proposals must be a (P, H, W) tensor or CompactProposals"
+                )
+            if _proposal_size(proposals) != (height, width):
+                raise ValueError(
+                    f"image {index}: proposals are {_proposal_size(proposals)}, "
                     f"the image is {(height, width)}"
                 )
         x = self.preprocess(image).to(self.device)
@@ -334,7 +342,7 @@ class Predictor:
             proposals,
             retrieval or self.retrieval,
         )
-        return self._assemble(response, found, tuple(proposals.shape[1:]))
+        return self._assemble(response, found, _proposal_size(proposals))
 
     def _fallback_proposals(self, response: dict, size: tuple[int, int]) -> torch.Tensor:
         """Proposal-free candidates from the PRMs, at the image's resolution."""
@@ -372,7 +380,7 @@ class Predictor:
             "masks": masks,
             "labels": labels[order],
             "scores": scores[order].float(),
-            "boxes": masks_to_boxes(masks),
+            "boxes": found["boxes"].cpu()[order],
             "peaks": crm_to_image_coords(
                 response["peaks"].cpu()[peak_index][order, 1:], crm_size, factor, image_size
             ),
@@ -416,6 +424,12 @@ def _scale_back(result: dict, size: tuple[int, int], work: tuple[int, int]) -> d
     for key in ("peaks", "class_peaks"):
         result[key] = result[key] * factor
     return result
+
+
+def _proposal_size(proposals: torch.Tensor | CompactProposals) -> tuple[int, int]:
+    if isinstance(proposals, CompactProposals):
+        return proposals.size
+    return tuple(proposals.shape[1:])
 
 
 def _model_device(model: nn.Module) -> torch.device:
