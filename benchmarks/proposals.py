@@ -51,6 +51,7 @@ TOP_K = (100, 200, 1000)
 SETTINGS = {
     "single": ("single", {}),
     "fast": ("fast", {}),
+    "fast-opencv": ("fast", {"segmenter": "opencv"}),
     "fast-500": ("fast", {"max_side": 500}),
     "fast-320": ("fast", {"max_side": 320}),
     "quality": ("quality", {}),

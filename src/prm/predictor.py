@@ -117,7 +117,9 @@ class Predictor:
             (:class:`~prm.proposals.CompactProposals`, e.g. from
             ``SelectiveSearch().propose``: only the chosen ones are ever made dense), or
             ``"prm"`` for the proposal-free fallback (candidates from the thresholded PRMs
-            themselves, :func:`prm.proposals.prm_support_proposals`).
+            themselves, :func:`prm.proposals.prm_support_proposals`), or ``"grabcut"``
+            for GrabCut seeded by each PRM, plus those
+            (:func:`prm.proposals.grabcut_proposals`: masks that follow image edges).
         response: ``"prm"`` (peak response maps, the method) or ``"crm"`` (each peak's
             class response map instead: the paper's CAM baseline, no back-propagation).
         score: the instance score reported in ``"scores"`` and used to rank instances
@@ -160,8 +162,10 @@ class Predictor:
             raise ValueError(f"score must be 'peak', 'retrieval' or 'class', got {score!r}")
         if response not in ("prm", "crm"):
             raise ValueError(f"response must be 'prm' or 'crm', got {response!r}")
-        if isinstance(proposal_fn, str) and proposal_fn != "prm":
-            raise ValueError(f"proposal_fn must be a callable or 'prm', got {proposal_fn!r}")
+        if isinstance(proposal_fn, str) and proposal_fn not in ("prm", "grabcut"):
+            raise ValueError(
+                f"proposal_fn must be a callable, 'prm' or 'grabcut', got {proposal_fn!r}"
+            )
         if isinstance(input_size, int):
             input_size = (input_size, input_size)
         if input_size is not None:
@@ -290,7 +294,10 @@ class Predictor:
                     "or 'prm' for the proposal-free fallback)"
                 )
             if callable(self.proposal_fn):
-                proposals = self.proposal_fn((image * 255).round().to(torch.uint8))
+                # A generator with a compact form (SelectiveSearch) gives it: only the
+                # proposals retrieval chooses are ever made dense.
+                fn = getattr(self.proposal_fn, "propose", self.proposal_fn)
+                proposals = fn((image * 255).round().to(torch.uint8))
         if proposals is not None:
             compact = isinstance(proposals, CompactProposals)
             if not compact and (not isinstance(proposals, torch.Tensor) or proposals.dim() != 3):
@@ -316,7 +323,7 @@ class Predictor:
             response = class_response_peak_maps(self.model, x[None], **options)
         response = response[0]
         if proposals is None:
-            proposals = self._fallback_proposals(response, (height, width))
+            proposals = self._fallback_proposals(response, image)
         return response, proposals
 
     @torch.no_grad()
@@ -344,10 +351,11 @@ class Predictor:
         )
         return self._assemble(response, found, _proposal_size(proposals))
 
-    def _fallback_proposals(self, response: dict, size: tuple[int, int]) -> torch.Tensor:
+    def _fallback_proposals(self, response: dict, image: torch.Tensor) -> torch.Tensor:
         """Proposal-free candidates from the PRMs, at the image's resolution."""
-        from prm.proposals import prm_support_proposals
+        from prm.proposals import grabcut_proposals, prm_support_proposals
 
+        size = tuple(image.shape[1:])
         prms = response["prms"]
         if len(prms) == 0:
             return torch.zeros((0, *size), dtype=torch.bool)
@@ -355,6 +363,8 @@ class Predictor:
         factor = getattr(self.model, "sub_pixel_factor", 1)
         crm_size = tuple(response["crm"].shape[1:])
         peaks = crm_to_image_coords(response["peaks"][:, 1:].cpu(), crm_size, factor, size)
+        if self.proposal_fn == "grabcut":
+            return grabcut_proposals(image.cpu(), prms, peaks)
         return prm_support_proposals(prms, peaks)
 
     def _assemble(self, response: dict, found: dict, image_size: tuple[int, int]) -> dict:
