@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from prm.backprop import normalize_prms
 from prm.masks import mask_iou, masks_to_boxes
 from prm.proposals.compact import CompactProposals, nearest_index
 from prm.validation import check_number
@@ -237,7 +238,7 @@ class _Crops:
         self.compact = isinstance(proposals, CompactProposals)
         if self.compact:
             small = proposals.resize(size)
-            self.labels = small.superpixels.cpu().numpy()
+            self.labels = small.superpixels.cpu().numpy().astype(np.int32)
             self.members = small.membership.cpu().numpy().view(np.uint8)
             boxes = _cell_boxes(self.labels, self.members.shape[1])
             self.boxes = _union_boxes(boxes, self.members.astype(bool))
@@ -261,7 +262,7 @@ class _Crops:
                 return None
             top, left = max(y0 - r, 0), max(x0 - r, 0)
             window = self.labels[top : min(y1 + r, h), left : min(x1 + r, w)]
-            return top, left, self.members[p][window]
+            return top, left, self.members[p].take(window)
         if p in self.cache:
             return self.cache[p]
         self.cache[p] = found = self._dense_crop(p)
@@ -559,12 +560,9 @@ def retrieve_instances(
             inst_prms = merged
         order = keep
 
-    prm_full = F.interpolate(
-        inst_prms[order.to(device)][None], size=(height, width), mode="bilinear"
-    )[0]
-    prm_full = prm_full.clamp(min=0)
-    total = prm_full.flatten(1).sum(1)
-    prm_full = prm_full / torch.where(total > 0, total, torch.ones_like(total))[:, None, None]
+    size = (height, width)
+    prm_full = F.interpolate(inst_prms[order.to(device)][None], size=size, mode="bilinear")
+    prm_full = normalize_prms(prm_full.transpose(0, 1))  # one "channel" per instance
     chosen = best[order]
     if compact:
         masks = candidates.select(chosen).masks()
