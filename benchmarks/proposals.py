@@ -274,6 +274,24 @@ def markdown(report: dict) -> str:
                     f"{cells} | {r['cpu_s_per_image']:.2f} |"
                 )
         lines.append("")
+    if report.get("refine"):
+        lines += [
+            "Proposal-free candidates against selective search, given one stand-in PRM per "
+            "instance (`--refine`; IoU of the candidate retrieval picks for each peak):",
+            "",
+            "| data | candidates | instances | mean IoU | IoU >= 0.5 | mean IoU, >= 32^2 px | "
+            "s/img (CPU) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for data, by_name in report["refine"].items():
+            for name, r in by_name.items():
+                large = r["mean_iou_large"]
+                lines.append(
+                    f"| {data} | {name} | {r['instances']} | {r['mean_iou']:.3f} | "
+                    f"{r['iou>=0.5']:.3f} | {'-' if large is None else f'{large:.3f}'} "
+                    f"({r['large_instances']}) | {r['cpu_s_per_image']:.2f} |"
+                )
+        lines.append("")
     if report.get("fallback"):
         fb = report["fallback"]
         lines += [

@@ -322,14 +322,15 @@ def _pair_sums(prms, background, crops: _Crops, width: int):
     the sum over columns ``< x``): a run ``[a, b)`` of row ``y`` adds
     ``C[y, b] - C[y, a]``, so only the ends of the runs are visited.
     """
-    ones = prms.new_ones((1, *prms.shape[1:]), dtype=torch.float32)
-    maps = torch.cat([prms.float(), background.float(), ones]).detach().cpu().numpy()
-    h, w = maps.shape[1:]
-    cumulative = np.zeros((len(maps), h, w + 1))
-    np.cumsum(maps, axis=2, dtype=np.float64, out=cumulative[:, :, 1:])
-    cumulative = cumulative.reshape(len(maps), -1)
-    k = len(prms)
-    inside = np.zeros((len(crops), len(maps)))
+    k, h, w = prms.shape
+    num_maps = k + len(background) + 1
+    cumulative = np.zeros((num_maps, h, w + 1))
+    for first, maps in ((0, prms.float()), (k, background)):  # background: bool
+        maps = maps.detach().cpu().numpy()
+        np.cumsum(maps, axis=2, dtype=np.float64, out=cumulative[first : first + len(maps), :, 1:])
+    cumulative[-1, :, 1:] = np.arange(1, w + 1)  # a map of ones: the area
+    cumulative = cumulative.reshape(num_maps, -1)
+    inside = np.zeros((len(crops), num_maps))
     edge = np.zeros((len(crops), k))
     for p in range(len(crops)):
         found = crops.crop(p)
@@ -429,8 +430,12 @@ def mask_nms(
         ``owner`` (Tensor[N], int64): for each instance, the index of the survivor that
         suppressed it (itself for survivors).
     """
+    return _greedy_nms(mask_iou(masks, masks), scores, labels, iou_threshold, class_agnostic)
+
+
+def _greedy_nms(iou, scores, labels, iou_threshold, class_agnostic):
+    """:func:`mask_nms` given the ``(N, N)`` IoU matrix."""
     order = torch.sort(scores, descending=True, stable=True).indices
-    iou = mask_iou(masks, masks)
     if not class_agnostic:
         iou = torch.where(labels[:, None] == labels[None, :], iou, torch.zeros_like(iou))
     owner = torch.full((len(scores),), -1, dtype=torch.long)
@@ -548,12 +553,12 @@ def retrieve_instances(
 
     order = torch.sort(best_score, descending=True, stable=True).indices
     if config.nms_threshold is not None:
-        keep, owner = mask_nms(
-            crops.dense(best.tolist()),
-            best_score,
-            inst_labels,
-            config.nms_threshold,
-            config.nms_class_agnostic,
+        # Peaks often choose the same proposal: IoUs among the distinct ones only.
+        distinct, inverse = torch.unique(best, return_inverse=True)
+        masks = crops.dense(distinct.tolist())
+        iou = mask_iou(masks, masks)[inverse][:, inverse]
+        keep, owner = _greedy_nms(
+            iou, best_score, inst_labels, config.nms_threshold, config.nms_class_agnostic
         )
         if config.merge_peak_response:
             merged = torch.zeros_like(inst_prms).index_add_(0, owner.to(device), inst_prms)
