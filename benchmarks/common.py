@@ -20,9 +20,10 @@ Reference implementations (the "straightforward way", as the authors' code does 
   one-hot gradient, parameters still requiring gradients (the authors' loop);
 - :func:`floor_prms`: one forward plus one input-only backward pass per peak, each timed
   alone (no bookkeeping at all: the least any one-peak-at-a-time method can cost);
-- :func:`authors_retrieval`: the per-peak, per-proposal retrieval loop (resize,
-  morphological gradient and masked sums for every pair), ported with PIL and scipy, from
-  ``tests/core/reference_retrieval.py`` (the copy the tests check the library against).
+- :func:`authors_retrieval`: the authors' per-peak, per-proposal retrieval loop (PIL
+  resize, OpenCV morphological gradient and masked sums for every pair). The tests check
+  ``prm.retrieve_instances`` against this copy too (tests/core/test_retrieval.py), so the
+  loop the benchmark times is the loop the library is proven equal to.
 """
 
 from __future__ import annotations
@@ -42,11 +43,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
+from PIL import Image
+from scipy.spatial import cKDTree
 from torch import nn
 
 from prm.backprop import normalize_prms, peak_backprop_rule
+from prm.proposals import CompactProposals
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -527,13 +532,145 @@ def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return float((ours.float() - reference.float()).abs().max() / scale)
 
 
-# The authors' per-peak, per-proposal retrieval loop lives with the tests that check
-# prm.retrieval against it (run from the repository root, ``tests`` is importable).
-from tests.core.reference_retrieval import (  # noqa: E402
-    authors_retrieval,
-    imresize,
-    morphological_gradient,
-    random_blobs,
-)
+def imresize(array: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    """``scipy.misc.imresize`` (removed from SciPy in 1.3), as the authors call it:
+    ``bytescale`` to 0..255 (a 0/1 mask becomes 0/255; a constant array becomes 0), then
+    a PIL resize of the 8-bit image to ``(h, w)``."""
+    array = np.asarray(array, dtype=np.float64)
+    low, high = array.min(), array.max()
+    scale = 255.0 / (high - low) if high > low else 255.0
+    data = (((array - low) * scale).clip(0, 255) + 0.5).astype(np.uint8)
+    return np.array(Image.fromarray(data).resize((size[1], size[0]), resample))
 
-__all__ = ["authors_retrieval", "imresize", "morphological_gradient", "random_blobs"]
+
+def morphological_gradient(mask: np.ndarray, width: int) -> np.ndarray:
+    """The authors' contour: ``cv2.morphologyEx(MORPH_GRADIENT)`` with a ``width x width``
+    square of ones, on the 8-bit mask, as bool (pixels outside the image are ignored)."""
+    kernel = np.ones((width, width), np.uint8)
+    return cv2.morphologyEx(np.asarray(mask, np.uint8), cv2.MORPH_GRADIENT, kernel).astype(bool)
+
+
+def authors_retrieval(prms, labels, crm, proposals, cfg, profile=None) -> list[list]:
+    """The authors' retrieval loop (``PeakResponseMapping.instance_seg`` and
+    ``instance_nms`` of ZhouYanzhao/PRM), step for step in NumPy, PIL and OpenCV.
+
+    For every peak: the class response map is resized bicubically (``imresize``) and
+    thresholded into the background; then for every proposal: the proposal is resized to
+    the PRM size (``imresize``, nearest: bytescale + PIL), its contour taken with
+    OpenCV's morphological gradient on the 8-bit mask, its area checked against the size
+    limits (after the contour, as theirs), and the score summed with boolean indexing in
+    float32. Instances are sorted by score and de-duplicated by greedy NMS on mask IoU,
+    adding the suppressed PRMs to the survivor's. The only change from their code is
+    ``scipy.misc.imresize``, gone from SciPy, replaced by :func:`imresize` (the same
+    byte scaling and PIL call).
+
+    Args:
+        prms (Tensor[K, h, w]): peak response maps at the network size.
+        labels (Tensor[K]): class of each peak.
+        crm (Tensor[C, hc, wc]): class response maps.
+        proposals (Tensor[P, H, W], bool): proposals at the image size.
+        cfg: :class:`prm.retrieval.RetrievalConfig` with one ``alpha``/``beta``/``tau``.
+        profile: optional dict; when given, the seconds spent in ``"resize"``,
+            ``"contour"`` and ``"sums"`` (the per-pair steps) are added to it, and
+            ``"pairs"`` counts the pairs.
+
+    Returns:
+        The kept instances by decreasing score, each ``[score, class, mask (h, w),
+        merged prm, proposal index, peak index]``.
+    """
+    prms, crm, proposals = prms.numpy(), crm.numpy(), proposals.numpy()
+    height, width = prms.shape[1:]
+    area = height * width
+    low, high = cfg.proposal_size_limit
+    clock = time.perf_counter
+    steps = {"resize": 0.0, "contour": 0.0, "sums": 0.0, "pairs": 0}
+    instances = []
+    for i, prm in enumerate(prms):
+        c = int(labels[i])
+        class_response = imresize(crm[c], (height, width), Image.BICUBIC)
+        background = (class_response < cfg.tau * class_response.mean()).astype(np.float32)
+        best, best_j, best_mask = -np.inf, None, None
+        for j in range(min(cfg.proposal_count, len(proposals))):
+            t0 = clock()
+            raw_mask = imresize(proposals[j].astype(int), (height, width), Image.NEAREST)
+            t1 = clock()
+            kernel = np.ones((cfg.contour_width, cfg.contour_width), np.uint8)
+            contour = cv2.morphologyEx(raw_mask, cv2.MORPH_GRADIENT, kernel).astype(bool)
+            mask = raw_mask.astype(bool)
+            t2 = clock()
+            steps["resize"] += t1 - t0
+            steps["contour"] += t2 - t1
+            steps["pairs"] += 1
+            mask_area = mask.sum()
+            if mask_area >= high * area or mask_area < low * area:
+                steps["sums"] += clock() - t2
+                continue
+            value = (
+                cfg.alpha * prm[mask].sum() + prm[contour].sum() - cfg.beta * background[mask].sum()
+            )
+            if value > best:
+                best, best_j, best_mask = value, j, mask
+            steps["sums"] += clock() - t2
+        if best_mask is not None:
+            instances.append([best, c, best_mask, prm.copy(), best_j, i])
+    if profile is not None:
+        for key, value in steps.items():
+            profile[key] = profile.get(key, 0) + value
+    instances.sort(key=lambda v: v[0], reverse=True)
+    kept = []
+    while instances:
+        top = instances.pop(0)
+        kept.append(top)
+        rest = []
+        for other in instances:
+            inter = np.logical_and(top[2], other[2]).sum()
+            union = np.logical_or(top[2], other[2]).sum()
+            if inter / (union + 1e-10) < cfg.nms_threshold:
+                rest.append(other)
+            else:
+                top[3] += other[3]
+        instances = rest
+    return kept
+
+
+def random_blobs(generator: torch.Generator, count: int, size: tuple[int, int]) -> torch.Tensor:
+    """``count`` random axis-aligned ellipses, ``Tensor[count, H, W]`` bool."""
+    h, w = size
+    yy = torch.arange(h, dtype=torch.float32)[:, None]
+    xx = torch.arange(w, dtype=torch.float32)[None, :]
+    cy = torch.rand(count, generator=generator) * h
+    cx = torch.rand(count, generator=generator) * w
+    ry = 2 + torch.rand(count, generator=generator) * h / 3
+    rx = 2 + torch.rand(count, generator=generator) * w / 3
+    out = torch.empty((count, h, w), dtype=torch.bool)
+    for i in range(count):  # one at a time: 1000 float maps at once would be gigabytes
+        out[i] = ((yy - cy[i]) / ry[i]) ** 2 + ((xx - cx[i]) / rx[i]) ** 2 <= 1
+    return out
+
+
+def random_regions(
+    generator: torch.Generator, count: int, size: tuple[int, int], cells: int = 600
+) -> CompactProposals:
+    """``count`` proposals shaped like a generator's: unions of the cells of one random
+    over-segmentation (a Voronoi map of ``cells`` random seeds), each the cells whose
+    seed lies in a random ellipse (non-empty: the cell nearest its centre is always in).
+
+    Returns:
+        :class:`prm.proposals.CompactProposals` over an ``(H, W)`` label map.
+    """
+    h, w = size
+    seeds = torch.rand(cells, 2, generator=generator) * torch.tensor([h, w])
+    tree = cKDTree(seeds.numpy())
+    yy, xx = np.mgrid[:h, :w]
+    _, labels = tree.query(np.stack([yy.ravel() + 0.5, xx.ravel() + 0.5], 1))
+    centre = torch.rand(count, 2, generator=generator) * torch.tensor([h, w])
+    radius = 2 + torch.rand(count, 2, generator=generator) * torch.tensor([h, w]) / 3
+    inside = (((seeds[None] - centre[:, None]) / radius[:, None]) ** 2).sum(2) <= 1
+    _, nearest = tree.query(centre.numpy())
+    inside[torch.arange(count), torch.from_numpy(nearest)] = True
+    present = torch.zeros(cells, dtype=torch.bool)
+    present[torch.from_numpy(np.unique(labels))] = True
+    # Keep only cells that own pixels, numbered densely.
+    renumber = torch.cumsum(present.long(), 0) - 1
+    superpixels = renumber[torch.from_numpy(labels.reshape(h, w))]
+    return CompactProposals(superpixels, inside[:, present])

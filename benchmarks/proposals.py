@@ -51,6 +51,7 @@ TOP_K = (100, 200, 1000)
 SETTINGS = {
     "single": ("single", {}),
     "fast": ("fast", {}),
+    "fast-opencv": ("fast", {"segmenter": "opencv"}),
     "fast-500": ("fast", {"max_side": 500}),
     "fast-320": ("fast", {"max_side": 320}),
     "quality": ("quality", {}),
@@ -135,6 +136,7 @@ def fallback(checkpoint: str, shapes: int) -> dict:
     for label, proposal_fn in (
         ("selective search (fast)", generator("fast")),
         ("PRM support", "prm"),
+        ("GrabCut + PRM support", "grabcut"),
     ):
         predictor = Predictor(
             model, input_size=int(config.get("image_size", 128)), proposal_fn=proposal_fn
@@ -153,6 +155,83 @@ def fallback(checkpoint: str, shapes: int) -> dict:
         metrics["cpu_s_per_image"] = (time.process_time() - start) / max(len(dataset), 1)
         out[label] = metrics
     return out
+
+
+def synthetic_prms(masks, generator):
+    """A stand-in PRM per instance (no trained model needed): the instance's mask,
+    weighted towards its inside (distance to its edge) and speckled like a
+    back-propagated map, blurred by a tenth of its size. Peaks at the maximum."""
+    import numpy as np
+    import torch
+    from scipy import ndimage
+
+    maps, peaks = [], []
+    for mask in masks.numpy():
+        inside = ndimage.distance_transform_edt(mask)
+        speckle = generator.random(mask.shape) ** 3
+        prm = ndimage.gaussian_filter(inside * speckle, 0.1 * np.sqrt(mask.sum()))
+        y, x = np.unravel_index(np.argmax(prm), prm.shape)
+        maps.append(prm / prm.sum())
+        peaks.append((float(x), float(y)))
+    return torch.from_numpy(np.stack(maps)).float(), torch.tensor(peaks)
+
+
+def refine(dataset, limit: int, side: int = 448) -> dict:
+    """Candidates without proposals (PRM support; GrabCut seeded by the PRMs) against
+    selective search, given one synthetic PRM per instance (``synthetic_prms``): the IoU
+    of the mask retrieval picks for each instance's peak with that instance."""
+    import numpy as np
+    import torch
+
+    from prm.proposals import grabcut_proposals, prm_support_proposals
+    from prm.retrieval import RetrievalConfig, resize_masks, retrieve_instances
+
+    sources = {
+        "selective search (fast)": lambda image, prms, peaks: generator("fast").propose(image),
+        "PRM support": lambda image, prms, peaks: prm_support_proposals(prms, peaks),
+        "GrabCut + PRM support": lambda image, prms, peaks: grabcut_proposals(image, prms, peaks),
+    }
+    ious = {name: [] for name in sources}
+    large = {name: [] for name in sources}
+    cpu = dict.fromkeys(sources, 0.0)
+    rng = np.random.default_rng(0)
+    count = min(limit, len(dataset))
+    for index in range(count):
+        image, target = dataset[index]
+        scale = side / max(image.size)
+        if scale < 1:
+            image = image.resize((round(image.width * scale), round(image.height * scale)))
+        keep = ~target["iscrowd"].bool()
+        masks = resize_masks(target["masks"][keep], (image.height, image.width))
+        masks = masks[masks.flatten(1).any(1)]
+        if len(masks) == 0:
+            continue
+        prms, peaks = synthetic_prms(masks, rng)
+        labels = torch.zeros(len(masks), dtype=torch.long)
+        config = RetrievalConfig(nms_threshold=None, proposal_count=1000)
+        for name, source in sources.items():
+            start = time.process_time()
+            candidates = source(image, prms, peaks)
+            cpu[name] += time.process_time() - start
+            found = retrieve_instances(prms, labels, torch.zeros(1, 14, 14), candidates, config)
+            iou = torch.zeros(len(masks))
+            for mask, k in zip(found["masks"], found["peak_index"].tolist()):
+                inter = (mask & masks[k]).sum()
+                iou[k] = inter / (mask | masks[k]).sum()
+            ious[name] += iou.tolist()
+            large[name] += iou[masks.flatten(1).sum(1) >= 32 * 32].tolist()
+    return {
+        name: {
+            "images": count,
+            "instances": len(ious[name]),
+            "mean_iou": float(np.mean(ious[name])),
+            "iou>=0.5": float(np.mean(np.array(ious[name]) >= 0.5)),
+            "large_instances": len(large[name]),
+            "mean_iou_large": float(np.mean(large[name])) if large[name] else None,
+            "cpu_s_per_image": cpu[name] / max(count, 1),
+        }
+        for name in sources
+    }
 
 
 def markdown(report: dict) -> str:
@@ -195,6 +274,24 @@ def markdown(report: dict) -> str:
                     f"{cells} | {r['cpu_s_per_image']:.2f} |"
                 )
         lines.append("")
+    if report.get("refine"):
+        lines += [
+            "Proposal-free candidates against selective search, given one stand-in PRM per "
+            "instance (`--refine`; IoU of the candidate retrieval picks for each peak):",
+            "",
+            "| data | candidates | instances | mean IoU | IoU >= 0.5 | mean IoU, >= 32^2 px | "
+            "s/img (CPU) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for data, by_name in report["refine"].items():
+            for name, r in by_name.items():
+                large = r["mean_iou_large"]
+                lines.append(
+                    f"| {data} | {name} | {r['instances']} | {r['mean_iou']:.3f} | "
+                    f"{r['iou>=0.5']:.3f} | {'-' if large is None else f'{large:.3f}'} "
+                    f"({r['large_instances']}) | {r['cpu_s_per_image']:.2f} |"
+                )
+        lines.append("")
     if report.get("fallback"):
         fb = report["fallback"]
         lines += [
@@ -232,6 +329,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timings per photo and size")
     parser.add_argument("--checkpoint", help="ShapeScenes model for the fallback comparison")
     parser.add_argument("--checkpoint-note", help="what the checkpoint is, for the table")
+    parser.add_argument(
+        "--refine",
+        type=int,
+        metavar="N",
+        help="compare proposal-free candidates on N images of each data set (synthetic PRMs)",
+    )
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--no-save", action="store_true", help="print only")
@@ -273,6 +376,11 @@ def main() -> None:
                     continue
                 report["quality"][data][name] = quality(name, dataset)
                 print(data, name, json.dumps(report["quality"][data][name]), flush=True)
+    if args.refine:
+        report["refine"] = {}
+        for data, dataset in datasets(args.refine).items():
+            report["refine"][data] = refine(dataset, args.refine)
+            print(data, json.dumps(report["refine"][data]), flush=True)
     if args.checkpoint:
         report["fallback"] = fallback(args.checkpoint, args.shapes)
         report["fallback"]["note"] = args.checkpoint_note or ""

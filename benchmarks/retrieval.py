@@ -2,30 +2,39 @@
 
 Synthetic but realistically sized inputs: K peak response maps at the network size
 448 x 448 (random blobs of response, each summing to 1), peaks of 3 classes, 20 class
-response maps of 14 x 14, and P proposals (random ellipses) at a VOC-like image size of
-375 x 500, so both methods resize every proposal to 448 x 448 as the authors do.
-``proposal_count`` is set to P so that every proposal is scored.
+response maps of 14 x 14, and P proposals at a VOC-like image size of 375 x 500, so both
+methods resize every proposal to 448 x 448 as the authors do. ``proposal_count`` is set
+to P so that every proposal is scored. Two kinds of proposals:
 
-- **ours**: ``prm.retrieve_instances`` (proposals resized and contoured once, scores of
-  all pairs from matrix products, then NMS);
-- **loop**: the authors' loop (``benchmarks.common.authors_retrieval``): for every peak,
-  for every proposal, resize it, take its morphological gradient and sum the PRM and
-  the background under it; then sort and NMS.
+- **dense**: random ellipses as ``(P, H, W)`` bool masks (what MCG files decode to);
+- **compact**: unions of the cells of one random over-segmentation, as
+  :class:`prm.proposals.CompactProposals` (what ``SelectiveSearch.propose`` and the
+  proposal cache give); the loop gets the same proposals as dense masks.
 
-The loop is slow, so it runs once per setting (its cost is the same every time: K x P
-identical steps); above ``--loop-max-pairs`` peak-proposal pairs it runs on the first 8
-peaks only and its time is scaled by K / 8 (marked "extrapolated": the loop's cost is
-linear in the number of peaks, each peak scoring every proposal).
+Methods:
+
+- **ours**: ``prm.retrieve_instances`` (each proposal resized and contoured once, over
+  its bounding box; sums read from prefix sums at the masks' run ends; then NMS);
+- **loop**: the authors' loop (``benchmarks.common.authors_retrieval``: PIL resize,
+  OpenCV gradient and boolean-indexed sums for every pair; then sort and NMS). Its
+  per-pair profile (resize / contour / sums, ms per pair) is recorded with it.
+
+Both are timed in the same rotating rounds (``measure_interleaved``), so that a busy
+machine slows both alike: the ratio is the number to read. Above ``--loop-max-pairs``
+peak-proposal pairs the loop runs on the first 8 peaks only and its time is scaled by
+K / 8 (marked "extrapolated": its cost is linear in the number of peaks, each peak
+resizing and scoring every proposal).
 
 Usage:
-    python -m benchmarks.retrieval              # 8 and 32 peaks x 100 / 200 / 1000
-    python -m benchmarks.retrieval --quick      # 8 peaks x 100 / 200
+    python -m benchmarks.retrieval --threads 1        # 8 and 32 peaks x 100 / 200 / 1000
+    python -m benchmarks.retrieval --threads 1 --quick  # 8 peaks x 200
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import torch
 
 from benchmarks.common import (
@@ -33,9 +42,10 @@ from benchmarks.common import (
     base_parser,
     fmt_s,
     machine_line,
-    measure,
+    measure_interleaved,
     public,
     random_blobs,
+    random_regions,
     save,
     setup,
     table,
@@ -47,9 +57,10 @@ IMAGE_SIZE = (375, 500)
 NUM_CLASSES = 20
 
 
-def make_inputs(max_peaks: int, proposals: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """PRMs ``(K, 448, 448)``, labels ``(K,)``, CRMs ``(20, 14, 14)`` and proposals
-    ``(P, 375, 500)`` bool; the first k peaks of ``max_peaks`` are used for k peaks."""
+def make_inputs(max_peaks: int, proposals: int, seed: int = 0) -> dict[str, Any]:
+    """PRMs ``(K, 448, 448)``, labels ``(K,)``, CRMs ``(20, 14, 14)``, ``"dense"``
+    proposals ``(P, 375, 500)`` bool and ``"compact"`` ones (CompactProposals over a
+    600-cell map of the same size); the first k of ``max_peaks`` peaks serve k peaks."""
     g = torch.Generator().manual_seed(seed)
     prms = torch.rand(max_peaks, *NET_SIZE, generator=g) ** 4
     prms = prms * random_blobs(g, max_peaks, NET_SIZE)
@@ -58,7 +69,8 @@ def make_inputs(max_peaks: int, proposals: int, seed: int = 0) -> dict[str, torc
         "prms": prms,
         "labels": torch.randint(0, 3, (max_peaks,), generator=g),
         "crm": torch.randn(NUM_CLASSES, 14, 14, generator=g) * 4,
-        "proposals": random_blobs(g, proposals, IMAGE_SIZE),
+        "dense": random_blobs(g, proposals, IMAGE_SIZE),
+        "compact": random_regions(g, proposals, IMAGE_SIZE),
     }
 
 
@@ -71,55 +83,58 @@ def same_selection(ours: dict[str, torch.Tensor], loop: list[list]) -> bool:
     )
 
 
-def time_setting(inputs, k, p, device, repeats, loop_max_pairs, loop_cache) -> dict[str, Any]:
-    """Ours and the loop on the first k peaks and p proposals; ``loop_cache``
-    keeps loop timings by (peaks, proposals) so that an extrapolation reuses a run."""
-    prms, labels = inputs["prms"][:k], inputs["labels"][:k]
-    crm, proposals = inputs["crm"], inputs["proposals"][:p]
+def time_setting(inputs, kind, k, p, device, repeats, loop_max_pairs) -> dict[str, Any]:
+    """Ours and the loop on the first k peaks and p proposals, in the same rounds."""
+    prms, labels, crm = inputs["prms"][:k], inputs["labels"][:k], inputs["crm"]
+    proposals = inputs[kind]
+    dense = inputs["dense"] if kind == "dense" else proposals.masks()
     config = RetrievalConfig(proposal_count=p)
-    args = [t.to(device) for t in (prms, labels, crm, proposals)]
-    record: dict[str, Any] = {"peaks": k, "proposals": p}
-    ours = measure(lambda: retrieve_instances(*args, config), device, repeats)
-    if k * p <= loop_max_pairs:
-        loop = measure(
-            lambda: authors_retrieval(prms, labels, crm, proposals, config), device, 1, warmup=0
-        )
-        loop_cache[k, p] = public(loop)
-        loop["extrapolated"] = False
-        record["same_selection"] = same_selection(ours["result"], loop["result"])
-    else:
-        sub = min(8, k)
-        if (sub, p) not in loop_cache:  # the same inputs: the first peaks, same proposals
-            loop_cache[sub, p] = public(
-                measure(
-                    lambda: authors_retrieval(prms[:sub], labels[:sub], crm, proposals, config),
-                    device,
-                    1,
-                    warmup=0,
-                )
-            )
-        loop = dict(loop_cache[sub, p])
-        loop["wall_s"] *= k / sub
-        loop["cpu_s"] *= k / sub
-        loop["extrapolated"] = f"from {sub} peaks x {k / sub:g}"
-        record["same_selection"] = None
-    record["ours"], record["loop"] = public(ours), public(loop)
+    args = [t.to(device) for t in (prms, labels, crm)]
+    on_device = proposals.to(device) if kind == "dense" else proposals
+    sub = k if k * p <= loop_max_pairs else min(8, k)
+    profile: dict[str, float] = {}
+    records = measure_interleaved(
+        {
+            "ours": lambda: retrieve_instances(*args, on_device, config),
+            "loop": lambda: authors_retrieval(
+                prms[:sub], labels[:sub], crm, dense, config, profile
+            ),
+        },
+        device,
+        repeats,
+    )
+    ours, loop = records["ours"], records["loop"]
+    record: dict[str, Any] = {"kind": kind, "peaks": k, "proposals": p}
+    record["same_selection"] = same_selection(ours["result"], loop["result"]) if sub == k else None
+    loop = public(loop)
+    loop["extrapolated"] = False if sub == k else f"from {sub} peaks x {k / sub:g}"
+    for key in ("wall_s", "cpu_s", "min_s"):
+        loop[key] = round(loop[key] * k / sub, 4)
+    pairs = profile.pop("pairs")
+    loop["ms_per_pair"] = {step: round(1000 * v / pairs, 3) for step, v in profile.items()}
+    record["ours"], record["loop"] = public(ours), loop
     record["speedup"] = round(loop["wall_s"] / ours["wall_s"], 1)
+    record["speedup_cpu"] = round(loop["cpu_s"] / ours["cpu_s"], 1)
     print({key: v for key, v in record.items() if key not in ("ours", "loop")})
     return record
 
 
 def run(args) -> dict[str, Any]:
     device, info = setup(args)
+    if args.threads is not None:
+        cv2.setNumThreads(args.threads)
     peaks = args.peaks or ((8,) if args.quick else (8, 32))
-    counts = args.proposals or ((100, 200) if args.quick else (100, 200, 1000))
-    loop_max_pairs = args.loop_max_pairs or (2000 if args.quick else 10000)
-    results, loop_cache = [], {}
+    counts = args.proposals or ((200,) if args.quick else (100, 200, 1000))
+    loop_max_pairs = args.loop_max_pairs or 10000
+    results = []
     for p in counts:
         inputs = make_inputs(max(peaks), p)
-        for k in sorted(peaks):
-            repeats = args.repeats or (3 if p >= 1000 or args.quick else 5)
-            results.append(time_setting(inputs, k, p, device, repeats, loop_max_pairs, loop_cache))
+        for kind in ("dense", "compact"):
+            for k in sorted(peaks):
+                if kind == "compact" and k != min(peaks):
+                    continue  # the loop is the same; one peak count shows the difference
+                repeats = args.repeats or 3
+                results.append(time_setting(inputs, kind, k, p, device, repeats, loop_max_pairs))
     return {
         "benchmark": "instance retrieval",
         "machine": info,
@@ -139,9 +154,9 @@ def markdown(report: dict[str, Any]) -> str:
         "# Instance retrieval benchmark",
         "",
         f"K peaks x P proposals; scoring at {s['network_size'][0]} x {s['network_size'][1]}, "
-        f"proposals given at {s['image_size'][0]} x {s['image_size'][1]}. Median of several "
-        "runs after a warm-up for ours; one run for the loop. Produced by "
-        "`python -m benchmarks.retrieval`.",
+        f"proposals given at {s['image_size'][0]} x {s['image_size'][1]}. Ours and the "
+        "authors' loop timed in the same rotating rounds (median of the rounds). Produced "
+        "by `python -m benchmarks.retrieval`.",
         "",
         f"Machine: {machine_line(report['machine'])}.",
         "",
@@ -151,34 +166,42 @@ def markdown(report: dict[str, Any]) -> str:
         loop = r["loop"]
         loop_text = fmt_s(loop["wall_s"]) + (" (extrapolated)" if loop["extrapolated"] else "")
         same = {True: "yes", False: "NO", None: "-"}[r["same_selection"]]
+        step = loop["ms_per_pair"]
         rows.append(
             [
+                r["kind"],
                 r["peaks"],
                 r["proposals"],
                 fmt_s(r["ours"]["wall_s"]),
                 f"{r['ours']['peak_mb']:.0f}",
                 loop_text,
+                f"{step['resize']:.2f} / {step['contour']:.2f} / {step['sums']:.2f}",
                 f"{r['speedup']:.1f}x",
+                f"{r['speedup_cpu']:.1f}x",
                 same,
             ]
         )
     lines += table(
         [
+            "proposals as",
             "peaks",
             "proposals",
             "ours s",
             "ours peak MB",
             "loop s",
-            "speed-up",
+            "loop ms per pair: resize / contour / sums",
+            "speed-up (wall)",
+            "speed-up (CPU)",
             "same selections",
         ],
         rows,
     )
     lines += [
         "",
-        "speed-up: loop time / our time. same selections: both keep the same peaks with the",
-        "same proposals in the same order (loop runs that were extrapolated are not",
-        "compared; tests/core/test_retrieval.py checks scores and merged PRMs too).",
+        "speed-up: loop time / our time, wall clock and CPU time of the process, from the",
+        "same rounds. same selections: both keep the same peaks with the same proposals in",
+        "the same order (extrapolated loop runs are not compared; tests/core/",
+        "test_retrieval.py checks scores and merged PRMs on several seeds, for both kinds).",
         "",
     ]
     return "\n".join(lines)
@@ -191,7 +214,7 @@ def main() -> None:
     parser.add_argument(
         "--loop-max-pairs",
         type=int,
-        help="run the loop in full up to this many pairs (default 10000; quick 2000)",
+        help="run the loop on all peaks up to this many pairs (default 10000)",
     )
     args = parser.parse_args()
     report = run(args)

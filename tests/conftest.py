@@ -8,8 +8,8 @@ import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-# The repository root on the path: the benchmarks folder and the reference loops in
-# tests/core (tests.core.reference_retrieval) are imported by name.
+# The repository root on the path: the benchmarks folder (and the reference loops in
+# benchmarks/common.py, which tests check the library against) is imported by name.
 ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)

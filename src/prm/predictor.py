@@ -25,6 +25,7 @@ from torch import nn
 from prm.backprop import class_response_peak_maps, peak_response_maps
 from prm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from prm.masks import masks_to_boxes
+from prm.proposals.compact import CompactProposals
 from prm.retrieval import RetrievalConfig, retrieve_instances
 from prm.validation import check_number
 
@@ -112,9 +113,13 @@ class Predictor:
         retrieval: :class:`~prm.retrieval.RetrievalConfig` (the authors' values).
         proposal_fn: what to do for an image given without proposals: a callable taking
             the ``(3, H, W)`` uint8 image and returning ``(P, H, W)`` bool proposals (e.g.
-            :class:`prm.proposals.SelectiveSearch`), or ``"prm"`` for the proposal-free
-            fallback (candidates from the thresholded PRMs themselves,
-            :func:`prm.proposals.prm_support_proposals`).
+            :class:`prm.proposals.SelectiveSearch`) or compact proposals
+            (:class:`~prm.proposals.CompactProposals`, e.g. from
+            ``SelectiveSearch().propose``: only the chosen ones are ever made dense), or
+            ``"prm"`` for the proposal-free fallback (candidates from the thresholded PRMs
+            themselves, :func:`prm.proposals.prm_support_proposals`), or ``"grabcut"``
+            for GrabCut seeded by each PRM, plus those
+            (:func:`prm.proposals.grabcut_proposals`: masks that follow image edges).
         response: ``"prm"`` (peak response maps, the method) or ``"crm"`` (each peak's
             class response map instead: the paper's CAM baseline, no back-propagation).
         score: the instance score reported in ``"scores"`` and used to rank instances
@@ -159,8 +164,10 @@ class Predictor:
             raise ValueError(f"score must be 'peak', 'retrieval' or 'class', got {score!r}")
         if response not in ("prm", "crm"):
             raise ValueError(f"response must be 'prm' or 'crm', got {response!r}")
-        if isinstance(proposal_fn, str) and proposal_fn != "prm":
-            raise ValueError(f"proposal_fn must be a callable or 'prm', got {proposal_fn!r}")
+        if isinstance(proposal_fn, str) and proposal_fn not in ("prm", "grabcut"):
+            raise ValueError(
+                f"proposal_fn must be a callable, 'prm' or 'grabcut', got {proposal_fn!r}"
+            )
         if isinstance(input_size, int):
             input_size = (input_size, input_size)
         if input_size is not None:
@@ -247,7 +254,9 @@ class Predictor:
                 stacklevel=2,
             )
             small = F.interpolate(image[None], size=work, mode="bilinear", antialias=True)[0]
-            if isinstance(props, torch.Tensor) and props.dim() == 3:
+            if isinstance(props, CompactProposals) and props.size == size:
+                props = props.resize(work)  # the label map only
+            elif isinstance(props, torch.Tensor) and props.dim() == 3:
                 if tuple(props.shape[1:]) == size:  # else at the working size already
                     props = resize_nearest(props, work)
             outputs.append(_scale_back(self._predict_one(small, props, index), size, work))
@@ -287,13 +296,19 @@ class Predictor:
                     "or 'prm' for the proposal-free fallback)"
                 )
             if callable(self.proposal_fn):
-                proposals = self.proposal_fn((image * 255).round().to(torch.uint8))
+                # A generator with a compact form (SelectiveSearch) gives it: only the
+                # proposals retrieval chooses are ever made dense.
+                fn = getattr(self.proposal_fn, "propose", self.proposal_fn)
+                proposals = fn((image * 255).round().to(torch.uint8))
         if proposals is not None:
-            if not isinstance(proposals, torch.Tensor) or proposals.dim() != 3:
-                raise ValueError(f"image {index}: proposals must be a (P, H, W) tensor")
-            if tuple(proposals.shape[1:]) != (height, width):
+            compact = isinstance(proposals, CompactProposals)
+            if not compact and (not isinstance(proposals, torch.Tensor) or proposals.dim() != 3):
                 raise ValueError(
-                    f"image {index}: proposals are {tuple(proposals.shape[1:])}, "
+                    f"image {index}: proposals must be a (P, H, W) tensor or CompactProposals"
+                )
+            if _proposal_size(proposals) != (height, width):
+                raise ValueError(
+                    f"image {index}: proposals are {_proposal_size(proposals)}, "
                     f"the image is {(height, width)}"
                 )
         x = self.preprocess(image).to(self.device)
@@ -310,7 +325,7 @@ class Predictor:
             response = class_response_peak_maps(self.model, x[None], **options)
         response = response[0]
         if proposals is None:
-            proposals = self._fallback_proposals(response, (height, width))
+            proposals = self._fallback_proposals(response, image)
         return response, proposals
 
     @torch.no_grad()
@@ -336,12 +351,13 @@ class Predictor:
             proposals,
             retrieval or self.retrieval,
         )
-        return self._assemble(response, found, tuple(proposals.shape[1:]))
+        return self._assemble(response, found, _proposal_size(proposals))
 
-    def _fallback_proposals(self, response: dict, size: tuple[int, int]) -> torch.Tensor:
+    def _fallback_proposals(self, response: dict, image: torch.Tensor) -> torch.Tensor:
         """Proposal-free candidates from the PRMs, at the image's resolution."""
-        from prm.proposals import prm_support_proposals
+        from prm.proposals import grabcut_proposals, prm_support_proposals
 
+        size = tuple(image.shape[1:])
         prms = response["prms"]
         if len(prms) == 0:
             return torch.zeros((0, *size), dtype=torch.bool)
@@ -349,6 +365,8 @@ class Predictor:
         factor = getattr(self.model, "sub_pixel_factor", 1)
         crm_size = tuple(response["crm"].shape[1:])
         peaks = crm_to_image_coords(response["peaks"][:, 1:].cpu(), crm_size, factor, size)
+        if self.proposal_fn == "grabcut":
+            return grabcut_proposals(image.cpu(), prms, peaks)
         return prm_support_proposals(prms, peaks)
 
     def _assemble(self, response: dict, found: dict, image_size: tuple[int, int]) -> dict:
@@ -374,7 +392,7 @@ class Predictor:
             "masks": masks,
             "labels": labels[order],
             "scores": scores[order].float(),
-            "boxes": masks_to_boxes(masks),
+            "boxes": found["boxes"].cpu()[order],
             "peaks": crm_to_image_coords(
                 response["peaks"].cpu()[peak_index][order, 1:], crm_size, factor, image_size
             ),
@@ -419,6 +437,12 @@ def _scale_back(result: dict, size: tuple[int, int], work: tuple[int, int]) -> d
     for key in ("peaks", "class_peaks"):
         result[key] = result[key] * factor
     return result
+
+
+def _proposal_size(proposals: torch.Tensor | CompactProposals) -> tuple[int, int]:
+    if isinstance(proposals, CompactProposals):
+        return proposals.size
+    return tuple(proposals.shape[1:])
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -12,8 +12,9 @@ The best proposal becomes the peak's mask; instances are then sorted by that sco
 de-duplicated by greedy NMS on mask IoU, merging the suppressed instances' PRMs into the
 survivor's.
 
-Everything is vectorised: proposals are resized and their contours computed once, and the
-scores of all peaks x proposals come from three matrix products.
+Each proposal is resized, and its contour taken, once for all peaks, over its bounding box
+only; the sums of all maps over a mask are read from row-wise prefix sums at the ends of
+the mask's runs, so the cost follows the masks' outlines rather than ``K x P x H x W``.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
+from prm.backprop import normalize_prms
 from prm.masks import mask_iou, masks_to_boxes
+from prm.proposals.compact import CompactProposals, nearest_index
 from prm.validation import check_number
 
 __all__ = [
@@ -38,9 +43,6 @@ __all__ = [
 ]
 
 FloatOrPerClass = float | Sequence[float]
-
-# Proposals per step of retrieval (measured in benchmarks/retrieval.py: 8 to 32 is best).
-_CHUNK = 16
 
 
 @dataclass
@@ -186,20 +188,17 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """
     if tuple(masks.shape[1:]) == tuple(size):
         return masks.bool()
-    if masks.shape[0] == 0:
-        return masks.new_zeros((0, *size), dtype=torch.bool)
-    if masks.dtype == torch.bool:  # reinterpreting the bytes saves two conversions
-        resized = F.interpolate(masks.view(torch.uint8)[None], size=size, mode="nearest-exact")
-        return resized[0].view(torch.bool)
-    resized = F.interpolate(masks[None].to(torch.uint8), size=size, mode="nearest-exact")
-    return resized[0].bool()
+    rows = nearest_index(masks.shape[1], size[0], masks.device)
+    cols = nearest_index(masks.shape[2], size[1], masks.device)
+    return masks.bool().index_select(1, rows).index_select(2, cols)
 
 
 def proposal_contours(masks: torch.Tensor, width: int = 5) -> torch.Tensor:
     """Contours of masks: morphological gradient (dilation minus erosion) with a square.
 
-    Pixels outside the image are ignored by both operations (OpenCV's default), so a mask
-    touching the border has no contour along it.
+    OpenCV's ``morphologyEx(MORPH_GRADIENT)``, as the authors take it: pixels outside the
+    image are ignored by both operations, so a mask touching the border has no contour
+    along it.
 
     Args:
         masks (Tensor[P, H, W]): binary masks.
@@ -209,101 +208,201 @@ def proposal_contours(masks: torch.Tensor, width: int = 5) -> torch.Tensor:
     Returns:
         Tensor[P, H, W] (bool).
     """
-    masks = masks.bool()
-    if masks.shape[0] == 0:
-        return masks
-    # With the outside ignored, erosion(S) = not dilation(not S), so the gradient
-    # dilation(S) & ~erosion(S) is dilation(S) & dilation(~S): two dilations.
-    return _square_dilation(masks, width).logical_and_(_square_dilation(~masks, width))
+    array = masks.detach().cpu().bool().numpy().view(np.uint8)
+    out = np.empty_like(array)
+    for i in range(len(array)):
+        out[i] = _gradient(array[i], width)
+    return torch.from_numpy(out).view(torch.bool).to(masks.device)
 
 
-def _square_dilation(masks: torch.Tensor, width: int) -> torch.Tensor:
-    """Binary dilation with a ``width x width`` square; outside pixels count as False.
+def _gradient(mask: np.ndarray, width: int) -> np.ndarray:
+    """The 0/1 morphological gradient of a 0/1 ``uint8`` mask (OpenCV)."""
+    import cv2
 
-    Separable (rows, then columns), on bool tensors, by in-place ORs of shifted slices:
-    ``2 (width - 1)`` logical operations per pixel and no padding copies, an order of
-    magnitude faster than ``max_pool2d`` on a CPU.
+    kernel = np.ones((width, width), np.uint8)
+    return cv2.morphologyEx(np.ascontiguousarray(mask), cv2.MORPH_GRADIENT, kernel)
+
+
+class _Crops:
+    """Proposals at the PRMs' size, one bounding-box crop each, made one at a time.
+
+    A proposal's crop is its bounding box at the network size grown by the contour's
+    radius (clipped to the image): every pixel of its contour lies inside, and the part
+    of the image outside the crop is outside the mask, so the gradient computed on the
+    crop alone equals the gradient on the whole image. Crops make retrieval cost what the
+    masks cover, not P x H x W.
     """
-    radius = width // 2
-    out = masks
-    for dim in (2, 1):
-        size = out.shape[dim]
-        src, out = out, out.clone()
-        for shift in range(1, min(radius, size - 1) + 1):
-            out.narrow(dim, shift, size - shift).logical_or_(src.narrow(dim, 0, size - shift))
-            out.narrow(dim, 0, size - shift).logical_or_(src.narrow(dim, shift, size - shift))
-    return out
+
+    def __init__(self, proposals, size: tuple[int, int], radius: int):
+        self.size, self.radius = size, radius
+        self.compact = isinstance(proposals, CompactProposals)
+        if self.compact:
+            small = proposals.resize(size)
+            self.labels = small.superpixels.cpu().numpy().astype(np.int32)
+            self.members = small.membership.cpu().numpy().view(np.uint8)
+            boxes = _cell_boxes(self.labels, self.members.shape[1])
+            self.boxes = _union_boxes(boxes, self.members.astype(bool))
+        else:
+            self.masks = proposals.detach().cpu().bool().numpy().view(np.uint8)
+            self.rows = nearest_index(proposals.shape[1], size[0]).numpy()
+            self.cols = nearest_index(proposals.shape[2], size[1]).numpy()
+            # Dense proposals are resized once: the crops are kept for NMS.
+            self.cache: dict[int, tuple[int, int, np.ndarray] | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.members) if self.compact else len(self.masks)
+
+    def crop(self, p: int) -> tuple[int, int, np.ndarray] | None:
+        """``(y0, x0, mask)``: proposal ``p`` at the network size over its grown box
+        (``uint8`` 0/1), or None when it is empty there."""
+        h, w, r = *self.size, self.radius
+        if self.compact:
+            y0, x0, y1, x1 = (int(v) for v in self.boxes[p])
+            if y1 <= y0:
+                return None
+            top, left = max(y0 - r, 0), max(x0 - r, 0)
+            window = self.labels[top : min(y1 + r, h), left : min(x1 + r, w)]
+            return top, left, self.members[p].take(window)
+        if p in self.cache:
+            return self.cache[p]
+        self.cache[p] = found = self._dense_crop(p)
+        return found
+
+    def _dense_crop(self, p: int) -> tuple[int, int, np.ndarray] | None:
+        import cv2
+
+        h, w, r = *self.size, self.radius
+        x, y, bw, bh = cv2.boundingRect(self.masks[p])
+        if bw == 0:
+            return None
+        # Output rows/columns whose source pixel lies in the box.
+        y0, y1 = np.searchsorted(self.rows, [y, y + bh])
+        x0, x1 = np.searchsorted(self.cols, [x, x + bw])
+        if y1 <= y0 or x1 <= x0:
+            return None
+        top, left = max(y0 - r, 0), max(x0 - r, 0)
+        rows = self.rows[top : min(y1 + r, h)]
+        cols = self.cols[left : min(x1 + r, w)]
+        return top, left, self.masks[p].take(rows, axis=0).take(cols, axis=1)
+
+    def dense(self, index: Sequence[int]) -> torch.Tensor:
+        """Proposals ``index`` at the network size, ``Tensor[N, h, w]`` bool."""
+        out = np.zeros((len(index), *self.size), np.uint8)
+        for i, p in enumerate(index):
+            found = self.crop(p)
+            if found is not None:
+                top, left, mask = found
+                out[i, top : top + mask.shape[0], left : left + mask.shape[1]] = mask
+        return torch.from_numpy(out).view(torch.bool)
 
 
-def _term_matrix(prms: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
-    """``(K + C' + 1, H W)``: the PRMs, the background maps and a row of ones, so that one
-    matrix product with a proposal gives its instance sums, penalties and area."""
-    r = prms.flatten(1).float()
-    q = background.flatten(1).float()
-    return torch.cat([r, q, r.new_ones((1, r.shape[1]))])
+def _cell_boxes(labels: np.ndarray, count: int) -> np.ndarray:
+    """``(L, 4)`` boxes ``(y0, x0, y1, x1)`` (ends exclusive) of the cells of a label map;
+    an absent cell gets an empty box that no union notices."""
+    boxes = np.tile(np.array([labels.shape[0], labels.shape[1], 0, 0]), (count, 1))
+    for cell, found in enumerate(ndimage.find_objects(labels + 1, max_label=count)):
+        if found is not None:
+            boxes[cell] = (found[0].start, found[1].start, found[0].stop, found[1].stop)
+    return boxes
 
 
-def _proposal_sums(
-    terms: torch.Tensor, proposals: torch.Tensor, contours: torch.Tensor, num_peaks: int
-) -> tuple[torch.Tensor, ...]:
-    """Instance sums ``<R_k, S_p>`` (P, K), boundary sums ``<R_k, S^_p>`` (P, K),
-    background sums ``<Q, S_p>`` (P, C') and areas (P,) of a few proposals.
+def _union_boxes(boxes: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """``(P, 4)`` boxes of unions of cells (empty when no member cell is present)."""
+    big = np.iinfo(np.int64).max
+    lo = np.where(members[:, :, None], boxes[None, :, :2], big).min(1)
+    hi = np.where(members[:, :, None], boxes[None, :, 2:], -1).max(1)
+    return np.concatenate([lo, hi], 1)
 
-    Masks and contours go through one product (exact 0/1 floats); the sums are float32.
+
+def _pair_sums(prms, background, crops: _Crops, width: int):
+    """For every proposal: instance sums ``<R_k, S>`` (P, K), boundary sums
+    ``<R_k, S^>`` (P, K), background sums ``<Q, S>`` (P, C') and areas (P,), float64.
+
+    A mask's sum of a map is read from the map's row-wise prefix sums ``C`` (``C[y, x]``
+    the sum over columns ``< x``): a run ``[a, b)`` of row ``y`` adds
+    ``C[y, b] - C[y, a]``, so only the ends of the runs are visited.
     """
-    n = proposals.shape[0]
-    proposals, contours = proposals.bool(), contours.bool()
-    x = terms.new_empty((2 * n, terms.shape[1]))
-    # From bytes: uint8 -> float converts faster than bool -> float.
-    x[:n].copy_(proposals.reshape(n, -1).view(torch.uint8))
-    x[n:].copy_(contours.reshape(n, -1).view(torch.uint8))
-    sums = x @ terms.T  # (2n, K + C' + 1)
-    inside, edge = sums[:n], sums[n:, :num_peaks]
-    return inside[:, :num_peaks], edge, inside[:, num_peaks:-1], inside[:, -1]
+    k, h, w = prms.shape
+    num_maps = k + len(background) + 1
+    cumulative = np.zeros((num_maps, h, w + 1))
+    for first, maps in ((0, prms.float()), (k, background)):  # background: bool
+        maps = maps.detach().cpu().numpy()
+        np.cumsum(maps, axis=2, dtype=np.float64, out=cumulative[first : first + len(maps), :, 1:])
+    cumulative[-1, :, 1:] = np.arange(1, w + 1)  # a map of ones: the area
+    cumulative = cumulative.reshape(num_maps, -1)
+    inside = np.zeros((len(crops), num_maps))
+    edge = np.zeros((len(crops), k))
+    for p in range(len(crops)):
+        found = crops.crop(p)
+        if found is None:
+            continue
+        top, left, mask = found
+        rows, cols = mask.shape
+        # The mask over its contour, one zero column either side so that every run
+        # starts and ends inside: one comparison and one search serve both.
+        both = np.zeros((2 * rows, cols + 2), np.uint8)
+        both[:rows, 1:-1] = mask
+        both[rows:, 1:-1] = _gradient(mask, width)
+        line = both.ravel()  # rows end and start with zeros: no step across rows
+        steps = np.flatnonzero(line[1:] != line[:-1]) + 1
+        sign = np.where(line[steps], -1.0, 1.0)  # a run starts here (-C) or ends (+C)
+        ys, xs = np.divmod(steps, cols + 2)
+        flat = (ys % rows + top) * (w + 1) + xs - 1 + left
+        split = np.searchsorted(steps, rows * (cols + 2))
+        inside[p] = cumulative[:, flat[:split]] @ sign[:split]
+        edge[p] = cumulative[:k, flat[split:]] @ sign[split:]
+    return inside[:, :k], edge, inside[:, k:-1], inside[:, -1]
 
 
 def score_proposals(
     prms: torch.Tensor,
-    proposals: torch.Tensor,
-    contours: torch.Tensor,
+    proposals: torch.Tensor | CompactProposals,
     background: torch.Tensor,
     peak_background: torch.Tensor,
     alpha: torch.Tensor,
     beta: torch.Tensor,
-    chunk: int = _CHUNK,
+    contour_width: int = 5,
+    size_limit: tuple[float, float] | None = None,
 ) -> torch.Tensor:
-    """The retrieval score of every (peak, proposal) pair, all at one resolution.
+    """The retrieval score of every (peak, proposal) pair.
 
     ``score[k, p] = alpha_k * <R_k, S_p> + <R_k, S^_p> - beta_k * <Q_{c_k}, S_p>``
 
-    Matrix products over flattened maps; proposals are taken ``chunk`` at a time so that
-    memory stays at ``chunk x H x W`` floats whatever their number.
+    with ``S_p`` the proposal resized (nearest, pixel centres) to the PRMs' size and
+    ``S^_p`` its contour (:func:`proposal_contours`). Each proposal is handled over its
+    bounding box only, and sums over a mask are read from row-wise prefix sums of the
+    maps at the ends of the mask's runs (float64): the cost follows the masks' boxes and
+    outlines, not ``K x P x H x W``.
 
     Args:
-        prms (Tensor[K, H, W]): peak response maps ``R``.
-        proposals (Tensor[P, H, W]): binary proposals ``S``.
-        contours (Tensor[P, H, W]): their contours ``S^``.
-        background (Tensor[C', H, W]): background maps ``Q`` of the classes present.
+        prms (Tensor[K, h, w]): peak response maps ``R``.
+        proposals (Tensor[P, H, W] or CompactProposals): binary proposals, any size.
+        background (Tensor[C', h, w]): background maps ``Q`` of the classes present.
         peak_background (Tensor[K], int64): row of ``background`` for each peak's class.
         alpha, beta (Tensor[K]): per-peak weights.
-        chunk: proposals per matrix product.
+        contour_width: odd side of the contour's square.
+        size_limit: ``(lo, hi)``: proposals whose area at the PRMs' size is ``< lo`` or
+            ``>= hi`` times the map's area score ``-inf`` (None: no limit).
 
     Returns:
-        Tensor[K, P] (float32).
+        Tensor[K, P] (float64, on ``prms``' device).
     """
-    terms = _term_matrix(prms, background)
-    out = [prms.new_zeros((len(prms), 0), dtype=torch.float32)]
-    for start in range(0, proposals.shape[0], chunk):
-        sums = _proposal_sums(
-            terms, proposals[start : start + chunk], contours[start : start + chunk], len(prms)
-        )
-        out.append(_combine(sums, peak_background, alpha, beta))
-    return torch.cat(out, 1)
+    crops = _Crops(proposals, tuple(prms.shape[1:]), contour_width // 2)
+    return _scores(prms, background, peak_background, alpha, beta, crops, contour_width, size_limit)
 
 
-def _combine(sums, peak_background, alpha, beta) -> torch.Tensor:
-    instance, boundary, penalty = sums[:3]
-    return (alpha[:, None] * instance.T + boundary.T) - beta[:, None] * penalty.T[peak_background]
+def _scores(prms, background, peak_background, alpha, beta, crops, width, size_limit):
+    inside, edge, penalty, area = (
+        torch.from_numpy(v) for v in _pair_sums(prms, background, crops, width)
+    )
+    alpha, beta = alpha.cpu().double(), beta.cpu().double()
+    scores = alpha[:, None] * inside.T + edge.T - beta[:, None] * penalty.T[peak_background.cpu()]
+    if size_limit is not None:
+        image_area = prms.shape[1] * prms.shape[2]
+        lo, hi = size_limit
+        valid = (area >= lo * image_area) & (area < hi * image_area)
+        scores = scores.masked_fill(~valid[None, :], float("-inf"))
+    return scores.to(prms.device)
 
 
 def mask_nms(
@@ -331,8 +430,12 @@ def mask_nms(
         ``owner`` (Tensor[N], int64): for each instance, the index of the survivor that
         suppressed it (itself for survivors).
     """
+    return _greedy_nms(mask_iou(masks, masks), scores, labels, iou_threshold, class_agnostic)
+
+
+def _greedy_nms(iou, scores, labels, iou_threshold, class_agnostic):
+    """:func:`mask_nms` given the ``(N, N)`` IoU matrix."""
     order = torch.sort(scores, descending=True, stable=True).indices
-    iou = mask_iou(masks, masks)
     if not class_agnostic:
         iou = torch.where(labels[:, None] == labels[None, :], iou, torch.zeros_like(iou))
     owner = torch.full((len(scores),), -1, dtype=torch.long)
@@ -352,21 +455,23 @@ def retrieve_instances(
     prms: torch.Tensor,
     labels: torch.Tensor,
     crm: torch.Tensor,
-    proposals: torch.Tensor,
+    proposals: torch.Tensor | CompactProposals,
     config: RetrievalConfig | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pick one proposal per peak and de-duplicate the instances (method.md §5).
 
     Scoring happens at the PRMs' resolution (the network input size): the first
-    ``proposal_count`` proposals are resized there (nearest), as the authors do; the
-    chosen proposals are returned at their own (image) resolution, so masks are exact.
+    ``proposal_count`` proposals are resized there (nearest), as the authors do, once
+    (:func:`score_proposals`); the chosen proposals are returned at their own (image)
+    resolution, so masks are exact. Compact proposals stay compact: only the chosen
+    ones are made dense.
 
     Args:
         prms (Tensor[K, h, w]): peak response maps (non-negative, summing to 1).
         labels (Tensor[K], int64): class of each peak.
         crm (Tensor[C, hc, wc]): class response maps of the image.
-        proposals (Tensor[P, H, W]): class-agnostic segment proposals at the image's
-            resolution, ranked best first.
+        proposals (Tensor[P, H, W] or CompactProposals): class-agnostic segment
+            proposals at the image's resolution, ranked best first.
         config: :class:`RetrievalConfig` (the authors' demo values by default).
 
     Returns:
@@ -398,9 +503,12 @@ def retrieve_instances(
         raise ValueError(f"crm must be (C, h, w), got shape {tuple(crm.shape)}")
     if len(labels) and (labels.min() < 0 or labels.max() >= crm.shape[0]):
         raise ValueError(f"labels must lie in [0, {crm.shape[0]}), got {labels.tolist()}")
-    if proposals.dim() != 3:
-        raise ValueError(f"proposals must be (P, H, W), got shape {tuple(proposals.shape)}")
-    if proposals.dtype != torch.bool and proposals.numel():
+    if isinstance(proposals, CompactProposals):
+        pass  # checked when it was made
+    elif not isinstance(proposals, torch.Tensor) or proposals.dim() != 3:
+        shape = tuple(getattr(proposals, "shape", ()))
+        raise ValueError(f"proposals must be (P, H, W) or CompactProposals, got shape {shape}")
+    elif proposals.dtype != torch.bool and proposals.numel():
         if proposals.is_floating_point() and torch.isnan(proposals).any():
             raise ValueError("proposals contain NaN")
         if ((proposals != 0) & (proposals != 1)).any():
@@ -409,70 +517,70 @@ def retrieve_instances(
         raise ValueError("prms or crm contain NaN")
 
     device = prms.device
-    height, width = proposals.shape[1:]
+    compact = isinstance(proposals, CompactProposals)
+    height, width = proposals.size if compact else tuple(proposals.shape[1:])
     net_size = tuple(prms.shape[1:])
     empty = _empty_instances(height, width, device)
     if len(prms) == 0 or len(proposals) == 0:
         return empty
 
-    candidates = proposals[: config.proposal_count].to(device)
+    count = min(config.proposal_count, len(proposals))
+    candidates = proposals.select(slice(0, count)) if compact else proposals[:count]
+    crops = _Crops(candidates, net_size, config.contour_width // 2)
     classes, inverse = torch.unique(labels, return_inverse=True)
     tau = config.per_peak("tau", classes).to(device)
     background = class_background(crm[classes].to(device), net_size, tau)  # (C', h, w)
-    alpha = config.per_peak("alpha", labels).to(device)
-    beta = config.per_peak("beta", labels).to(device)
-    terms = _term_matrix(prms, background)
-    lo, hi = config.proposal_size_limit
-    image_area = net_size[0] * net_size[1]
-    scores = []
-    # A few proposals at a time through resize, contour and products: the temporaries
-    # stay small enough to be reused from the allocator's cache (fresh pages of one big
-    # (P, H, W) tensor cost more than the arithmetic on them).
-    for start in range(0, len(candidates), _CHUNK):
-        small = resize_masks(candidates[start : start + _CHUNK], net_size)
-        sums = _proposal_sums(
-            terms, small, proposal_contours(small, config.contour_width), len(prms)
-        )
-        area = sums[3]
-        valid = (area >= lo * image_area) & (area < hi * image_area)
-        chunk_scores = _combine(sums, inverse, alpha, beta)
-        scores.append(chunk_scores.masked_fill(~valid[None, :], float("-inf")))
-    scores = torch.cat(scores, 1)
+    alpha = config.per_peak("alpha", labels)
+    beta = config.per_peak("beta", labels)
+    scores = _scores(
+        prms,
+        background,
+        inverse,
+        alpha,
+        beta,
+        crops,
+        config.contour_width,
+        config.proposal_size_limit,
+    ).cpu()
 
     best_score, best = scores.max(1)  # ties: the first proposal wins
     found = torch.isfinite(best_score)
     peak_index = found.nonzero()[:, 0]
     if len(peak_index) == 0:
         return empty
-    best, best_score = best[found], best_score[found]
-    inst_labels, inst_prms = labels[found], prms[found].float()
+    best, best_score = best[found], best_score[found]  # float64 until the output
+    inst_labels, inst_prms = labels[found].cpu(), prms[found].float()
 
     order = torch.sort(best_score, descending=True, stable=True).indices
     if config.nms_threshold is not None:
-        keep, owner = mask_nms(
-            resize_masks(candidates[best], net_size),
-            best_score,
-            inst_labels,
-            config.nms_threshold,
-            config.nms_class_agnostic,
+        # Peaks often choose the same proposal: IoUs among the distinct ones only.
+        distinct, inverse = torch.unique(best, return_inverse=True)
+        masks = crops.dense(distinct.tolist())
+        iou = mask_iou(masks, masks)[inverse][:, inverse]
+        keep, owner = _greedy_nms(
+            iou, best_score, inst_labels, config.nms_threshold, config.nms_class_agnostic
         )
         if config.merge_peak_response:
             merged = torch.zeros_like(inst_prms).index_add_(0, owner.to(device), inst_prms)
             inst_prms = merged
-        order = keep.to(device)
+        order = keep
 
-    prm_full = F.interpolate(inst_prms[order][None], size=(height, width), mode="bilinear")[0]
-    prm_full = prm_full.clamp(min=0)
-    total = prm_full.flatten(1).sum(1)
-    prm_full = prm_full / torch.where(total > 0, total, torch.ones_like(total))[:, None, None]
-    masks = candidates[best[order]].bool()
+    size = (height, width)
+    prm_full = F.interpolate(inst_prms[order.to(device)][None], size=size, mode="bilinear")
+    prm_full = normalize_prms(prm_full.transpose(0, 1))  # one "channel" per instance
+    chosen = best[order]
+    if compact:
+        masks = candidates.select(chosen).masks()
+    else:
+        masks = candidates[chosen.to(candidates.device)].bool()
+    masks = masks.to(device)
     return {
         "masks": masks,
-        "labels": inst_labels[order].long(),
-        "retrieval_scores": best_score[order],
+        "labels": inst_labels[order].long().to(device),
+        "retrieval_scores": best_score[order].float().to(device),
         "prms": prm_full,
-        "peak_index": peak_index[order],
-        "proposal_index": best[order],
+        "peak_index": peak_index[order].to(device),
+        "proposal_index": chosen.to(device),
         "boxes": masks_to_boxes(masks),
     }
 

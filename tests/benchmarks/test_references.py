@@ -8,17 +8,22 @@ tests check the copies the benchmarks actually run.
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from scipy import ndimage
 from torch import nn
 
 from benchmarks.common import (
     FixedPeaks,
     authors_retrieval,
     floor_prms,
+    imresize,
     loop_prms,
     measure,
     measure_interleaved,
+    morphological_gradient,
     random_blobs,
     relative_difference,
 )
@@ -102,6 +107,27 @@ def test_benchmark_copy_of_the_authors_retrieval_selects_as_ours(seed):
     assert ours["peak_index"].tolist() == [r[5] for r in loop]
     assert ours["proposal_index"].tolist() == [r[4] for r in loop]
     assert ours["retrieval_scores"].tolist() == pytest.approx([r[0] for r in loop], rel=1e-5)
+
+
+@pytest.mark.parametrize("width", [3, 5])
+def test_the_loops_resize_and_contour_are_the_authors(width):
+    # Their proposal resize is scipy.misc.imresize of the 0/1 int mask (bytes 0/255, PIL
+    # nearest); their contour OpenCV's gradient of those bytes. Both against definitions
+    # that share no code with them: pixel-centre sampling, and dilation minus erosion
+    # with pixels outside the image ignored (scipy, border_value=1 for the erosion).
+    g = torch.Generator().manual_seed(width)
+    masks = random_blobs(g, 8, (61, 47))
+    masks[0, :, :3] = True  # on the border
+    for mask in masks:
+        raw = imresize(mask.numpy().astype(int), (40, 52), Image.NEAREST)
+        assert set(np.unique(raw)) <= {0, 255}
+        rows = ((np.arange(40) + 0.5) * 61 / 40).astype(int)
+        cols = ((np.arange(52) + 0.5) * 47 / 52).astype(int)
+        assert np.array_equal(raw.astype(bool), mask.numpy()[np.ix_(rows, cols)])
+        square = np.ones((width, width), bool)
+        dilated = ndimage.binary_dilation(raw.astype(bool), square)
+        eroded = ndimage.binary_erosion(raw.astype(bool), square, border_value=1)
+        assert np.array_equal(morphological_gradient(raw, width), dilated & ~eroded)
 
 
 def test_measure_reports_the_median_and_the_memory_a_call_needs():

@@ -5,8 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+from prm.masks import masks_to_boxes
 from prm.model import build_model
 from prm.predictor import Predictor, crm_to_image_coords, to_image_tensor
+from prm.proposals import CompactProposals
 
 
 def test_crm_cells_map_to_receptive_field_centres():
@@ -89,6 +91,22 @@ def test_proposal_fn_is_used_when_no_proposals_are_given():
 
     out = make_predictor(proposal_fn=proposal_fn)([torch.rand(3, 40, 40)])
     assert calls == [torch.uint8] and len(out[0]["masks"]) > 0
+
+
+def test_compact_proposals_predict_as_dense_ones():
+    images = [torch.rand(3, 50, 70)]
+    dense = blobs(30, 50, 70, 0)
+    compact = CompactProposals.from_masks(dense)
+    predictor = make_predictor()
+    expected = predictor(images, [dense])[0]
+    assert len(expected["masks"]) > 0
+    for got in (
+        predictor(images, [compact])[0],
+        make_predictor(proposal_fn=lambda image: compact)(images)[0],
+    ):
+        for key in ("masks", "labels", "scores", "boxes", "peaks", "prms"):
+            assert torch.equal(got[key], expected[key]), key
+    assert torch.equal(expected["boxes"], masks_to_boxes(expected["masks"]))
 
 
 def test_bad_proposals():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from prm.proposals import CompactProposals
 from prm.retrieval import (
     RetrievalConfig,
     class_background,
@@ -10,6 +11,7 @@ from prm.retrieval import (
     proposal_contours,
     resize_masks,
     retrieve_instances,
+    score_proposals,
 )
 
 
@@ -65,7 +67,7 @@ def test_background_contours_and_scores_worked_by_hand():
 
 
 @pytest.mark.parametrize("width", [1, 3, 5, 9])
-def test_separable_contours_equal_max_pooling(width):
+def test_contours_equal_max_pooling(width):
     # The straightforward morphological gradient: dilation and erosion by max-pooling
     # (padding ignores the border, as OpenCV).
     g = torch.Generator().manual_seed(width)
@@ -164,7 +166,7 @@ def test_bad_inputs():
         )
 
 
-from tests.core.reference_retrieval import authors_retrieval, random_blobs  # noqa: E402
+from benchmarks.common import authors_retrieval, random_blobs, random_regions  # noqa: E402
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -195,3 +197,70 @@ def test_vectorised_retrieval_equals_the_authors_loop(seed):
             torch.from_numpy(r[3])[None, None], size=image_size, mode="bilinear"
         )[0, 0]
         assert torch.allclose(prm, small / small.sum(), atol=1e-6)
+
+
+def straightforward_scores(prms, proposals, background, alpha, beta, width, size_limit):
+    """Every pair, with dense masks: resize, contour, masked sums (float64)."""
+    small = resize_masks(proposals, tuple(prms.shape[1:])).double()
+    contours = proposal_contours(small.bool(), width).double()
+    r, q = prms.double().flatten(1), background.double().flatten(1)
+    inside, edge = r @ small.flatten(1).T, r @ contours.flatten(1).T
+    scores = alpha[:, None] * inside + edge - beta[:, None] * (q @ small.flatten(1).T)
+    area, total = small.flatten(1).sum(1), prms.shape[1] * prms.shape[2]
+    valid = (area >= size_limit[0] * total) & (area < size_limit[1] * total)
+    return scores.masked_fill(~valid[None], float("-inf"))
+
+
+@pytest.mark.parametrize("width", [3, 5])
+def test_score_proposals_equal_dense_sums(width):
+    # Crops and run ends against whole masks: proposals at the border, one that vanishes
+    # at the network size (a single pixel between the sampled ones), empty, too large.
+    g = torch.Generator().manual_seed(width)
+    net_size, image_size = (30, 34), (61, 47)
+    empty = torch.zeros(3, *image_size, dtype=torch.bool)
+    proposals = torch.cat([random_blobs(g, 20, image_size), empty])
+    proposals[20, 1, 0] = True  # sampled: row 1 and column 0 are
+    proposals[21, 0, 1] = True  # row 0 is not sampled: vanishes at 30 x 34
+    proposals[22, :, :] = True  # the whole image: too large
+    proposals[19] = False
+    proposals[19, :, -3:] = True  # a band along the right border
+    prms = torch.rand(4, *net_size, generator=g)
+    background = torch.rand(2, *net_size, generator=g) > 0.5
+    alpha, beta = torch.tensor([0.8, 1.0, 0.5, 2.0]), torch.tensor([0.1, 0.0, 0.2, 0.05])
+    limit = (5e-4, 0.85)
+    expected = straightforward_scores(
+        prms, proposals, background[[0, 1, 1, 0]], alpha, beta, width, limit
+    )
+    for form in (proposals, CompactProposals.from_masks(proposals)):
+        got = score_proposals(
+            prms, form, background, torch.tensor([0, 1, 1, 0]), alpha, beta, width, limit
+        )
+        finite = torch.isfinite(expected)
+        assert torch.equal(torch.isfinite(got), finite)
+        assert not finite[:, 21].any() and not finite[:, 22].any() and finite[:, 20].all()
+        assert torch.allclose(got[finite], expected[finite], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_compact_proposals_retrieve_as_dense_ones_and_the_authors_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    net_size, image_size, num_classes = (40, 48), (75, 61), 3
+    compact = random_regions(g, 60, image_size, cells=50)
+    dense = compact.masks()
+    k = 7
+    prms = torch.rand(k, *net_size, generator=g) ** 4 * random_blobs(g, k, net_size)
+    prms = prms / prms.flatten(1).sum(1)[:, None, None]
+    labels = torch.randint(0, num_classes, (k,), generator=g)
+    crm = torch.randn(num_classes, 5, 6, generator=g) * 4
+    cfg = RetrievalConfig(beta=2e-4, proposal_count=50, nms_threshold=0.3)
+
+    ours = retrieve_instances(prms, labels, crm, compact, cfg)
+    from_dense = retrieve_instances(prms, labels, crm, dense, cfg)
+    reference = authors_retrieval(prms, labels, crm, dense, cfg)
+    assert len(reference) >= 2
+    assert ours["proposal_index"].tolist() == [r[4] for r in reference]
+    assert ours["peak_index"].tolist() == [r[5] for r in reference]
+    for key in ("masks", "labels", "peak_index", "proposal_index", "boxes"):
+        assert torch.equal(ours[key], from_dense[key])
+    assert torch.allclose(ours["retrieval_scores"], from_dense["retrieval_scores"])
+    assert torch.allclose(ours["prms"], from_dense["prms"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from prm.proposals import best_overlaps, prm_support_proposals
+from prm.proposals import best_overlaps, grabcut_proposals, prm_support_proposals
 
 H, W = 60, 80
 YY, XX = torch.meshgrid(
@@ -102,3 +102,28 @@ def test_duplicates_are_dropped_and_zero_maps_give_nothing():
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         prm_support_proposals(**kwargs)
+
+
+def test_grabcut_follows_the_image_edge_where_the_prm_is_off():
+    # A red disc on a grey background; the PRM is a blob centred off the disc's centre
+    # and narrower than it, so its thresholds give discs that miss much of the object.
+    # GrabCut, seeded by the blob, should find the disc's outline.
+    image = torch.full((3, H, W), 128, dtype=torch.uint8)
+    red = disc(38, 30, 14)
+    image[:, red] = torch.tensor([200, 30, 30], dtype=torch.uint8)[:, None]
+    g = torch.Generator().manual_seed(0)
+    image = (image.float() + torch.randn(3, H, W, generator=g) * 6).clamp(0, 255).byte()
+    prm = blob(33, 28, 5)[None]
+    peaks = torch.tensor([[33.0, 28.0]])
+    support = prm_support_proposals(prm, peaks)
+    cut = grabcut_proposals(image, prm, peaks, with_support=False)
+    assert len(cut) == 2
+    best_support = best_overlaps(support, red[None], (len(support),))[len(support)].item()
+    best_cut = best_overlaps(cut, red[None], (2,))[2].item()
+    assert best_support < 0.75 and best_cut > 0.9
+    both = grabcut_proposals(image, prm, peaks)
+    assert torch.equal(both[:2], cut) and torch.equal(both[2:], support)
+    with pytest.raises(ValueError, match="image is"):
+        grabcut_proposals(image[:, :10], prm, peaks)
+    with pytest.raises(ValueError, match="seeds"):
+        grabcut_proposals(image, prm, peaks, seeds=((0.1, 0.5),))

@@ -14,8 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["CompactProposals"]
+__all__ = ["CompactProposals", "nearest_index"]
+
+
+def nearest_index(n_in: int, n_out: int, device=None) -> torch.Tensor:
+    """The source index of each of ``n_out`` samples in a nearest-neighbour resize from
+    ``n_in`` with pixel-centre sampling (PIL's and ``nearest-exact``'s rule), ``(n_out,)``
+    int64."""
+    ramp = torch.arange(n_in, dtype=torch.float64, device=device)[None, None]
+    return F.interpolate(ramp, size=n_out, mode="nearest-exact")[0, 0].long()
 
 
 @dataclass
@@ -59,6 +68,25 @@ class CompactProposals:
     def size(self) -> tuple[int, int]:
         """``(H, W)`` of the image."""
         return (self.superpixels.shape[0], self.superpixels.shape[1])
+
+    def select(self, index) -> CompactProposals:
+        """The proposals ``index`` (a slice or index tensor) over the same label map."""
+        return CompactProposals(self.superpixels, self.membership[index])
+
+    def resize(self, size: tuple[int, int]) -> CompactProposals:
+        """Nearest-neighbour resize: the label map is resized, membership kept.
+
+        Resizing the label map and taking the union is exactly resizing each mask, so
+        ``self.resize(size).masks()`` equals :func:`prm.retrieval.resize_masks` of
+        :meth:`masks` (pixel-centre sampling, as PIL). Cells that no pixel samples any
+        more keep their place in ``membership`` with zero area.
+        """
+        if tuple(size) == self.size:
+            return self
+        rows = nearest_index(self.size[0], size[0], self.superpixels.device)
+        cols = nearest_index(self.size[1], size[1], self.superpixels.device)
+        labels = self.superpixels.index_select(0, rows).index_select(1, cols)
+        return CompactProposals(labels, self.membership)
 
     def masks(self) -> torch.Tensor:
         """Dense masks.
