@@ -1,4 +1,4 @@
-"""Peak finding and peak stimulation (method.md §2).
+"""Peak finding and peak stimulation (docs/method.md §2).
 
 A *peak* is a local maximum of one class's response map in an ``r x r`` window. Peak
 stimulation replaces global average pooling: the class score is the mean of the peaks

@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 
 from prm.cli import main
+from prm.engine import load_model
+from prm.retrieval import RetrievalConfig
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,39 @@ def test_predict_images_skips_unreadable_files(checkpoint, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert {r["image_id"] for r in results} == {"a"}
     assert (out / "overlays" / "a.png").is_file()
+
+
+def test_tune_yaml_predict_round_trip(checkpoint, tmp_path):
+    """`prm tune` writes YAML (per-class lists) and a tuned checkpoint; `prm predict` reads
+    either and predicts what the chosen settings predict, not the defaults."""
+    common = [
+        "--dataset", "shapes", "--split", "test", "--limit", "3", "--proposals", "prm",
+        "--class-threshold", "-100", "--quiet",
+    ]  # fmt: skip
+    tuned = tmp_path / "tuned.pt"
+    code = main(
+        ["tune", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "r.yaml"),
+         "--alpha", "0.5", "2.0", "--nms-threshold", "0.0", "--per-class",
+         "--save-checkpoint", str(tuned), *common]
+    )  # fmt: skip
+    assert code == 0
+    chosen = RetrievalConfig.from_yaml(tmp_path / "r.yaml")
+    assert isinstance(chosen.alpha, list) and len(chosen.alpha) == 6  # a YAML list
+    assert chosen.nms_threshold == 0.0 and chosen.alpha[0] in (0.5, 2.0)
+    assert RetrievalConfig.from_dict(load_model(tuned).inference["retrieval"]) == chosen
+
+    def predict(name, *extra):
+        out = tmp_path / name
+        argv = ["predict", "--out", str(out), "--overlays", "0", *common, *extra]
+        assert main(argv) == 0
+        return json.loads((out / "results.json").read_text())
+
+    from_yaml = predict("yaml", "--checkpoint", str(checkpoint), "--retrieval-config",
+                        str(tmp_path / "r.yaml"))  # fmt: skip
+    assert predict("tuned", "--checkpoint", str(tuned)) == from_yaml
+    default = predict("default", "--checkpoint", str(checkpoint))
+    # NMS at IoU 0 leaves one instance per image; the defaults keep more.
+    assert len(from_yaml) == 3 < len(default)
 
 
 PREDICT = "predict --out {tmp}/o --checkpoint "

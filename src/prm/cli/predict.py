@@ -39,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     source.add_argument("--images", nargs="+", help="image files and/or folders of images")
     source.add_argument("--dataset", help="voc, coco, folder or shapes")
     parser.add_argument("--root", help="dataset folder")
-    parser.add_argument("--split", help="dataset split")
+    parser.add_argument("--split", help="dataset split (default: the reader's evaluation split)")
     parser.add_argument("--out", required=True, help="output folder")
     add_predictor_arguments(parser)
     parser.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write")
@@ -57,16 +57,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+#: RetrievalConfig fields that are flags (the others: --retrieval-config), with their help.
+#: Types and defaults come from the dataclass; ``prm tune`` searches the GRID ones.
+RETRIEVAL_FLAGS = {
+    "alpha": "weight of the instance-aware term",
+    "beta": "weight of the class-aware background penalty",
+    "tau": "background threshold factor",
+    "contour_width": "side of the contour's square element (odd)",
+    "nms_threshold": "mask IoU at which NMS suppresses an instance",
+    "proposal_count": "proposals considered per image",
+}
+GRID = ("alpha", "beta", "tau", "contour_width", "nms_threshold")
+#: PeakSelection fields that are flags.
+PEAK_FLAGS = {
+    "class_threshold": "minimum class score",
+    "peak_threshold": "keep peaks above this (0 with 'absolute': a positive logit)",
+}
+
+
 def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False) -> None:
     """The flags that configure a :class:`~prm.predictor.Predictor` (shared with tune).
 
-    With ``grid=True`` the retrieval weights take several values (a grid to search).
+    Peak and retrieval flags left out take the checkpoint's stored settings (see
+    ``prm tune --save-checkpoint``), else the defaults of
+    :class:`~prm.backprop.PeakSelection` / :class:`~prm.retrieval.RetrievalConfig`.
+    With ``grid=True`` the :data:`GRID` fields take several values (a grid to search).
     """
-    many = {"nargs": "+"} if grid else {}
-
-    def default(value):
-        return [value] if grid else value
-
     parser.add_argument(
         "--proposals",
         default="selective-search",
@@ -75,39 +91,30 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
     )
     parser.add_argument("--proposal-cache", help="cache folder for selective-search proposals")
     parser.add_argument(
-        "--input-size", type=int, default=None, help="network input size (default: training size)"
+        "--input-size", type=int, help="network input size (default: training size)"
     )
-    parser.add_argument("--class-threshold", type=float, default=0.0)
-    parser.add_argument(
-        "--peak-threshold",
-        type=float,
-        default=0.0,
-        help="keep peaks above this (default 0: a positive logit; 'absolute' mode)",
-    )
-    parser.add_argument(
-        "--peak-threshold-mode", choices=["absolute", "relative"], default="absolute"
-    )
+    for name, text in PEAK_FLAGS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, help=text)
+    parser.add_argument("--peak-threshold-mode", choices=["absolute", "relative"])
     parser.add_argument("--score", choices=["peak", "retrieval", "class"], default="peak")
     parser.add_argument(
         "--response",
         choices=["prm", "crm"],
-        default="prm",
-        help="'crm' retrieves with class response maps (the CAM baseline)",
+        help="'crm' retrieves with class response maps (the CAM baseline); default: the "
+        "checkpoint's kind ('crm' for a network trained without peak stimulation)",
     )
-    parser.add_argument("--alpha", type=float, default=default(0.8), help="instance weight", **many)
-    parser.add_argument(
-        "--beta", type=float, default=default(1e-5), help="background penalty", **many
-    )
-    parser.add_argument(
-        "--tau", type=float, default=default(0.95), help="background factor", **many
-    )
-    parser.add_argument("--contour-width", type=int, default=default(5), **many)
-    parser.add_argument("--nms-threshold", type=float, default=default(0.3), **many)
-    parser.add_argument("--proposal-count", type=int, default=100)
-    parser.add_argument("--per-class-nms", action="store_true")
+    from prm.retrieval import RetrievalConfig
+
+    defaults = RetrievalConfig()
+    for name, text in RETRIEVAL_FLAGS.items():
+        default = getattr(defaults, name)
+        many = {"nargs": "+"} if grid and name in GRID else {}
+        help = f"{text} (default: the checkpoint's, else {default})"
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), help=help, **many)
+    parser.add_argument("--per-class-nms", action="store_true", help="NMS within each class")
     parser.add_argument(
         "--retrieval-config",
-        help="YAML of retrieval settings (as `prm tune` writes); overrides the flags above",
+        help="YAML of retrieval settings (as `prm tune` writes); flags given override it",
     )
     parser.add_argument("--sub-pixel-factor", type=int, help="override the checkpoint's")
     parser.add_argument("--chunk-size", type=int, help="peaks back-propagated at once")
@@ -121,68 +128,43 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
     parser.add_argument("--device", default="auto")
 
 
-def build_predictor(args: argparse.Namespace):
-    """The model and :class:`~prm.predictor.Predictor` the flags describe."""
-    from prm.engine import load_checkpoint, load_model
+def _given(args: argparse.Namespace, names) -> dict:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def build_predictor(args: argparse.Namespace, grid: bool = False):
+    """The model and :class:`~prm.predictor.Predictor` the flags describe.
+
+    Settings: the checkpoint's < ``--retrieval-config`` < flags. With ``grid=True`` the
+    :data:`GRID` flags (lists to search) are left to the caller.
+    """
+    from dataclasses import replace
+
     from prm.engine.train import resolve_device
     from prm.predictor import Predictor
     from prm.retrieval import RetrievalConfig
 
-    overrides = {}
-    if args.sub_pixel_factor is not None:
-        overrides["sub_pixel_factor"] = args.sub_pixel_factor
-    device = resolve_device(args.device)
-    model = load_model(args.checkpoint, map_location=device, **overrides).to(device)
-    input_size = args.input_size
-    if input_size is None:
-        input_size = load_checkpoint(args.checkpoint)["config"]["image_size"]
-    retrieval = RetrievalConfig(
-        alpha=args.alpha,
-        beta=args.beta,
-        tau=args.tau,
-        contour_width=args.contour_width,
-        proposal_count=args.proposal_count,
-        nms_threshold=args.nms_threshold,
-        nms_class_agnostic=not args.per_class_nms,
-    )
-    if getattr(args, "retrieval_config", None):
-        retrieval = read_retrieval_config(args.retrieval_config, retrieval)
-    predictor = Predictor(
-        model,
-        input_size=input_size,
-        class_threshold=args.class_threshold,
-        peak_threshold=args.peak_threshold,
-        peak_threshold_mode=args.peak_threshold_mode,
-        retrieval=retrieval,
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint,
+        device=resolve_device(args.device),
+        sub_pixel_factor=args.sub_pixel_factor,
+        input_size=args.input_size or "model",
         proposal_fn="prm" if args.proposals in ("prm", "fallback") else None,
         response=args.response,
         score=args.score,
         chunk_size=args.chunk_size,
-        device=device,
         max_size=getattr(args, "max_size", 2048) or None,
     )
-    return model, predictor
-
-
-def read_retrieval_config(path, base):
-    """Retrieval settings from a YAML file (fields of RetrievalConfig) over ``base``."""
-    from dataclasses import replace
-    from pathlib import Path
-
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"retrieval configuration {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    data = data.get("retrieval", data)
-    fields = set(type(base).__dataclass_fields__)
-    unknown = sorted(set(data) - fields)
-    if not isinstance(data, dict) or unknown:
-        raise ValueError(f"{path}: unknown retrieval settings {unknown}")
-    if "proposal_size_limit" in data:
-        data["proposal_size_limit"] = tuple(data["proposal_size_limit"])
-    return replace(base, **data)
+    peaks = _given(args, [*PEAK_FLAGS, "peak_threshold_mode"])
+    predictor.peak_selection = replace(predictor.peak_selection, **peaks)
+    retrieval = predictor.retrieval
+    if args.retrieval_config:
+        retrieval = RetrievalConfig.from_yaml(args.retrieval_config, base=retrieval)
+    flags = _given(args, [n for n in RETRIEVAL_FLAGS if not (grid and n in GRID)])
+    if args.per_class_nms:
+        flags["nms_class_agnostic"] = False
+    predictor.retrieval = RetrievalConfig.from_dict(flags, source="flags", base=retrieval)
+    return predictor.model, predictor
 
 
 def _image_paths(items: list[str]) -> list:
@@ -231,8 +213,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from prm.data import build_dataset
 
-        extra = {"keep_empty": True} if args.dataset == "coco" else {}
-        dataset = build_dataset(args.dataset, args.root, args.split, on_error="skip", **extra)
+        dataset = build_dataset(
+            args.dataset, args.root, args.split, evaluation=True, on_error="skip"
+        )
         if list(dataset.classes) != list(names):
             raise ValueError(
                 f"checkpoint {args.checkpoint} was trained on classes {names}, "

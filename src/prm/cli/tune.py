@@ -15,6 +15,10 @@ EPILOG = """examples:
   prm predict --checkpoint runs/voc/last.pt --dataset voc --root VOCdevkit/VOC2012 \\
       --split val --proposals mcg/ --retrieval-config retrieval.yaml --evaluate
 
+  # or keep them in a copy of the checkpoint, which predict then uses by itself
+  prm tune --checkpoint runs/shapes/last.pt --dataset shapes --split val --limit 200 \\
+      --beta 1e-4 1e-3 --out retrieval.yaml --save-checkpoint runs/shapes/tuned.pt
+
 Peak response maps and proposals are computed once per image; every combination of the
 values given is then scored with mAP^r (--metric). The best goes to --out as YAML.
 """
@@ -36,6 +40,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--split", default="val", help="split to tune on (default val)")
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument("--out", required=True, help="YAML file for the chosen settings")
+    parser.add_argument(
+        "--save-checkpoint",
+        metavar="PATH",
+        help="also write a copy of the checkpoint that carries the chosen settings "
+        "(`prm predict --checkpoint PATH` then uses them without --retrieval-config)",
+    )
     add_predictor_arguments(parser, grid=True)
     parser.add_argument("--metric", default="instance/mAP_r@0.5", help="metric to maximise")
     parser.add_argument("--per-class", action="store_true", help="alpha/beta/tau per class")
@@ -45,29 +55,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import yaml
-
-    from prm.cli.predict import build_predictor
+    from prm.cli.predict import GRID, build_predictor
     from prm.data import build_dataset
     from prm.engine.inference import proposal_source
     from prm.engine.tune import tune_retrieval
 
-    grid = {
-        "alpha": args.alpha,
-        "beta": args.beta,
-        "tau": args.tau,
-        "contour_width": args.contour_width,
-        "nms_threshold": args.nms_threshold,
-    }
-    first = argparse.Namespace(**{**vars(args), **{k: v[0] for k, v in grid.items()}})
-    model, predictor = build_predictor(first)
-    dataset = build_dataset(args.dataset, args.root, args.split, on_error="skip")
+    model, predictor = build_predictor(args, grid=True)
+    grid = {name: getattr(args, name) for name in GRID if getattr(args, name) is not None}
+    dataset = build_dataset(args.dataset, args.root, args.split, evaluation=True, on_error="skip")
     result = tune_retrieval(
         predictor,
         dataset,
-        {k: v for k, v in grid.items() if len(v) > 1} or {"alpha": args.alpha},
+        grid or {"beta": [predictor.retrieval.beta]},
         proposals=proposal_source(args.proposals, args.proposal_cache),
         metric=args.metric,
         per_class=args.per_class,
@@ -78,10 +77,18 @@ def run(args: argparse.Namespace) -> int:
         value = trial["value"]
         shown = "-" if value is None else f"{100 * value:.1f}"
         print(f"{result.metric} = {shown:>5}  {trial['params']}")
-    params = result.best_params()
-    params["proposal_size_limit"] = list(params["proposal_size_limit"])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump({"retrieval": params}, sort_keys=False))
+    out = result.best.to_yaml(args.out)
     print(f"best {result.metric} = {100 * (result.value or 0):.1f} -> {out}")
+    if args.save_checkpoint:
+        from dataclasses import asdict
+
+        from prm.engine.checkpoint import with_inference_settings
+
+        saved = with_inference_settings(
+            args.checkpoint,
+            args.save_checkpoint,
+            retrieval=result.best.to_dict(),
+            peak_selection=asdict(predictor.peak_selection),
+        )
+        print(f"checkpoint with these settings -> {saved}")
     return 0

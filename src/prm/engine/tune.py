@@ -1,4 +1,4 @@
-"""Tuning the retrieval hyper-parameters on validation data (method.md §5).
+"""Tuning the retrieval hyper-parameters on validation data (docs/method.md §5).
 
 The paper tunes ``(alpha, beta, tau)`` per class on validation images. Retrieval is cheap
 next to peak back-propagation, so :func:`tune_retrieval` computes each image's peak
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -42,10 +42,6 @@ class TuningResult:
     metric: str
     value: float | None
     trials: list[dict[str, Any]] = field(default_factory=list)
-
-    def best_params(self) -> dict[str, Any]:
-        """``best`` as a plain dict (for YAML)."""
-        return {k: v for k, v in asdict(self.best).items() if not k.startswith("_")}
 
 
 def _threshold(metric: str) -> float:
