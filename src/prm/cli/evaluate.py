@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             dataset=dataset_flags(
                 args.dataset,
                 args.root,
-                args.split or split,
+                args.split or reader(args.dataset).DEFAULT_SPLITS["eval"],
                 getattr(args, "annotations", None),
                 getattr(args, "image_dir", None),
             ),
