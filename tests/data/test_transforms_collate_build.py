@@ -83,7 +83,7 @@ def test_collate_counts_skips_from_dataloader_workers():
 
 
 def test_build_dataset_names_and_errors(tmp_path):
-    assert DATASETS == ("voc", "coco", "folder", "shapes")
+    assert DATASETS == ("voc", "coco", "folder", "shapes", "glyphs")
     shapes = build_dataset("shapes", split="test", num_images=5, size=32)
     assert isinstance(shapes, ShapeScenes) and len(shapes) == 5 and shapes.split == "test"
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):

@@ -143,7 +143,9 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(tmp_path, one_thre
     assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 1
 
     resumed = train(config, resume=True, progress=False)
-    a, b = load_checkpoint(reference), load_checkpoint(resumed)
+    assert reference.name == resumed.name  # the same best epoch in both runs
+    a = load_checkpoint(tmp_path / "reference" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert b["epoch"] == 3
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
@@ -239,3 +241,37 @@ def test_non_checkpoints_are_named_without_torch_advice(tmp_path):
         message = str(error.value)
         assert name in message and says in message, message
         assert "\n" not in message and "weights_only" not in message, message
+
+
+def test_warmup_then_cosine_learning_rate():
+    from prm.engine.train import lr_factor
+
+    config = TrainConfig(epochs=10, lr_schedule="cosine", warmup_epochs=2)
+    assert lr_factor(config, 0.0) < 0.01 and lr_factor(config, 1.0) == pytest.approx(0.5, 1e-3)
+    assert lr_factor(config, 2.0) == pytest.approx(1.0)  # warm-up done: the cosine starts
+    assert lr_factor(config, 6.0) == pytest.approx(0.5)  # half-way through the cosine
+    assert lr_factor(config, 10.0) == pytest.approx(0.0, abs=1e-9)
+    assert lr_factor(config.replace(lr_schedule="constant"), 5.0) == 1.0
+    with pytest.raises(ValueError, match="warmup_epochs must be in"):
+        TrainConfig(epochs=2, warmup_epochs=2)
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch, one_thread):
+    import importlib
+
+    train_module = importlib.import_module("prm.engine.train")
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])  # best at epoch 2, then two worse ones
+
+    def fake_map(*args, **kwargs):
+        return {"classification/mAP": next(scores)}
+
+    monkeypatch.setattr(train_module, "classification_map", fake_map)
+    config = tiny_config(tmp_path, epochs=5, early_stopping=2, num_train_images=8)
+    checkpoint = train(config, progress=False)
+    assert checkpoint == tmp_path / "run" / "best.pt"
+    assert load_checkpoint(checkpoint)["epoch"] == 2
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 4  # stopped early
+    records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["best_epoch"] for r in records] == [1, 2, 2, 2]
+    # resuming a stopped run trains no further and still answers best.pt
+    assert train(config, resume=True, progress=False) == checkpoint
