@@ -184,3 +184,35 @@ def test_predict_fails_when_no_image_could_be_read(checkpoint, tmp_path, capsys)
         code = main([*argv, "--out", str(tmp_path / "out"), "--proposals", "prm"])
     assert code == 2
     assert "no image could be read (first: " in capsys.readouterr().err
+
+
+def test_demo_on_glyphs_and_the_threads_flag(tmp_path, capsys, monkeypatch):
+    import prm.data.shapes
+
+    # The training's own validation split (300 images by default) cut to a smoke size.
+    monkeypatch.setattr(prm.data.shapes, "DEFAULT_SPLIT_SIZES", {"train": 16, "val": 4, "test": 4})
+    threads = torch.get_num_threads()
+    try:
+        code = main(
+            [
+                "demo", "--dataset", "glyphs", "--out", str(tmp_path / "glyphs"),
+                "--train-images", "16", "--val-images", "2", "--test-images", "2",
+                "--epochs", "1", "--workers", "1", "--quiet", "--threads", "1",
+            ]
+        )  # fmt: skip
+        assert code == 0
+        report = json.loads((tmp_path / "glyphs" / "report" / "report.json").read_text())
+        assert report["dataset"] == "glyphs" and report["torch_threads"] == 1
+        assert report["train_config"]["dataset"] == "glyphs"
+        assert "GlyphScenes test split" in capsys.readouterr().out
+        assert list((tmp_path / "glyphs" / "data").glob("glyphscenes-*.npz"))
+        # --threads reaches torch before the command runs
+        seen = []
+        monkeypatch.setattr(torch, "set_num_threads", seen.append)
+        assert main(["train", "--threads", "3", "--set", "no_such_key=1", "--quiet"]) == 2
+        assert seen == [3]
+    finally:
+        monkeypatch.undo()
+        torch.set_num_threads(threads)
+    with pytest.raises(SystemExit):
+        main(["demo", "--threads", "0"])
