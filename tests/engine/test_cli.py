@@ -216,3 +216,44 @@ def test_demo_on_glyphs_and_the_threads_flag(tmp_path, capsys, monkeypatch):
         torch.set_num_threads(threads)
     with pytest.raises(SystemExit):
         main(["demo", "--threads", "0"])
+
+
+def test_tune_saves_thresholds_where_predict_picks_them_up(checkpoint, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(checkpoint, run / "last.pt")  # the shared run folder stays untuned
+    code = main(
+        [
+            "tune", "--checkpoint", str(run / "last.pt"), "--dataset", "shapes",
+            "--split", "val", "--limit", "2", "--proposals", "prm", "--quiet",
+            "--class-threshold", "-100", "--peak-threshold-mode", "relative",
+            "--peak-threshold", "0.5", "0.9", "--proposal-count", "50", "100",
+            "--metric", "instance/mAP_r@0.1",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    saved = yaml.safe_load((run / "retrieval.yaml").read_text())
+    assert saved["predictor"]["peak_threshold"] in (0.5, 0.9)
+    assert saved["predictor"]["peak_threshold_mode"] == "relative"
+    assert saved["retrieval"]["proposal_count"] in (50, 100)
+    out = capsys.readouterr().out
+    assert out.count("mAP_r@0.1 =") == 5  # four combinations, then the best
+
+    # `prm predict` uses them without flags; --retrieval-config none ignores them.
+    from prm.cli import build_parser
+    from prm.cli.predict import build_predictor
+
+    argv = ["predict", "--checkpoint", str(run / "last.pt"), "--images", str(tmp_path)]
+    argv += ["--out", str(tmp_path / "predicted")]
+    _, predictor = build_predictor(build_parser().parse_args(argv))
+    assert predictor.peak_threshold == saved["predictor"]["peak_threshold"]
+    assert predictor.peak_threshold_mode == "relative" and predictor.class_threshold == -100
+    assert predictor.retrieval.proposal_count == saved["retrieval"]["proposal_count"]
+    assert "using the tuned settings in" in capsys.readouterr().out
+    args = build_parser().parse_args(argv + ["--retrieval-config", "none"])
+    _, predictor = build_predictor(args)
+    assert predictor.peak_threshold == 0.0 and predictor.retrieval.proposal_count == 100
