@@ -126,6 +126,7 @@ MISTAKES = [
     (PREDICT + "{tmp}/fake.pt --images {tmp}", "not a prm checkpoint"),
     ("train --preset shapes --config {tmp}/none.yaml", "none.yaml does not exist"),
     ("train --preset shapes --set nonsense=1 --out {tmp}/r", "unknown configuration keys"),
+    ("train --preset shapes --val-fraction 1.5 --out {tmp}/r", "val_fraction must be < 1"),
     ("train --dataset folder --root {tmp}/empty --backbone small --weights none", "no image"),
     # issue 10, items 5 and 9: nonsense numbers, a file that is not a checkpoint
     ("train --preset shapes --set lr=-1 --out {tmp}/r", "lr must be > 0"),

@@ -275,3 +275,23 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch, one_thr
     assert [json.loads(r)["best_epoch"] for r in records] == [1, 2, 2, 2]
     # resuming a stopped run trains no further and still answers best.pt
     assert train(config, resume=True, progress=False) == checkpoint
+
+
+def test_val_fraction_holds_out_a_seeded_part_of_the_training_split(tmp_path, one_thread):
+    from prm.engine.train import build_datasets, held_out_indices
+
+    config = tiny_config(tmp_path, val_fraction=0.25, val_split=None, epochs=1)
+    train_set, val_set = build_datasets(config)
+    train_ids = {train_set[i][1]["image_id"] for i in range(len(train_set))}
+    val_ids = {val_set[i][1]["image_id"] for i in range(len(val_set))}
+    assert len(train_ids) == 18 and len(val_ids) == 6 and not train_ids & val_ids
+    assert all(i.startswith("train_") for i in train_ids | val_ids)  # both from train
+    assert val_set.classes == train_set.classes
+    assert held_out_indices(24, 0.25, 0) == held_out_indices(24, 0.25, 0)
+    assert held_out_indices(24, 0.25, 0) != held_out_indices(24, 0.25, 1)
+    assert held_out_indices(3, 0.01, 0)[1] and held_out_indices(3, 0.99, 0)[0]  # 1 each
+    train(config, progress=False)
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 <= record["val_classification_map"] <= 1
+    with pytest.raises(ValueError, match="val_fraction must be < 1"):
+        tiny_config(tmp_path, val_fraction=1.0)

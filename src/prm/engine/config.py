@@ -45,6 +45,9 @@ class TrainConfig:
             ShapeScenes ``train`` / ``val``, a folder's ``labels.csv`` / none);
             ``val_split=None`` skips validation.
         num_train_images / num_val_images: ShapeScenes split sizes (None: its defaults).
+        val_fraction: hold out this fraction of the training split (drawn with ``seed``,
+            the same images every run) as the validation set, instead of ``val_split``:
+            for data with labels for one split only (a COCO training json, a folder CSV).
         image_size: square training size (448 as the authors; the aspect is not kept).
         flip: random horizontal flips.
         scale_jitter / colour_jitter: random zoom and shift / brightness and contrast
@@ -80,6 +83,7 @@ class TrainConfig:
     val_split: str | None = "auto"
     num_train_images: int | None = None
     num_val_images: int | None = None
+    val_fraction: float | None = None
     image_size: int = 448
     flip: bool = True
     scale_jitter: float = 0.0
@@ -139,6 +143,11 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
             )
+        if self.val_fraction is not None:
+            check_number(
+                "val_fraction", self.val_fraction, minimum=0, maximum=1, exclusive=True,
+                exclusive_max=True,
+            )  # fmt: skip
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}"

@@ -89,6 +89,8 @@ def build_datasets(config: TrainConfig, with_val: bool = True):
     )
     if len(train_set) == 0:
         raise ValueError(f"the {config.dataset} training split {train_split!r} has no images")
+    if config.val_fraction is not None:
+        return _hold_out(config, train_set, train_split, train_kwargs, with_val)
     val_set = None
     if with_val and val_split:
         if config.dataset in GENERATED:
@@ -101,6 +103,51 @@ def build_datasets(config: TrainConfig, with_val: bool = True):
             **kwargs,
         )
     return train_set, val_set
+
+
+class HeldOutPart(torch.utils.data.Dataset):
+    """Some items of a dataset (by index), with its ``classes`` and ``category_ids``."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset = dataset
+        self.indices = list(indices)
+        self.classes = list(dataset.classes)
+        self.category_ids = list(dataset.category_ids)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index]]
+
+
+def held_out_indices(size: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train, val)`` indices: a seeded random ``fraction`` of ``range(size)`` held out.
+
+    At least one image goes to each side; the same ``(size, fraction, seed)`` always
+    gives the same split.
+    """
+    if size < 2:
+        raise ValueError(f"val_fraction needs at least 2 training images, got {size}")
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    count = min(max(1, round(fraction * size)), size - 1)
+    return sorted(order[count:]), sorted(order[:count])
+
+
+def _hold_out(config: TrainConfig, train_set, train_split, train_kwargs, with_val: bool):
+    train_idx, val_idx = held_out_indices(len(train_set), config.val_fraction, config.seed)
+    val_set = None
+    if with_val:
+        # The same split read again with the inference transform (no augmentation).
+        full = build_dataset(
+            config.dataset,
+            config.root,
+            train_split,
+            transform=InferenceTransform(config.image_size),
+            **train_kwargs,
+        )
+        val_set = HeldOutPart(full, val_idx)
+    return HeldOutPart(train_set, train_idx), val_set
 
 
 def model_from_config(config: TrainConfig, class_names: list[str]) -> PeakResponseNet:
