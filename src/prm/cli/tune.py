@@ -1,22 +1,29 @@
-"""``prm tune``: choose the retrieval hyper-parameters on validation data."""
+"""``prm tune``: choose the retrieval settings and thresholds on validation data."""
 
 from __future__ import annotations
 
 import argparse
 
 EPILOG = """examples:
-  # shared (alpha, beta, tau) for all classes, on 200 validation images
+  # beta and the peak threshold on 200 validation images; the choice is saved next to
+  # the checkpoint (runs/shapes/retrieval.yaml), where `prm predict` picks it up
   prm tune --checkpoint runs/shapes/last.pt --dataset shapes --split val --limit 200 \\
-      --beta 1e-5 1e-4 1e-3 --alpha 0.5 0.8 1.5 --out retrieval.yaml
+      --beta 1e-4 1e-3 3e-3 --peak-threshold-mode relative --peak-threshold 0 0.3 0.6
+  prm predict --checkpoint runs/shapes/last.pt --dataset shapes --split test --evaluate
 
-  # per-class values, as the paper, then use them for the test split
+  # per-class values, as the paper, into a file of your choice
   prm tune --checkpoint runs/voc/last.pt --dataset voc --root VOCdevkit/VOC2012 \\
-      --split val --proposals mcg/ --per-class --out retrieval.yaml
+      --split val --proposals mcg/ --per-class --proposal-count 100 1000 \\
+      --out retrieval.yaml
   prm predict --checkpoint runs/voc/last.pt --dataset voc --root VOCdevkit/VOC2012 \\
       --split val --proposals mcg/ --retrieval-config retrieval.yaml --evaluate
 
-Peak response maps and proposals are computed once per image; every combination of the
-values given is then scored with mAP^r (--metric). The best goes to --out as YAML.
+Tunable (several values each): --alpha --beta --tau --contour-width --nms-threshold
+--proposal-count --class-threshold --peak-threshold (in --peak-threshold-mode).
+Peak response maps and proposals are computed once per image, with the loosest
+thresholds; every combination of the values given is then scored with mAP^r
+(--metric). The best goes to --out as YAML. It warns when every combination scores 0
+and when a best value is the smallest or largest tried (extend the grid there).
 """
 
 
@@ -25,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     parser = subparsers.add_parser(
         "tune",
-        help="grid-search the retrieval settings (alpha, beta, tau, ...) on validation data",
+        help="grid-search the retrieval settings and thresholds on validation data",
         description="Tune proposal retrieval on a dataset split with instance masks.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -35,7 +42,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--root", help="dataset folder")
     parser.add_argument("--split", default="val", help="split to tune on (default val)")
     parser.add_argument("--limit", type=int, help="only the first N images")
-    parser.add_argument("--out", required=True, help="YAML file for the chosen settings")
+    parser.add_argument(
+        "--out",
+        help="YAML file for the chosen settings (default: retrieval.yaml next to the "
+        "checkpoint, where `prm predict` finds it)",
+    )
     add_predictor_arguments(parser, grid=True)
     parser.add_argument("--metric", default="instance/mAP_r@0.5", help="metric to maximise")
     parser.add_argument("--per-class", action="store_true", help="alpha/beta/tau per class")
@@ -49,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from prm.cli.predict import build_predictor
+    from prm.cli.predict import TUNED_FILE, build_predictor
     from prm.data import build_dataset
     from prm.engine.inference import proposal_source
     from prm.engine.tune import tune_retrieval
@@ -60,8 +71,13 @@ def run(args: argparse.Namespace) -> int:
         "tau": args.tau,
         "contour_width": args.contour_width,
         "nms_threshold": args.nms_threshold,
+        "proposal_count": args.proposal_count,
+        "class_threshold": args.class_threshold,
+        "peak_threshold": args.peak_threshold,
     }
-    first = argparse.Namespace(**{**vars(args), **{k: v[0] for k, v in grid.items()}})
+    # The predictor of the grid's first values, never the settings of an earlier tuning.
+    first = {k: v[0] for k, v in grid.items()}
+    first = argparse.Namespace(**{**vars(args), **first, "retrieval_config": "none"})
     model, predictor = build_predictor(first)
     dataset = build_dataset(args.dataset, args.root, args.split, on_error="skip")
     result = tune_retrieval(
@@ -80,8 +96,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result.metric} = {shown:>5}  {trial['params']}")
     params = result.best_params()
     params["proposal_size_limit"] = list(params["proposal_size_limit"])
-    out = Path(args.out)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / TUNED_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump({"retrieval": params}, sort_keys=False))
+    document = {"retrieval": params, "predictor": result.predictor}
+    out.write_text(yaml.safe_dump(document, sort_keys=False))
+    for message in result.warnings:
+        print(f"warning: {message}")
     print(f"best {result.metric} = {100 * (result.value or 0):.1f} -> {out}")
+    if out == Path(args.checkpoint).parent / TUNED_FILE:
+        print("`prm predict` with this checkpoint now uses these settings")
     return 0

@@ -9,9 +9,15 @@ from .common import ItemDataset
 
 __all__ = ["DATASETS", "build_dataset"]
 
-DATASETS = ("voc", "coco", "folder", "shapes")
+DATASETS = ("voc", "coco", "folder", "shapes", "glyphs")
 
-_DEFAULT_SPLITS = {"voc": "train", "coco": "val2017", "folder": None, "shapes": "train"}
+_DEFAULT_SPLITS = {
+    "voc": "train",
+    "coco": "val2017",
+    "folder": None,
+    "shapes": "train",
+    "glyphs": "train",
+}
 
 
 def build_dataset(
@@ -23,21 +29,22 @@ def build_dataset(
     """Build a dataset by name, as the command line does.
 
     Args:
-        name: ``"voc"``, ``"coco"``, ``"folder"`` or ``"shapes"``.
+        name: ``"voc"``, ``"coco"``, ``"folder"``, ``"shapes"`` (ShapeScenes) or
+            ``"glyphs"`` (GlyphScenes).
         root: where the data is:
             - voc: ``VOCdevkit/VOC2012`` (or ``VOCdevkit``);
             - coco: the folder holding ``annotations/instances_<split>.json`` and
               ``<split>/`` (override with ``annotation_file=`` / ``image_dir=``; with
               both, no root is needed);
             - folder: the image folder;
-            - shapes: optional cache folder (nothing needed: images are generated).
+            - shapes, glyphs: optional cache folder (nothing needed: images are generated).
         split: which part (default in brackets):
             - voc: split name in ``ImageSets/Segmentation`` or ``Main``, ``"Main/NAME"``,
               or an id-list path [``train``];
             - coco: e.g. ``train2017``, ``val2017`` [``val2017``];
             - folder: the CSV of labels (``<root>/<split>.csv`` or a path); default
               ``<root>/labels.csv`` when it exists, else all images unlabelled;
-            - shapes: ``train``, ``val`` or ``test`` [``train``].
+            - shapes, glyphs: ``train``, ``val`` or ``test`` [``train``].
         **kwargs: passed to the reader (``transform``, ``on_error``, ...).
 
     Returns:
@@ -54,6 +61,12 @@ def build_dataset(
         if root is not None:
             kwargs.setdefault("cache_dir", root)
         return ShapeScenes(split=split, **kwargs)
+    if name == "glyphs":
+        from .glyphs import GlyphScenes
+
+        if root is not None:
+            kwargs.setdefault("cache_dir", root)
+        return GlyphScenes(split=split, **kwargs)
     if name == "coco" and kwargs.get("annotation_file") and kwargs.get("image_dir"):
         from .coco import COCODataset  # a COCO export in its own layout: no root needed
 
