@@ -1,11 +1,13 @@
-"""Draw docs/images/shapescenes.png: 8 ShapeScenes images and their instance masks.
+"""Draw docs/images/shapescenes.png (or glyphscenes.png): 8 images and their instance masks.
 
 Run from the repository root:  .venv/bin/python docs/images/make_shapescenes_figure.py
+(add ``glyphs`` for the GlyphScenes figure).
 """
 
 from __future__ import annotations
 
 import io
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,9 +16,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
-from prm.data import ShapeScenes
+from prm.data import GlyphScenes, ShapeScenes
 
-OUT = Path(__file__).with_name("shapescenes.png")
+DATASETS = {"shapes": ("ShapeScenes", ShapeScenes), "glyphs": ("GlyphScenes", GlyphScenes)}
 # Distinct instance colours (tab10 without grey), background black.
 PALETTE = np.array(colormaps["tab10"].colors)[[0, 1, 2, 3, 4, 5, 6, 8, 9]]
 
@@ -29,8 +31,10 @@ def colour_instances(masks: np.ndarray) -> np.ndarray:
     return out
 
 
-def main(count: int = 8, columns: int = 4) -> None:
-    dataset = ShapeScenes("train", num_images=count)
+def main(count: int = 8, columns: int = 4, name: str = "shapes") -> None:
+    title, reader = DATASETS[name]
+    out = Path(__file__).with_name(f"{title.lower()}.png")
+    dataset = reader("train", num_images=count)
     rows = 2 * ((count + columns - 1) // columns)
     # The object API: no pyplot state, no backend switched for whoever imports this.
     fig = Figure(figsize=(2.4 * columns, 2.55 * rows))
@@ -52,14 +56,14 @@ def main(count: int = 8, columns: int = 4) -> None:
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("ShapeScenes (128 px): images and their exact instance masks", fontsize=10)
+    fig.suptitle(f"{title} (128 px): images and their exact instance masks", fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=100)
     # 256 colours are plenty for flat shapes and keep the README picture small.
-    Image.open(buffer).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(OUT)
-    print(f"wrote {OUT}")
+    Image.open(buffer).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    main(name=sys.argv[1] if len(sys.argv) > 1 else "shapes")

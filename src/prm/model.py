@@ -7,7 +7,8 @@ stimulation (or global average pooling, the CAM-style ablation).
 Backbones: ``resnet18/34/50/101`` (the paper's ResNet-50: conv1 ... layer4, stride 32),
 ``vgg16`` / ``vgg16_bn`` (the paper's VGG-16: the ``features`` block, stride 32) and
 ``small``, a 7-layer CNN (stride 8) that trains from scratch on a CPU in minutes for the
-demo and tests. ImageNet weights come from torchvision's weights API (cached under
+demo and tests, and ``small_res``, its residual sibling (stride 8). ImageNet weights
+come from torchvision's weights API (cached under
 ``$TORCH_HOME``) or from a local ``.pth`` file; nothing is downloaded unless asked for.
 """
 
@@ -30,6 +31,7 @@ __all__ = [
     "BACKBONES",
     "PeakResponseNet",
     "SmallBackbone",
+    "SmallResBackbone",
     "build_backbone",
     "build_model",
 ]
@@ -37,7 +39,7 @@ __all__ = [
 _RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
 _VGGS = {"vgg16": 512, "vgg16_bn": 512}
 #: Backbone names accepted by :func:`build_backbone` and :func:`build_model`.
-BACKBONES = (*_RESNETS, *_VGGS, "small")
+BACKBONES = (*_RESNETS, *_VGGS, "small", "small_res")
 
 
 class ResNetFeatures(nn.Module):
@@ -117,6 +119,61 @@ class SmallBackbone(nn.Module):
         return self.features(x)
 
 
+class _BasicBlock(nn.Module):
+    """ResNet's basic block: two ``conv3x3-BN`` with an identity (or 1x1) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+        # Zero-initialised last BN: each block starts as the identity (Goyal et al. 2017).
+        nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class SmallResBackbone(nn.Module):
+    """A small residual CNN (stride 8) for training from scratch on a CPU.
+
+    A ``conv3x3-BN-ReLU`` stem with stride 2, a basic residual block down to 1/4, one
+    down to 1/8 and one more at 1/8: 7 convolutions on the main path (receptive field
+    91 px), about 0.6 M parameters with the default widths and the multiply-adds of
+    :class:`SmallBackbone` (whose full-width layer at 1/2 it drops for the shortcuts).
+
+    Args:
+        widths: channels of the three resolutions (1/2, 1/4, 1/8).
+    """
+
+    def __init__(self, widths: Sequence[int] = (32, 64, 128)):
+        super().__init__()
+        w0, w1, w2 = widths
+        self.features = nn.Sequential(
+            nn.Conv2d(3, w0, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(w0),
+            nn.ReLU(inplace=True),
+            _BasicBlock(w0, w1, stride=2),
+            _BasicBlock(w1, w2, stride=2),
+            _BasicBlock(w2, w2),
+        )
+        self.out_channels = w2
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
 def _resolve_weights(name: str, weights: Any) -> tuple[Any, Path | None]:
     """Split ``weights`` into (torchvision weights enum or None, local file or None)."""
     if weights is None:
@@ -125,7 +182,11 @@ def _resolve_weights(name: str, weights: Any) -> tuple[Any, Path | None]:
         return weights, None
     if isinstance(weights, (str, os.PathLike)):
         text = str(weights)
-        if name != "small" and os.path.sep not in text and not text.endswith((".pth", ".pt")):
+        if (
+            name not in ("small", "small_res")
+            and os.path.sep not in text
+            and not text.endswith((".pth", ".pt"))
+        ):
             enum = torchvision.models.get_model_weights(name)
             if text == "DEFAULT":
                 return enum.DEFAULT, None
@@ -200,10 +261,10 @@ def build_backbone(name: str, weights: Any = None, progress: bool = True) -> nn.
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose from {list(BACKBONES)}")
     enum, path = _resolve_weights(name, weights)
-    if name == "small":
+    if name in ("small", "small_res"):
         if enum is not None:
-            raise ValueError("the 'small' backbone has no torchvision weights")
-        features: nn.Module = SmallBackbone()
+            raise ValueError(f"the {name!r} backbone has no torchvision weights")
+        features: nn.Module = SmallBackbone() if name == "small" else SmallResBackbone()
     else:
         full = torchvision.models.get_model(name, weights=enum, progress=progress)
         if name in _RESNETS:

@@ -18,6 +18,7 @@ from prm.peaks import peak_stimulation
         ("resnet101", 2048, 32),
         ("vgg16", 512, 32),
         ("small", 128, 8),
+        ("small_res", 128, 8),
     ],
 )
 def test_backbones_are_cut_before_global_pooling(name, channels, stride):
@@ -141,3 +142,18 @@ def test_config_round_trip():
     config = model.config()
     assert config["backbone"] == "small" and config["class_names"] == ["a", "b", "c"]
     assert config["sub_pixel_factor"] == 2 and config["peak_filter"] == "median"
+
+
+def test_small_res_blocks_start_as_identities_and_learn():
+    """Zero-initialised last BN: a block is its shortcut at first; gradients still flow."""
+    torch.manual_seed(0)
+    model = build_model("small_res", 3)
+    block = model.backbone.features[-1]  # the last block, with an identity shortcut
+    x = torch.rand(2, 128, 8, 8)  # non-negative, as after a ReLU
+    block.eval()
+    assert torch.allclose(block(x), x)
+    model.train()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert block.bn2.weight.grad is not None and block.bn2.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="'small_res' backbone has no torchvision weights"):
+        build_model("small_res", 3, weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1)

@@ -39,6 +39,23 @@ def test_train_transform_resizes_square_normalises_and_flips():
     assert torch.allclose(still[0, :, 0], torch.full((16,), white), atol=1e-5)
 
 
+def test_train_transform_jitter_keeps_labels_true_and_is_seeded():
+    image = left_white_image(64, 64)
+    plain = TrainTransform(size=32, flip=False)(image)
+    jitter = TrainTransform(size=32, flip=False, scale_jitter=0.2, colour_jitter=0.3)
+    torch.manual_seed(3)
+    first = jitter(image)
+    torch.manual_seed(3)
+    assert torch.equal(first, jitter(image))  # randomness from torch's seed: exact resume
+    outputs = [jitter(image) for _ in range(8)]
+    assert all(o.shape == (3, 32, 32) for o in outputs)
+    assert any(not torch.allclose(o, plain, atol=1e-3) for o in outputs)
+    for o in outputs:  # a zoom of at most 20 % and a shift of at most 10 %: both halves stay
+        assert o[0, :, :8].mean() > o[0, :, -8:].mean()
+    with pytest.raises(ValueError, match="scale_jitter and colour_jitter must be in"):
+        TrainTransform(scale_jitter=1.5)
+
+
 def test_inference_transform_keeps_or_sets_the_network_size():
     image = left_white_image()
     assert InferenceTransform()(image).shape == (3, 448, 448)
@@ -83,7 +100,7 @@ def test_collate_counts_skips_from_dataloader_workers():
 
 
 def test_build_dataset_names_and_errors(tmp_path):
-    assert DATASETS == ("voc", "coco", "folder", "shapes")
+    assert DATASETS == ("voc", "coco", "folder", "shapes", "glyphs")
     shapes = build_dataset("shapes", split="test", num_images=5, size=32)
     assert isinstance(shapes, ShapeScenes) and len(shapes) == 5 and shapes.split == "test"
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):

@@ -161,6 +161,7 @@ MISTAKES = [
     (PREDICT + "{tmp}/fake.pt --images {tmp}", "not a prm checkpoint"),
     ("train --preset shapes --config {tmp}/none.yaml", "none.yaml does not exist"),
     ("train --preset shapes --set nonsense=1 --out {tmp}/r", "unknown configuration keys"),
+    ("train --preset shapes --val-fraction 1.5 --out {tmp}/r", "val_fraction must be < 1"),
     ("train --dataset folder --root {tmp}/empty --backbone small --weights none", "no image"),
     # issue 10, items 5 and 9: nonsense numbers, a file that is not a checkpoint
     ("train --preset shapes --set lr=-1 --out {tmp}/r", "lr must be > 0"),
@@ -219,3 +220,121 @@ def test_predict_fails_when_no_image_could_be_read(checkpoint, tmp_path, capsys)
         code = main([*argv, "--out", str(tmp_path / "out"), "--proposals", "prm"])
     assert code == 2
     assert "no image could be read (first: " in capsys.readouterr().err
+
+
+def test_demo_on_glyphs_and_the_threads_flag(tmp_path, capsys, monkeypatch):
+    import prm.data.shapes
+
+    # The training's own validation split (300 images by default) cut to a smoke size.
+    monkeypatch.setattr(prm.data.shapes, "DEFAULT_SPLIT_SIZES", {"train": 16, "val": 4, "test": 4})
+    threads = torch.get_num_threads()
+    try:
+        code = main(
+            [
+                "demo", "--dataset", "glyphs", "--out", str(tmp_path / "glyphs"),
+                "--train-images", "16", "--val-images", "2", "--test-images", "2",
+                "--epochs", "1", "--workers", "1", "--quiet", "--threads", "1",
+            ]
+        )  # fmt: skip
+        assert code == 0
+        report = json.loads((tmp_path / "glyphs" / "report" / "report.json").read_text())
+        assert report["dataset"] == "glyphs" and report["torch_threads"] == 1
+        assert report["train_config"]["dataset"] == "glyphs"
+        assert "GlyphScenes test split" in capsys.readouterr().out
+        assert list((tmp_path / "glyphs" / "data").glob("glyphscenes-*.npz"))
+        # --threads reaches torch before the command runs
+        seen = []
+        monkeypatch.setattr(torch, "set_num_threads", seen.append)
+        assert main(["train", "--threads", "3", "--set", "no_such_key=1", "--quiet"]) == 2
+        assert seen == [3]
+    finally:
+        monkeypatch.undo()
+        torch.set_num_threads(threads)
+    with pytest.raises(SystemExit):
+        main(["demo", "--threads", "0"])
+
+
+def test_tune_saves_thresholds_where_predict_picks_them_up(checkpoint, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(checkpoint, run / "last.pt")  # the shared run folder stays untuned
+    code = main(
+        [
+            "tune", "--checkpoint", str(run / "last.pt"), "--dataset", "shapes",
+            "--split", "val", "--limit", "2", "--proposals", "prm", "--quiet",
+            "--class-threshold", "-100", "--peak-threshold-mode", "relative",
+            "--peak-threshold", "0.5", "0.9", "--proposal-count", "50", "100",
+            "--metric", "instance/mAP_r@0.1",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    saved = yaml.safe_load((run / "retrieval.yaml").read_text())
+    assert saved["predictor"]["peak_threshold"] in (0.5, 0.9)
+    assert saved["predictor"]["peak_threshold_mode"] == "relative"
+    assert saved["retrieval"]["proposal_count"] in (50, 100)
+    out = capsys.readouterr().out
+    assert out.count("mAP_r@0.1 =") == 5  # four combinations, then the best
+
+    # `prm predict` uses them without flags; --retrieval-config none ignores them.
+    from prm.cli import build_parser
+    from prm.cli.predict import build_predictor
+
+    argv = ["predict", "--checkpoint", str(run / "last.pt"), "--images", str(tmp_path)]
+    argv += ["--out", str(tmp_path / "predicted")]
+    _, predictor = build_predictor(build_parser().parse_args(argv))
+    assert predictor.peak_selection.peak_threshold == saved["predictor"]["peak_threshold"]
+    assert predictor.peak_selection.peak_threshold_mode == "relative"
+    assert predictor.peak_selection.class_threshold == -100
+    assert predictor.retrieval.proposal_count == saved["retrieval"]["proposal_count"]
+    assert "using the tuned settings in" in capsys.readouterr().out
+    args = build_parser().parse_args(argv + ["--retrieval-config", "none"])
+    _, predictor = build_predictor(args)
+    assert (
+        predictor.peak_selection.peak_threshold == 0.0 and predictor.retrieval.proposal_count == 100
+    )
+
+
+def test_settings_precedence_checkpoint_tuned_file_explicit_file_flags(checkpoint, tmp_path):
+    """checkpoint's stored settings < retrieval.yaml beside it < --retrieval-config < flags,
+    each overriding only the fields it sets."""
+    import yaml
+
+    from prm.backprop import PeakSelection
+    from prm.cli import build_parser
+    from prm.cli.predict import build_predictor, read_tuned_settings
+    from prm.engine.checkpoint import with_inference_settings
+
+    run = tmp_path / "run"
+    stored = {"retrieval": {"beta": 1e-3, "nms_threshold": 0.5}}
+    stored["peak_selection"] = {"class_threshold": -1.0, "peak_threshold": 0.5}
+    with_inference_settings(checkpoint, run / "last.pt", **stored)
+    tuned = {"retrieval": {"beta": 2e-3}, "predictor": {"peak_threshold": 0.6}}
+    (run / "retrieval.yaml").write_text(yaml.safe_dump(tuned))
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({"retrieval": {"tau": 0.5}}))
+
+    def settings(*extra):
+        argv = ["predict", "--checkpoint", str(run / "last.pt"), "--images", str(tmp_path)]
+        args = build_parser().parse_args([*argv, "--out", str(tmp_path / "o"), *extra])
+        _, predictor = build_predictor(args)
+        r, p = predictor.retrieval, predictor.peak_selection
+        return r.beta, r.nms_threshold, r.tau, p.class_threshold, p.peak_threshold
+
+    assert settings("--retrieval-config", "none") == (1e-3, 0.5, 0.95, -1.0, 0.5)
+    assert settings() == (2e-3, 0.5, 0.95, -1.0, 0.6)
+    # An explicit file replaces retrieval.yaml (not layered on it).
+    assert settings("--retrieval-config", str(tmp_path / "other.yaml")) == (
+        1e-3, 0.5, 0.5, -1.0, 0.5,
+    )  # fmt: skip
+    assert settings("--beta", "4e-3", "--peak-threshold", "0.7") == (4e-3, 0.5, 0.95, -1.0, 0.7)
+    # The tuned file is checked like any settings file, naming it.
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"retrieval": {}, "predictor": {"x": 1}}))
+    with pytest.raises(ValueError, match="bad.yaml: 'predictor' may hold only"):
+        read_tuned_settings(tmp_path / "bad.yaml", RetrievalConfig(), PeakSelection())
+    bad_mode = {"retrieval": {}, "predictor": {"peak_threshold_mode": "loud"}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad_mode))
+    with pytest.raises(ValueError, match="bad.yaml: peak_threshold_mode must be"):
+        read_tuned_settings(tmp_path / "bad.yaml", RetrievalConfig(), PeakSelection())

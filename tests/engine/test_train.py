@@ -143,7 +143,9 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(tmp_path, one_thre
     assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 1
 
     resumed = train(config, resume=True, progress=False)
-    a, b = load_checkpoint(reference), load_checkpoint(resumed)
+    assert reference.name == resumed.name  # the same best epoch in both runs
+    a = load_checkpoint(tmp_path / "reference" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert b["epoch"] == 3
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
@@ -239,3 +241,57 @@ def test_non_checkpoints_are_named_without_torch_advice(tmp_path):
         message = str(error.value)
         assert name in message and says in message, message
         assert "\n" not in message and "weights_only" not in message, message
+
+
+def test_warmup_then_cosine_learning_rate():
+    from prm.engine.train import lr_factor
+
+    config = TrainConfig(epochs=10, lr_schedule="cosine", warmup_epochs=2)
+    assert lr_factor(config, 0.0) < 0.01 and lr_factor(config, 1.0) == pytest.approx(0.5, 1e-3)
+    assert lr_factor(config, 2.0) == pytest.approx(1.0)  # warm-up done: the cosine starts
+    assert lr_factor(config, 6.0) == pytest.approx(0.5)  # half-way through the cosine
+    assert lr_factor(config, 10.0) == pytest.approx(0.0, abs=1e-9)
+    assert lr_factor(config.replace(lr_schedule="constant"), 5.0) == 1.0
+    with pytest.raises(ValueError, match="warmup_epochs must be in"):
+        TrainConfig(epochs=2, warmup_epochs=2)
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch, one_thread):
+    import importlib
+
+    train_module = importlib.import_module("prm.engine.train")
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])  # best at epoch 2, then two worse ones
+
+    def fake_map(*args, **kwargs):
+        return {"classification/mAP": next(scores)}
+
+    monkeypatch.setattr(train_module, "classification_map", fake_map)
+    config = tiny_config(tmp_path, epochs=5, early_stopping=2, num_train_images=8)
+    checkpoint = train(config, progress=False)
+    assert checkpoint == tmp_path / "run" / "best.pt"
+    assert load_checkpoint(checkpoint)["epoch"] == 2
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 4  # stopped early
+    records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["best_epoch"] for r in records] == [1, 2, 2, 2]
+    # resuming a stopped run trains no further and still answers best.pt
+    assert train(config, resume=True, progress=False) == checkpoint
+
+
+def test_val_fraction_holds_out_a_seeded_part_of_the_training_split(tmp_path, one_thread):
+    from prm.engine.train import build_datasets, held_out_indices
+
+    config = tiny_config(tmp_path, val_fraction=0.25, val_split=None, epochs=1)
+    train_set, val_set = build_datasets(config)
+    train_ids = {train_set[i][1]["image_id"] for i in range(len(train_set))}
+    val_ids = {val_set[i][1]["image_id"] for i in range(len(val_set))}
+    assert len(train_ids) == 18 and len(val_ids) == 6 and not train_ids & val_ids
+    assert all(i.startswith("train_") for i in train_ids | val_ids)  # both from train
+    assert val_set.classes == train_set.classes
+    assert held_out_indices(24, 0.25, 0) == held_out_indices(24, 0.25, 0)
+    assert held_out_indices(24, 0.25, 0) != held_out_indices(24, 0.25, 1)
+    assert held_out_indices(3, 0.01, 0)[1] and held_out_indices(3, 0.99, 0)[0]  # 1 each
+    train(config, progress=False)
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 <= record["val_classification_map"] <= 1
+    with pytest.raises(ValueError, match="val_fraction must be < 1"):
+        tiny_config(tmp_path, val_fraction=1.0)

@@ -11,7 +11,7 @@ from prm.data import ShapeScenes
 from prm.engine.inference import predict_dataset
 from prm.engine.tune import tune_retrieval
 from prm.model import build_model
-from prm.predictor import Predictor
+from prm.predictor import Predictor, to_image_tensor
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,6 @@ def setup():
     predictor = Predictor(model, **options)
     dataset = ShapeScenes("val", 4, size=64)
     return predictor, dataset, options
-    return predictor, dataset
 
 
 def test_best_setting_scores_what_a_fresh_prediction_scores(setup):
@@ -140,3 +139,71 @@ def test_beta_decides_and_the_tuner_finds_it():
     assert result.best.beta == 3e-3 and result.value == 1.0
     chosen = predictor.retrieve(*predictor.respond(None, proposals), result.best)
     assert torch.equal(chosen["masks"][0], proposals[1])
+
+
+def test_thresholds_filtered_from_a_loose_response_match_a_fresh_prediction(setup):
+    """Peaks filtered from one loose back-propagation = predicting with the thresholds."""
+    from prm.engine.tune import retrieve_filtered
+
+    predictor, dataset, options = setup
+    base = options["peak_selection"]
+    loose = Predictor(
+        predictor.model, **{**options, "peak_selection": replace(base, peak_threshold=0.3)}
+    )
+    compared = 0
+    for index in range(2):
+        image = to_image_tensor(dataset[index][0])
+        boxes = torch.zeros((6, *image.shape[1:]), dtype=torch.bool)
+        for k in range(6):  # given proposals: blocks of the image
+            boxes[k, 8 * k : 8 * k + 24, 4 * k : 4 * k + 40] = True
+        for given in (None, boxes):  # the fallback's proposals depend on the peaks kept
+            response, proposals = loose.respond(image, given)
+            for class_threshold in (-1e9, float(response["class_scores"].median())):
+                for peak_threshold in (0.3, 0.8):
+                    chosen = replace(
+                        base, class_threshold=class_threshold, peak_threshold=peak_threshold
+                    )
+                    got = retrieve_filtered(
+                        predictor,
+                        response,
+                        proposals,
+                        chosen,
+                        image=image if given is None else None,
+                    )
+                    fresh = Predictor(predictor.model, **{**options, "peak_selection": chosen})
+                    want = fresh(image[None], None if given is None else [given])[0]
+                    assert torch.equal(got["labels"], want["labels"])
+                    assert torch.equal(got["masks"], want["masks"])
+                    assert torch.allclose(got["scores"], want["scores"])
+                    compared += len(want["labels"])
+    assert compared > 10  # the comparison saw instances, not only empty results
+
+
+def test_thresholds_and_proposal_count_in_the_grid(setup):
+    predictor, dataset, _ = setup
+    grid = {"peak_threshold": [0.9, 0.5], "class_threshold": [-1e9, 0.0], "proposal_count": [3]}
+    result = tune_retrieval(predictor, dataset, grid, metric="instance/mAP_r@0.1", progress=False)
+    assert len(result.trials) == 4 and result.best.proposal_count == 3
+    assert [t["params"]["peak_threshold"] for t in result.trials] == [0.9, 0.9, 0.5, 0.5]
+    best = result.trials[[t["value"] for t in result.trials].index(result.value)]["params"]
+    assert result.peak_selection == PeakSelection(
+        class_threshold=best["class_threshold"],
+        peak_threshold=best["peak_threshold"],
+        peak_threshold_mode="relative",
+    )
+    assert predictor.peak_selection.peak_threshold == 0.7  # the predictor is unchanged
+
+
+def test_warns_when_nothing_scores_and_on_the_grid_edge(setup):
+    from prm.engine.tune import _grid_warnings
+
+    predictor, dataset, _ = setup
+    with pytest.warns(UserWarning, match="every setting scored 0"):
+        result = tune_retrieval(predictor, dataset, {"class_threshold": [1e8, 1e9]}, progress=False)
+    assert len(result.warnings) == 1
+    grid = {"beta": [1e-4, 1e-3, 1e-2], "alpha": [0.5, 0.8, 1.0], "tau": [0.9]}
+    found = _grid_warnings(grid, {"beta": 1e-2, "alpha": 0.8, "tau": 0.9}, [0.1, 0.2])
+    assert len(found) == 1 and "best beta = 0.01 is the largest value tried" in found[0]
+    found = _grid_warnings(grid, {"beta": 1e-4, "alpha": 0.5, "tau": 0.9}, [0.1, 0.2])
+    assert len(found) == 2 and all("smallest" in f for f in found)
+    assert _grid_warnings(grid, {"beta": 1e-3, "alpha": 0.8, "tau": 0.9}, [0.1]) == []

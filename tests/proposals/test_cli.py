@@ -41,3 +41,30 @@ def test_dataset_with_evaluation(shared_data, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "instances in" in out and "top  100: ABO" in out and "recall@0.5" in out
+
+
+def test_the_cache_folder_written_by_prm_proposals_is_read_by_proposals_dir(tmp_path):
+    """README step 4: `prm proposals --cache DIR`, then `--proposals DIR` must work."""
+    import pytest
+    import torch
+
+    from prm.engine.inference import proposal_source
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(images / "img 1.png")  # an id that needs a safe file name
+    argv = ["proposals", "--images", str(images), "--cache", str(tmp_path / "cache"), "--quiet"]
+    assert main(argv + ["--preset", "single", "--max-proposals", "20"]) == 0
+    cache = ProposalCache(tmp_path / "cache", SelectiveSearch.single(max_proposals=20))
+    image = torch.from_numpy(pixels).permute(2, 0, 1)
+    source = proposal_source(str(tmp_path / "cache"))
+    assert torch.equal(source("img 1", image), cache.load("img 1", (20, 30)))
+    with pytest.raises(FileNotFoundError, match="no proposals for image 1801 in .*looked for"):
+        source("1801", image)
+    # two generator settings in one cache: the user must say which
+    ProposalCache(tmp_path / "cache", SelectiveSearch.single(max_proposals=30))
+    with pytest.raises(ValueError, match="caches of 2 generator settings"):
+        proposal_source(str(tmp_path / "cache"))
+    assert torch.equal(proposal_source(str(cache.folder))("img 1", image), source("img 1", image))

@@ -29,6 +29,11 @@ COMMANDS = {
     "report": ".report",
 }
 
+#: torch's intra-op threads per process unless ``--threads`` says otherwise. Measured on a
+#: 2-core machine (README, "Threads"): extra threads only paid off on an idle machine,
+#: and cost several times their gain once other processes shared the cores.
+DEFAULT_THREADS = 1
+
 EPILOG = """examples:
   prm demo                       # synthetic data: train, predict, evaluate (CPU, minutes)
   prm train --dataset voc --root VOCdevkit/VOC2012 --out runs/voc
@@ -55,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS.values():
         importlib.import_module(module_name, __name__).add_parser(subparsers)
+    for sub in subparsers.choices.values():
+        sub.add_argument(
+            "--threads",
+            type=int,
+            default=DEFAULT_THREADS,
+            help=f"torch threads for this process (default {DEFAULT_THREADS}: on a 2-core "
+            "machine one thread per process was fastest, see the README)",
+        )
     return parser
 
 
@@ -64,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from prm.data import build_dataset
 
-        if args.root is None and args.dataset.lower() != "shapes":
+        if args.root is None and args.dataset.lower() not in ("shapes", "glyphs"):
             raise ValueError(f"--dataset {args.dataset} needs --root PATH")
         source = build_dataset(args.dataset, args.root, args.split, evaluation=True)
     summary = precompute_proposals(

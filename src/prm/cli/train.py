@@ -37,6 +37,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--root", help="dataset folder")
     parser.add_argument("--train-split", help="training split")
     parser.add_argument("--val-split", help="validation split ('none' to skip validation)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        help="validate on this fraction of the training split, held out (seeded by "
+        "--seed) instead of --val-split: for labels of one split only, e.g. a COCO "
+        "training json",
+    )
     parser.add_argument("--backbone", help="resnet18/34/50/101, vgg16, vgg16_bn or small")
     parser.add_argument(
         "--weights", help="backbone weights: 'none', a torchvision name (IMAGENET1K_V1) or a .pth"
@@ -105,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "seed": args.seed,
         "out": args.out,
+        "val_fraction": args.val_fraction,
     }
     nulls = {}  # flags that explicitly ask for None ("none")
     for key, value in (("val_split", args.val_split), ("weights", args.weights)):

@@ -1,17 +1,20 @@
-"""``prm tune``: choose the retrieval hyper-parameters on validation data."""
+"""``prm tune``: choose the retrieval settings and thresholds on validation data."""
 
 from __future__ import annotations
 
 import argparse
 
 EPILOG = """examples:
-  # shared (alpha, beta, tau) for all classes, on 200 validation images
+  # beta and the peak threshold on 200 validation images; the choice is saved next to
+  # the checkpoint (runs/shapes/retrieval.yaml), where `prm predict` picks it up
   prm tune --checkpoint runs/shapes/last.pt --dataset shapes --split val --limit 200 \\
-      --beta 1e-5 1e-4 1e-3 --alpha 0.5 0.8 1.5 --out retrieval.yaml
+      --beta 1e-4 1e-3 3e-3 --peak-threshold-mode relative --peak-threshold 0 0.3 0.6
+  prm predict --checkpoint runs/shapes/last.pt --dataset shapes --split test --evaluate
 
-  # per-class values, as the paper, then use them for the test split
+  # per-class values, as the paper, into a file of your choice
   prm tune --checkpoint runs/voc/last.pt --dataset voc --root VOCdevkit/VOC2012 \\
-      --split val --proposals mcg/ --per-class --out retrieval.yaml
+      --split val --proposals mcg/ --per-class --proposal-count 100 1000 \\
+      --out retrieval.yaml
   prm predict --checkpoint runs/voc/last.pt --dataset voc --root VOCdevkit/VOC2012 \\
       --split val --proposals mcg/ --retrieval-config retrieval.yaml --evaluate
 
@@ -19,8 +22,13 @@ EPILOG = """examples:
   prm tune --checkpoint runs/shapes/last.pt --dataset shapes --split val --limit 200 \\
       --beta 1e-4 1e-3 --out retrieval.yaml --save-checkpoint runs/shapes/tuned.pt
 
-Peak response maps and proposals are computed once per image; every combination of the
-values given is then scored with mAP^r (--metric). The best goes to --out as YAML.
+Tunable (several values each): --alpha --beta --tau --contour-width --nms-threshold
+--proposal-count --class-threshold --peak-threshold (in --peak-threshold-mode).
+Peak response maps and proposals are computed once per image, with the loosest
+thresholds; every combination of the values given is then scored with mAP^r
+(--metric). The best goes to --out as YAML (default: retrieval.yaml next to the
+checkpoint, which `prm predict` then reads by itself). It warns when every combination
+scores 0 and when a best value is the smallest or largest tried (extend the grid there).
 """
 
 
@@ -29,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     parser = subparsers.add_parser(
         "tune",
-        help="grid-search the retrieval settings (alpha, beta, tau, ...) on validation data",
+        help="grid-search the retrieval settings and thresholds on validation data",
         description="Tune proposal retrieval on a dataset split with instance masks.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -39,7 +47,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--root", help="dataset folder")
     parser.add_argument("--split", default="val", help="split to tune on (default val)")
     parser.add_argument("--limit", type=int, help="only the first N images")
-    parser.add_argument("--out", required=True, help="YAML file for the chosen settings")
+    parser.add_argument(
+        "--out",
+        help="YAML file for the chosen settings (default: retrieval.yaml next to the "
+        "checkpoint, where `prm predict` finds it)",
+    )
     parser.add_argument(
         "--save-checkpoint",
         metavar="PATH",
@@ -55,11 +67,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prm.cli.predict import GRID, build_predictor
+    from pathlib import Path
+
+    from prm.cli.predict import GRID, TUNED_FILE, build_predictor
     from prm.data import build_dataset
     from prm.engine.inference import proposal_source
     from prm.engine.tune import tune_retrieval
 
+    if args.retrieval_config is None:
+        # The base of the grid is never the settings of an earlier tuning, unless asked.
+        args = argparse.Namespace(**{**vars(args), "retrieval_config": "none"})
     model, predictor = build_predictor(args, grid=True)
     grid = {name: getattr(args, name) for name in GRID if getattr(args, name) is not None}
     dataset = build_dataset(args.dataset, args.root, args.split, evaluation=True, on_error="skip")
@@ -77,8 +94,13 @@ def run(args: argparse.Namespace) -> int:
         value = trial["value"]
         shown = "-" if value is None else f"{100 * value:.1f}"
         print(f"{result.metric} = {shown:>5}  {trial['params']}")
-    out = result.best.to_yaml(args.out)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / TUNED_FILE
+    write_tuned_settings(out, result.best, result.peak_selection)
+    for message in result.warnings:
+        print(f"warning: {message}")
     print(f"best {result.metric} = {100 * (result.value or 0):.1f} -> {out}")
+    if out == Path(args.checkpoint).parent / TUNED_FILE:
+        print("`prm predict` with this checkpoint now uses these settings")
     if args.save_checkpoint:
         from dataclasses import asdict
 
@@ -88,7 +110,22 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint,
             args.save_checkpoint,
             retrieval=result.best.to_dict(),
-            peak_selection=asdict(predictor.peak_selection),
+            peak_selection=asdict(result.peak_selection),
         )
         print(f"checkpoint with these settings -> {saved}")
     return 0
+
+
+def write_tuned_settings(path, retrieval, selection):
+    """Write the tuned settings as YAML, atomically: ``retrieval:`` (the
+    :class:`~prm.retrieval.RetrievalConfig`) and ``predictor:`` (the
+    :class:`~prm.backprop.PeakSelection`), as :func:`prm.cli.predict.read_tuned_settings`
+    reads them."""
+    from dataclasses import asdict
+
+    import yaml
+
+    from prm.files import write_text_atomic
+
+    document = {"retrieval": retrieval.to_dict(), "predictor": asdict(selection)}
+    return write_text_atomic(path, yaml.safe_dump(document, sort_keys=False))

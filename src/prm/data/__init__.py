@@ -9,6 +9,7 @@ from .build import DATASETS, build_dataset
 from .coco import COCODataset
 from .common import BadDataWarning, Batch, ItemDataset, collate, multi_hot
 from .folder import FolderDataset
+from .glyphs import GLYPH_CLASSES, GlyphConfig, GlyphScenes, generate_glyph_scene
 from .images import DataError, load_image, load_index_png, to_image_tensor, to_uint8_image
 from .shapes import SHAPE_CLASSES, SceneConfig, ShapeScenes, generate_scene
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, InferenceTransform, TrainTransform, denormalize
@@ -25,6 +26,9 @@ __all__ = [
     "COCODataset",
     "DataError",
     "FolderDataset",
+    "GLYPH_CLASSES",
+    "GlyphConfig",
+    "GlyphScenes",
     "InferenceTransform",
     "ItemDataset",
     "SceneConfig",
@@ -34,6 +38,7 @@ __all__ = [
     "build_dataset",
     "collate",
     "denormalize",
+    "generate_glyph_scene",
     "generate_scene",
     "load_image",
     "load_index_png",

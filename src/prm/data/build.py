@@ -9,11 +9,11 @@ from .common import ItemDataset
 
 __all__ = ["DATASETS", "build_dataset", "reader"]
 
-DATASETS = ("voc", "coco", "folder", "shapes")
+DATASETS = ("voc", "coco", "folder", "shapes", "glyphs")
 
 
 def reader(name: str) -> type[ItemDataset]:
-    """The reader class of a dataset name (``"voc"``, ``"coco"``, ``"folder"``, ``"shapes"``)."""
+    """The reader class of a dataset name (one of :data:`DATASETS`)."""
     name = name.lower()
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -23,6 +23,8 @@ def reader(name: str) -> type[ItemDataset]:
         from .coco import COCODataset as cls
     elif name == "shapes":
         from .shapes import ShapeScenes as cls
+    elif name == "glyphs":
+        from .glyphs import GlyphScenes as cls
     else:
         from .folder import FolderDataset as cls
     return cls
@@ -39,14 +41,15 @@ def build_dataset(
     """Build a dataset by name, as the command line does.
 
     Args:
-        name: ``"voc"``, ``"coco"``, ``"folder"`` or ``"shapes"``.
+        name: ``"voc"``, ``"coco"``, ``"folder"``, ``"shapes"`` (ShapeScenes) or
+            ``"glyphs"`` (GlyphScenes).
         root: where the data is:
             - voc: ``VOCdevkit/VOC2012`` (or ``VOCdevkit``);
             - coco: the folder holding ``annotations/instances_<split>.json`` and
               ``<split>/`` (override with ``annotation_file=`` / ``image_dir=``; with
               both, no root is needed);
             - folder: the image folder;
-            - shapes: optional cache folder (nothing needed: images are generated).
+            - shapes, glyphs: optional cache folder (nothing needed: images are generated).
         split: which part; default: the reader's ``DEFAULT_SPLITS["train"]``, or
             ``["eval"]`` with ``evaluation=True``:
             - voc: split name in ``ImageSets/Segmentation`` or ``Main``, ``"Main/NAME"``,
@@ -55,7 +58,7 @@ def build_dataset(
               ``val2017``];
             - folder: the CSV of labels (``<root>/<split>.csv`` or a path); default
               ``<root>/labels.csv`` when it exists, else all images unlabelled;
-            - shapes: ``train``, ``val`` or ``test`` [``train``; evaluation ``val``].
+            - shapes, glyphs: ``train``, ``val`` or ``test`` [``train``; evaluation ``val``].
         evaluation: read the data as evaluation needs it: the reader's evaluation split
             by default and its ``EVAL_OPTIONS`` (COCO keeps images without objects).
         **kwargs: passed to the reader (``transform``, ``on_error``, ...).
@@ -70,7 +73,7 @@ def build_dataset(
         split = cls.DEFAULT_SPLITS["eval" if evaluation else "train"]
     if evaluation:
         kwargs = {**cls.EVAL_OPTIONS, **kwargs}
-    if name == "shapes":
+    if name in ("shapes", "glyphs"):
         if root is not None:
             kwargs.setdefault("cache_dir", root)
         return cls(split=split, **kwargs)

@@ -491,6 +491,11 @@ class ShapeScenes(ItemDataset):
     """
 
     DEFAULT_SPLITS = {"train": "train", "val": "val", "eval": "val"}
+    # Hooks for generated datasets that share this machinery (``prm.data.glyphs``).
+    _config_class: type = SceneConfig
+    _class_names: list[str] = SHAPE_CLASSES
+    _cache_prefix = "shapescenes"
+    _version = GENERATOR_VERSION
 
     def __init__(
         self,
@@ -506,27 +511,30 @@ class ShapeScenes(ItemDataset):
     ):
         super().__init__(transform, on_error)
         if split not in SPLITS:
-            raise ValueError(f"ShapeScenes split must be one of {list(SPLITS)}, got {split!r}")
-        config = config or SceneConfig()
+            raise ValueError(
+                f"{type(self).__name__} split must be one of {list(SPLITS)}, got {split!r}"
+            )
+        config = config or self._config_class()
         if config.size != size:
-            config = SceneConfig(**{**asdict(config), "size": size})
+            config = self._config_class(**{**asdict(config), "size": size})
         self.split = split
         self.num_images = DEFAULT_SPLIT_SIZES[split] if num_images is None else int(num_images)
         if self.num_images < 0:
             raise ValueError(f"num_images must be >= 0, got {num_images}")
         self.seed = int(seed)
         self.config = config
-        self.classes = list(SHAPE_CLASSES)
+        self.classes = list(self._class_names)
         self.category_ids = list(range(1, len(self.classes) + 1))
         self._cache: dict[str, np.ndarray] | None = None
         self.cache_file: Path | None = None
         if cache_dir is not None:
-            self.cache_file = Path(cache_dir) / f"shapescenes-{self._cache_key()}.npz"
+            name = f"{self._cache_prefix}-{self._cache_key()}.npz"
+            self.cache_file = Path(cache_dir) / name
             self._cache = self._load_or_build_cache(self.cache_file)
 
     def _cache_key(self) -> str:
         params = {
-            "version": GENERATOR_VERSION,
+            "version": self._version,
             "split": self.split,
             "n": self.num_images,
             "seed": self.seed,
@@ -544,7 +552,7 @@ class ShapeScenes(ItemDataset):
         maps = np.zeros((n, size, size), dtype=np.uint8)
         labels = np.full((n, self.config.instances[1]), -1, dtype=np.int8)
         for i in range(n):
-            images[i], maps[i], lab = generate_scene(self.seed, self.split, i, self.config)
+            images[i], maps[i], lab = self._generate(i)
             labels[i, : len(lab)] = lab
         # Atomic: a concurrent reader never sees half a file.
         arrays = {"images": images, "maps": maps, "labels": labels}
@@ -562,6 +570,9 @@ class ShapeScenes(ItemDataset):
         if self._cache is not None:
             labels = [int(c) for c in self._cache["labels"][index] if c >= 0]
             return self._cache["images"][index], self._cache["maps"][index], labels
+        return self._generate(index)
+
+    def _generate(self, index: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
         return generate_scene(self.seed, self.split, index, self.config)
 
     def _load(self, index: int) -> tuple:

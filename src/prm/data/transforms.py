@@ -50,10 +50,20 @@ class _Transform:
 class TrainTransform(_Transform):
     """Training transform of the authors' recipe: resize, random flip, normalise.
 
+    Optional augmentation for training from scratch (off by default; both keep every
+    object at least partly in view, so that the image-level labels stay true):
+
+    - ``scale_jitter = s``: a random zoom in ``[1 - s, 1 + s]`` and a shift of up to
+      ``s / 2`` of the size each way (``RandomAffine``; borders filled with the mean);
+    - ``colour_jitter = j``: brightness and contrast changed by up to ``j`` (no hue or
+      saturation change: where a dataset's classes differ in colour, that stays a cue).
+
     Args:
         size: output ``(H, W)``, or an int for a square; the aspect ratio is not kept
             (448 for VOC, as the authors).
         flip: random horizontal flip with probability 0.5.
+        scale_jitter: see above (0: none).
+        colour_jitter: see above (0: none).
         mean, std: per-channel normalisation (ImageNet's by default).
 
     Call:
@@ -66,10 +76,30 @@ class TrainTransform(_Transform):
         flip: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        *,
+        scale_jitter: float = 0.0,
+        colour_jitter: float = 0.0,
     ):
+        if not 0 <= scale_jitter < 1 or not 0 <= colour_jitter < 1:
+            raise ValueError(
+                f"scale_jitter and colour_jitter must be in [0, 1), got {scale_jitter}, "
+                f"{colour_jitter}"
+            )
         steps = [v2.ToImage(), v2.Resize(_square(size), antialias=True)]
         if flip:
             steps.append(v2.RandomHorizontalFlip(0.5))
+        if scale_jitter > 0:
+            fill = [round(255 * m) for m in mean]
+            steps.append(
+                v2.RandomAffine(
+                    degrees=0,
+                    translate=(scale_jitter / 2, scale_jitter / 2),
+                    scale=(1 - scale_jitter, 1 + scale_jitter),
+                    fill=fill,
+                )
+            )
+        if colour_jitter > 0:
+            steps.append(v2.ColorJitter(brightness=colour_jitter, contrast=colour_jitter))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
         super().__init__(steps)
 

@@ -18,8 +18,6 @@ from prm.validation import check_number
 
 __all__ = ["TrainConfig", "PRESETS", "load_config", "save_config"]
 
-__all__ = ["TrainConfig", "PRESETS", "load_config", "save_config"]
-
 
 @dataclass
 class TrainConfig:
@@ -33,8 +31,13 @@ class TrainConfig:
             ``val2017``, ShapeScenes ``train`` / ``val``, a folder's ``labels.csv`` /
             none); ``val_split=None`` skips validation.
         num_train_images / num_val_images: ShapeScenes split sizes (None: its defaults).
+        val_fraction: hold out this fraction of the training split (drawn with ``seed``,
+            the same images every run) as the validation set, instead of ``val_split``:
+            for data with labels for one split only (a COCO training json, a folder CSV).
         image_size: square training size (448 as the authors; the aspect is not kept).
         flip: random horizontal flips.
+        scale_jitter / colour_jitter: random zoom and shift / brightness and contrast
+            changes (``prm.data.TrainTransform``; 0 = off).
         drop_difficult: VOC: drop ``difficult`` objects from the image labels (the
             authors count them positive).
 
@@ -48,7 +51,10 @@ class TrainConfig:
     for the pretrained backbone):
         optimizer (``sgd``, the authors', or ``adamw``), epochs, batch_size, lr,
         backbone_lr_mult, momentum (SGD), weight_decay, lr_schedule (``constant`` or
-        ``cosine``).
+        ``cosine``), warmup_epochs (linear warm-up from 0, may be fractional; the
+        schedule runs over the remaining epochs), early_stopping (stop after this many
+        validations without a better validation mAP; ``None``: never). Whenever
+        validation runs, the best checkpoint so far is kept as ``best.pt``.
 
     Runtime:
         seed, workers (DataLoader processes), device (``auto``, ``cpu``, ``cuda``...),
@@ -63,8 +69,11 @@ class TrainConfig:
     val_split: str | None = "auto"
     num_train_images: int | None = None
     num_val_images: int | None = None
+    val_fraction: float | None = None
     image_size: int = 448
     flip: bool = True
+    scale_jitter: float = 0.0
+    colour_jitter: float = 0.0
     drop_difficult: bool = False
 
     backbone: str = "resnet50"
@@ -83,6 +92,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    early_stopping: int | None = None
 
     seed: int = 0
     workers: int = 4
@@ -118,6 +129,17 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
             )
+        if self.val_fraction is not None:
+            check_number(
+                "val_fraction", self.val_fraction, minimum=0, maximum=1, exclusive=True,
+                exclusive_max=True,
+            )  # fmt: skip
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}"
+            )
+        if self.early_stopping is not None and self.early_stopping < 1:
+            raise ValueError(f"early_stopping must be None or >= 1, got {self.early_stopping}")
         if self.amp not in (None, "bf16"):
             raise ValueError(f"amp must be None or 'bf16', got {self.amp!r}")
         if self.gradient not in ("paper", "authors"):

@@ -48,7 +48,8 @@ def proposal_source(spec: str | None, cache_dir: str | os.PathLike | None = None
         spec: ``"selective-search"`` (the built-in generator, computed on the fly and
             kept in ``cache_dir`` when given), ``"prm"`` (the proposal-free fallback:
             returns ``None`` and lets the predictor build candidates from the PRMs), or a
-            folder of precomputed proposals: a ``prm proposals`` cache folder, or files
+            folder of precomputed proposals: the folder given to ``prm proposals
+            --cache`` (or its ``<generator>-<hash>`` subfolder), or files
             named ``<image id>.npz`` / ``.json`` / ``.mat`` (any format
             :func:`prm.proposals.load_proposals` reads).
         cache_dir: cache folder for ``"selective-search"``.
@@ -66,14 +67,30 @@ def proposal_source(spec: str | None, cache_dir: str | os.PathLike | None = None
             return lambda image_id, image: generator(image)
         cache = ProposalCache(cache_dir, generator)
         return lambda image_id, image: cache.get(image_id, image)
+    from prm.proposals.cache import cache_file, cache_folders
+
     folder = Path(spec)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"proposals {spec!r}: not 'selective-search', 'prm' or an existing folder"
         )
+    # A `prm proposals --cache DIR` folder keeps its files in DIR/<generator>-<hash>/.
+    caches = cache_folders(folder)
+    if len(caches) > 1:
+        raise ValueError(
+            f"proposals {spec!r} holds caches of {len(caches)} generator settings "
+            f"({', '.join(p.name for p in caches)}); pass one of these folders"
+        )
+    cache = caches[0] if caches else None
 
     def from_folder(image_id: str, image: torch.Tensor) -> torch.Tensor:
         size = tuple(image.shape[1:])
+        tried = []
+        if cache is not None:
+            path = cache_file(cache, image_id)
+            if path.is_file():
+                return load_proposals(path, size, allow_empty=True)
+            tried.append(str(path))
         # The id as a safe name (never a path out of the folder), with folders or flat
         # as a `prm proposals` cache names it.
         names = dict.fromkeys(
@@ -84,7 +101,10 @@ def proposal_source(spec: str | None, cache_dir: str | os.PathLike | None = None
                 path = folder / f"{name}{suffix}"
                 if path.is_file():
                     return load_proposals(path, size, allow_empty=True)
-        raise FileNotFoundError(f"no proposals for image {image_id} in {folder}")
+                tried.append(str(path))
+        raise FileNotFoundError(
+            f"no proposals for image {image_id} in {folder}: looked for {', '.join(tried)}"
+        )
 
     return from_folder
 

@@ -42,6 +42,8 @@ from prm.model import PeakResponseNet, build_model
 __all__ = ["train", "resolve_device", "build_datasets", "model_from_config", "classification_map"]
 
 StepCallback = Callable[[int, int, float], None]
+#: The embedded, generated datasets (split sizes set by ``num_*_images``).
+GENERATED = ("shapes", "glyphs")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,7 +66,7 @@ def _seed_everything(seed: int) -> None:
 def build_datasets(config: TrainConfig, with_val: bool = True):
     """The training set (with training transforms, bad items skipped) and the val set."""
     kwargs: dict[str, Any] = {"on_error": "skip"}
-    if config.dataset == "shapes":
+    if config.dataset in GENERATED:
         kwargs["num_images"] = config.num_train_images
     if config.dataset == "voc":
         kwargs["use_difficult"] = not config.drop_difficult
@@ -78,14 +80,21 @@ def build_datasets(config: TrainConfig, with_val: bool = True):
         config.dataset,
         config.root,
         train_split,
-        transform=TrainTransform(config.image_size, flip=config.flip),
+        transform=TrainTransform(
+            config.image_size,
+            flip=config.flip,
+            scale_jitter=config.scale_jitter,
+            colour_jitter=config.colour_jitter,
+        ),
         **train_kwargs,
     )
     if len(train_set) == 0:
         raise ValueError(f"the {config.dataset} training split {train_split!r} has no images")
+    if config.val_fraction is not None:
+        return _hold_out(config, train_set, train_split, train_kwargs, with_val)
     val_set = None
     if with_val and val_split:
-        if config.dataset == "shapes":
+        if config.dataset in GENERATED:
             kwargs["num_images"] = config.num_val_images
         val_set = build_dataset(
             config.dataset,
@@ -95,6 +104,51 @@ def build_datasets(config: TrainConfig, with_val: bool = True):
             **kwargs,
         )
     return train_set, val_set
+
+
+class HeldOutPart(torch.utils.data.Dataset):
+    """Some items of a dataset (by index), with its ``classes`` and ``category_ids``."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset = dataset
+        self.indices = list(indices)
+        self.classes = list(dataset.classes)
+        self.category_ids = list(dataset.category_ids)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index]]
+
+
+def held_out_indices(size: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train, val)`` indices: a seeded random ``fraction`` of ``range(size)`` held out.
+
+    At least one image goes to each side; the same ``(size, fraction, seed)`` always
+    gives the same split.
+    """
+    if size < 2:
+        raise ValueError(f"val_fraction needs at least 2 training images, got {size}")
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    count = min(max(1, round(fraction * size)), size - 1)
+    return sorted(order[count:]), sorted(order[:count])
+
+
+def _hold_out(config: TrainConfig, train_set, train_split, train_kwargs, with_val: bool):
+    train_idx, val_idx = held_out_indices(len(train_set), config.val_fraction, config.seed)
+    val_set = None
+    if with_val:
+        # The same split read again with the inference transform (no augmentation).
+        full = build_dataset(
+            config.dataset,
+            config.root,
+            train_split,
+            transform=InferenceTransform(config.image_size),
+            **train_kwargs,
+        )
+        val_set = HeldOutPart(full, val_idx)
+    return HeldOutPart(train_set, train_idx), val_set
 
 
 def model_from_config(config: TrainConfig, class_names: list[str]) -> PeakResponseNet:
@@ -127,10 +181,23 @@ def _optimizer(model: PeakResponseNet, config: TrainConfig) -> torch.optim.Optim
     return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, progress: float) -> None:
-    factor = 1.0
+def lr_factor(config: TrainConfig, epochs_done: float) -> float:
+    """The learning-rate multiplier after ``epochs_done`` (fractional) epochs.
+
+    Linear warm-up over ``warmup_epochs``, then the schedule (constant or cosine to 0)
+    over the remaining epochs.
+    """
+    warmup = config.warmup_epochs
+    if epochs_done < warmup:
+        return (epochs_done + 1e-3) / warmup
     if config.lr_schedule == "cosine":
-        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+        progress = (epochs_done - warmup) / (config.epochs - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, epochs_done: float) -> None:
+    factor = lr_factor(config, epochs_done)
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
 
@@ -212,7 +279,10 @@ def train(
     on_step: StepCallback | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train a PRM network as ``config`` says; returns the path of the last checkpoint.
+    """Train a PRM network as ``config`` says; returns the checkpoint to use.
+
+    That is ``best.pt``, the epoch with the best validation classification mAP, when
+    validation ran, else ``last.pt``.
 
     Args:
         config: the run's :class:`TrainConfig`.
@@ -222,8 +292,9 @@ def train(
         on_step: called after every optimiser step as ``on_step(epoch, step, loss)``.
         progress: show progress bars.
 
-    Writes into ``config.out``: ``config.yaml``, ``last.pt`` (every epoch),
-    ``metrics.jsonl`` (one JSON object per epoch) and TensorBoard events when enabled.
+    Writes into ``config.out``: ``config.yaml``, ``last.pt`` (every epoch), ``best.pt``
+    (the best validation mAP so far), ``metrics.jsonl`` (one JSON object per epoch) and
+    TensorBoard events when enabled.
     """
     device = resolve_device(config.device)
     ddp = _Distributed(device)
@@ -246,6 +317,8 @@ def train(
             model = model.to(memory_format=torch.channels_last)
         optimizer = _optimizer(model, config)
         start_epoch = 0
+        # Best validation mAP so far, its epoch, and validations since it improved.
+        best: dict[str, Any] = {"value": None, "epoch": None, "stale": 0}
 
         resume_path = None
         if resume is False and (out / "last.pt").is_file():
@@ -264,6 +337,7 @@ def train(
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             start_epoch = int(state["epoch"])
+            best = state.get("best", best)
             if ddp.is_main:
                 print(f"resuming {resume_path} after epoch {start_epoch}/{config.epochs}")
 
@@ -298,6 +372,8 @@ def train(
             )
 
         for epoch in range(start_epoch, config.epochs):
+            if config.early_stopping is not None and best["stale"] >= config.early_stopping:
+                break  # a resumed run that had stopped early stays stopped
             seed = _epoch_seed(config.seed, epoch)
             _seed_everything(seed)  # augmentation in the main process (workers=0)
             generator = torch.Generator().manual_seed(seed)  # shuffling and worker seeds
@@ -331,7 +407,7 @@ def train(
                 if step >= steps:
                     break
                 skipped += bad
-                _set_lr(optimizer, config, (epoch + step / steps) / config.epochs)
+                _set_lr(optimizer, config, epoch + step / steps)
                 if len(targets) == 0:
                     continue
                 images = images.to(device, non_blocking=True)
@@ -377,21 +453,30 @@ def train(
             }
             if ddp.is_main:
                 val_due = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+                improved = False
                 if val_loader is not None and val_due:
                     metrics = classification_map(model, val_loader, device, progress=progress)
-                    record["val_classification_map"] = metrics.get("classification/mAP")
-                save_checkpoint(
-                    out / "last.pt",
-                    {
-                        "model": model.state_dict(),
-                        "model_config": model.config(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1,
-                        "config": asdict(config),
-                        "class_names": classes,
-                        "metrics": record,
-                    },
-                )
+                    value = metrics.get("classification/mAP")
+                    record["val_classification_map"] = value
+                    if value is not None and (best["value"] is None or value > best["value"]):
+                        best = {"value": value, "epoch": epoch + 1, "stale": 0}
+                        improved = True
+                    else:
+                        best = {**best, "stale": best["stale"] + 1}
+                    record["best_epoch"] = best["epoch"]
+                state = {
+                    "model": model.state_dict(),
+                    "model_config": model.config(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "config": asdict(config),
+                    "class_names": classes,
+                    "metrics": record,
+                    "best": best,
+                }
+                if improved:
+                    save_checkpoint(out / "best.pt", state)
+                save_checkpoint(out / "last.pt", state)
                 with open(out / "metrics.jsonl", "a") as log:
                     log.write(json.dumps(record) + "\n")
                 if writer is not None:
@@ -403,9 +488,23 @@ def train(
                         k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
                     }
                     tqdm.write(json.dumps(shown))
+            stop = config.early_stopping is not None and best["stale"] >= config.early_stopping
+            if ddp.enabled:  # every rank stops together (only rank 0 validates)
+                flag = torch.tensor([float(stop and ddp.is_main)], device=ddp.device)
+                dist.all_reduce(flag)
+                stop = bool(flag.item() > 0)
             ddp.barrier()
+            if stop:
+                if ddp.is_main:
+                    print(
+                        f"early stopping after epoch {epoch + 1}: no better validation mAP "
+                        f"for {config.early_stopping} validations (best: epoch {best['epoch']})"
+                    )
+                break
         if writer is not None:
             writer.close()
+        if (out / "best.pt").is_file() and best["epoch"] is not None:
+            return out / "best.pt"
         return out / "last.pt"
     finally:
         ddp.close()

@@ -1,28 +1,47 @@
-"""Tuning the retrieval hyper-parameters on validation data (docs/method.md §5).
+"""Tuning what decides the predictions on validation data (docs/method.md §5).
 
 The paper tunes ``(alpha, beta, tau)`` per class on validation images. Retrieval is cheap
 next to peak back-propagation, so :func:`tune_retrieval` computes each image's peak
 response maps and proposals once and scores every candidate setting on them, each with
 its own streaming evaluator: memory stays flat whatever the number of images.
+
+Besides the :class:`~prm.retrieval.RetrievalConfig` fields (``alpha``, ``beta``,
+``tau``, ``proposal_count``, ``nms_threshold``, ...), the grid may hold the
+:class:`~prm.backprop.PeakSelection` fields ``class_threshold`` and ``peak_threshold`` (in
+the predictor's ``peak_threshold_mode``):
+the maps are then computed once with the loosest values, and each setting keeps the
+peaks its thresholds pass (a peak's map does not depend on the other peaks, so this is
+what predicting with those thresholds gives; a test checks it).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from prm.backprop import PeakSelection, select_peaks
 from prm.engine.inference import dataset_images
 from prm.evaluation import InstanceSegmentationEvaluator
 from prm.predictor import Predictor
 from prm.retrieval import RetrievalConfig
 
-__all__ = ["TuningResult", "tune_retrieval"]
+__all__ = [
+    "PREDICTOR_SETTINGS",
+    "TuningResult",
+    "filter_response",
+    "retrieve_filtered",
+    "tune_retrieval",
+]
 
 _PER_CLASS = ("alpha", "beta", "tau")
+#: PeakSelection fields a grid may tune next to the RetrievalConfig fields.
+PREDICTOR_SETTINGS = ("class_threshold", "peak_threshold")
 
 
 @dataclass
@@ -36,12 +55,96 @@ class TuningResult:
             chosen on them; with ``per_class`` the per-class choice is not re-scored).
         trials: one ``{"params": {...}, "value": float, "per_class": {name: AP}}`` per
             setting of the grid, in grid order.
+        peak_selection: the peak selection of the best setting (the predictor's own
+            when the grid holds no threshold).
+        warnings: what :func:`tune_retrieval` warned about.
     """
 
     best: RetrievalConfig
     metric: str
     value: float | None
     trials: list[dict[str, Any]] = field(default_factory=list)
+    peak_selection: PeakSelection = field(default_factory=PeakSelection)
+    warnings: list[str] = field(default_factory=list)
+
+
+def filter_response(
+    response: dict[str, torch.Tensor], selection: PeakSelection
+) -> dict[str, torch.Tensor]:
+    """The part of a :meth:`~prm.predictor.Predictor.respond` result that a stricter
+    peak selection keeps (the same rule as :func:`prm.backprop.select_peaks`).
+
+    Args:
+        response: ``peak_cells`` (K, 3) ``(c, y, x)``, ``labels`` (K,), ``peak_values``
+            (K,), ``prms`` (K, H, W), ``class_scores`` (C,), ``crm`` (C, h, w).
+        selection: the thresholds, no looser than those ``response`` was made with.
+
+    Returns:
+        the same dict with only the kept peaks (class scores and CRMs unchanged).
+    """
+    cells = response["peak_cells"]
+    with_batch = torch.cat([cells.new_zeros((len(cells), 1)), cells], 1)
+    keep = select_peaks(
+        response["crm"][None], with_batch, response["class_scores"][None], selection
+    )
+    out = dict(response)
+    for key in ("peak_cells", "labels", "peak_values", "prms"):
+        out[key] = response[key][keep]
+    return out
+
+
+def retrieve_filtered(
+    predictor: Predictor,
+    response: dict[str, torch.Tensor],
+    proposals: torch.Tensor,
+    selection: PeakSelection,
+    retrieval: RetrievalConfig | None = None,
+    image: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Predict from a loose response as ``predictor`` would with a stricter ``selection``.
+
+    Args:
+        predictor: supplies the retrieval.
+        response, proposals: from ``respond`` with a selection no stricter than this one.
+        selection: the peak selection to predict with.
+        retrieval: settings to use instead of the predictor's own.
+        image: the ``(3, H, W)`` image when the proposals came from a proposal-free
+            fallback (``proposal_fn`` ``"prm"`` or ``"grabcut"``), which builds them from
+            the kept peaks' maps: they are rebuilt from the peaks kept here.
+
+    Returns:
+        the prediction dict of :meth:`~prm.predictor.Predictor.retrieve`.
+    """
+    part = filter_response(response, selection)
+    if image is not None:
+        proposals = predictor._fallback_proposals(part, image)
+    return predictor.retrieve(part, proposals, retrieval)
+
+
+def _loosest(values: Sequence[Any]) -> Any:
+    return None if any(v is None for v in values) else min(values)
+
+
+def _grid_warnings(grid: Mapping[str, Sequence[Any]], best: dict[str, Any], values) -> list[str]:
+    """Warnings a user should see: nothing scored, or a best value on the grid's edge."""
+    found = []
+    if all(v is None or v == 0 for v in values):
+        found.append(
+            "every setting scored 0: no prediction matched the ground truth (has the "
+            "network learned? do the thresholds drop every peak?); the choice is arbitrary"
+        )
+        return found
+    for name, options in grid.items():
+        numbers = [v for v in options if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) < 2 or best.get(name) not in numbers:
+            continue
+        if best[name] == min(numbers) or best[name] == max(numbers):
+            side = "smallest" if best[name] == min(numbers) else "largest"
+            found.append(
+                f"the best {name} = {best[name]:g} is the {side} value tried: the optimum "
+                "may lie beyond the grid; extend it on that side"
+            )
+    return found
 
 
 def _threshold(metric: str) -> float:
@@ -68,8 +171,9 @@ def tune_retrieval(
         predictor: the predictor to tune; its ``retrieval`` is the base that the grid
             changes (the predictor is not modified).
         dataset: a ``prm.data`` dataset with instance masks, without a transform.
-        grid: ``RetrievalConfig`` field -> values to try, e.g.
-            ``{"beta": [1e-5, 1e-4], "alpha": [0.5, 0.8]}`` (the Cartesian product).
+        grid: ``RetrievalConfig`` field, ``class_threshold`` or ``peak_threshold`` ->
+            values to try, e.g. ``{"beta": [1e-5, 1e-4], "peak_threshold": [0, 0.5]}``
+            (the Cartesian product).
         proposals: per-image proposal source (see
             :func:`prm.engine.inference.proposal_source`); ``None`` uses the predictor's
             ``proposal_fn``.
@@ -82,9 +186,12 @@ def tune_retrieval(
         progress: show a progress bar.
 
     Returns:
-        A :class:`TuningResult`.
+        A :class:`TuningResult`; its ``peak_selection`` holds the chosen thresholds. It
+        warns (and lists in ``warnings``) when every setting scores 0, and when a numeric
+        setting's best value is the smallest or largest of its grid.
     """
-    unknown = sorted(set(grid) - {f for f in RetrievalConfig.__dataclass_fields__})
+    known = {f for f in RetrievalConfig.__dataclass_fields__} | set(PREDICTOR_SETTINGS)
+    unknown = sorted(set(grid) - known)
     if unknown:
         raise ValueError(f"unknown retrieval settings in the grid: {unknown}")
     if not grid or any(len(v) == 0 for v in grid.values()):
@@ -92,20 +199,37 @@ def tune_retrieval(
     threshold = _threshold(metric)
     names = list(grid)
     settings = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
-    configs = [replace(predictor.retrieval, **s) for s in settings]
+    selections = [
+        replace(predictor.peak_selection, **{k: v for k, v in s.items() if k in PREDICTOR_SETTINGS})
+        for s in settings
+    ]
+    configs = [
+        replace(predictor.retrieval, **{k: v for k, v in s.items() if k not in PREDICTOR_SETTINGS})
+        for s in settings
+    ]
     classes = list(dataset.classes)
     for config in configs:
         config.validate(len(classes))
     evaluators = [
         InstanceSegmentationEvaluator(classes, iou_thresholds=[threshold]) for _ in configs
     ]
+    # One back-propagation per image, with the loosest thresholds of the grid.
+    loose = copy.copy(predictor)
+    loose.peak_selection = replace(
+        predictor.peak_selection,
+        **{n: _loosest([getattr(s, n) for s in selections]) for n in PREDICTOR_SETTINGS},
+    )
 
     for index, image, target, props in dataset_images(
         dataset, proposals, limit, progress=progress, desc="tune retrieval"
     ):
-        response, props = predictor.respond(image, props, index)
-        for config, evaluator in zip(configs, evaluators):
-            evaluator.process([target], [predictor.retrieve(response, props, config)])
+        fallback = props is None and isinstance(predictor.proposal_fn, str)
+        response, props = loose.respond(image, props, index)
+        for config, kept, evaluator in zip(configs, selections, evaluators):
+            found = retrieve_filtered(
+                predictor, response, props, kept, config, image if fallback else None
+            )
+            evaluator.process([target], [found])
 
     key = f"instance/mAP_r@{threshold:g}"
     trials = []
@@ -126,4 +250,14 @@ def tune_retrieval(
                 value = getattr(configs[pick], name)
                 chosen[name].append(value[classes.index(c)] if isinstance(value, list) else value)
         best = replace(best, **chosen)
-    return TuningResult(best=best, metric=key, value=trials[best_index]["value"], trials=trials)
+    found = _grid_warnings(grid, settings[best_index], [t["value"] for t in trials])
+    for message in found:
+        warnings.warn(message, stacklevel=2)
+    return TuningResult(
+        best=best,
+        metric=key,
+        value=trials[best_index]["value"],
+        trials=trials,
+        peak_selection=selections[best_index],
+        warnings=found,
+    )

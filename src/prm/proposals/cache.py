@@ -47,6 +47,19 @@ def _compute(generator, image) -> CompactProposals | torch.Tensor:
     return propose(image) if callable(propose) else generator(image)
 
 
+def cache_file(folder: str | os.PathLike, image_id: str) -> Path:
+    """The file of an image id in a cache's settings folder (ids made safe as names)."""
+    return Path(folder) / safe_relative_name(image_id, ".npz", keep_folders=False)
+
+
+def cache_folders(root: str | os.PathLike) -> list[Path]:
+    """The settings folders (``<generator>-<hash>/``) a cache root holds, sorted."""
+    root = Path(root)
+    if (root / "settings.json").is_file():
+        return [root]
+    return sorted(p.parent for p in root.glob("*/settings.json"))
+
+
 class ProposalCache:
     """Proposals on disk, keyed by image id and a hash of the generator's settings.
 
@@ -75,7 +88,7 @@ class ProposalCache:
 
     def path(self, image_id: str) -> Path:
         """The cache file of an image id (ids are made safe as file names)."""
-        return self.folder / safe_relative_name(image_id, ".npz", keep_folders=False)
+        return cache_file(self.folder, image_id)
 
     def __contains__(self, image_id: str) -> bool:
         return self.path(image_id).is_file()
