@@ -37,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", help="image files and/or folders of images")
-    source.add_argument("--dataset", help="voc, coco, folder or shapes")
+    source.add_argument("--dataset", help="voc, coco, folder, shapes or glyphs")
     parser.add_argument("--root", help="dataset folder")
     parser.add_argument("--split", help="dataset split (default: the reader's evaluation split)")
     parser.add_argument("--out", required=True, help="output folder")

@@ -43,7 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
-    parser.add_argument("--dataset", required=True, help="voc, coco, folder or shapes")
+    parser.add_argument("--dataset", required=True, help="voc, coco, folder, shapes or glyphs")
     parser.add_argument("--root", help="dataset folder")
     parser.add_argument("--split", default="val", help="split to tune on (default val)")
     parser.add_argument("--limit", type=int, help="only the first N images")
