@@ -306,6 +306,12 @@ def from_classifier(
     from prm.model import PeakResponseNet
 
     features, head, found_name = _split_classifier(model)
+    if head.in_features != features.out_channels:
+        raise ValueError(
+            f"{type(model).__name__}'s head is not global average pooling + one linear layer: "
+            f"its linear layer takes {head.in_features} features, the pooled features have "
+            f"{features.out_channels} (a layer sits between them, e.g. MobileNetV3's conv_head)"
+        )
     num_classes = head.out_features
     if class_names is None and num_classes == IMAGENET_CLASSES:
         try:
