@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: Maps shipped with the package: name -> file in ``prm/class_maps``.
-BUILTIN_MAPS = {"voc": "imagenet_voc.yaml"}
+BUILTIN_MAPS = {"voc": "imagenet_voc.yaml", "coco": "imagenet_coco.yaml"}
 
 
 @dataclass(frozen=True)
