@@ -83,6 +83,12 @@ def test_builtin_voc_map():
     members = dict(zip(groups.names, groups.members))
     assert members["dog"] == tuple(range(151, 269))
     assert len(members["bird"]) == 59 and members["cat"] == (281, 282, 283, 284, 285)
+    coco = load_class_groups("coco")
+    assert len(coco.names) == 55 and not {"person", "kite", "handbag"} & set(coco.names)
+    # Shared classes are mapped alike in both files.
+    coco_members = dict(zip(coco.names, coco.members))
+    for voc_name, coco_name in [("dog", "dog"), ("sofa", "couch"), ("tvmonitor", "tv")]:
+        assert members[voc_name] == coco_members[coco_name]
 
 
 def test_user_map_from_yaml(tmp_path):
