@@ -64,6 +64,7 @@ def test_unknown_timm_weights_are_a_clear_cli_error(tmp_path, capsys, shared_dat
     code = main(
         ["train", "--dataset", "folder", "--root", str(root), "--val-split", "none",
          "--backbone", "timm:resnet18", "--weights", "missing.pth", "--epochs", "1",
+         "--batch-size", "2",
          "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run"), "--quiet"]
     )  # fmt: skip
     assert code == 2
