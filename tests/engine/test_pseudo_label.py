@@ -1,4 +1,4 @@
-"""`prm pseudo-label`: filtering, COCO instances output, resume after a kill, sharding (issue 15)."""
+"""`prm pseudo-label`: filters, COCO instances output, resume after a kill, shards (issue 15)."""
 
 import json
 import os
