@@ -34,6 +34,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -332,12 +333,19 @@ def _model_config(config: DistillConfig, classes: list[str]) -> dict[str, Any]:
     }
 
 
-def distill(config: DistillConfig, *, resume: bool = True, progress: bool = True) -> Path:
+def distill(
+    config: DistillConfig,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    on_epoch: Callable[[int], None] | None = None,
+) -> Path:
     """Train Mask R-CNN on pseudo-labels; returns the final checkpoint (``<out>/last.pt``).
 
     With ``resume=True`` an existing ``<out>/last.pt`` of the same configuration is
     continued from its epoch (a finished run returns at once); one of another
-    configuration is refused.
+    configuration is refused. ``on_epoch(epoch)`` is called after each epoch's
+    checkpoint and log line are written.
     """
     from prm.data import build_dataset
     from prm.engine.train import resolve_device
@@ -350,6 +358,7 @@ def distill(config: DistillConfig, *, resume: bool = True, progress: bool = True
     data = PseudoLabelDataset(config.pseudo_labels, source)
     if len(data) == 0:
         raise ValueError(f"{config.pseudo_labels} has no images")
+    torch.manual_seed(config.seed)  # the initial weights: the same in every run of a config
     model = build_maskrcnn(
         len(data.classes),
         config.backbone,
@@ -433,6 +442,8 @@ def distill(config: DistillConfig, *, resume: bool = True, progress: bool = True
         )
         with open(out / "metrics.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     return checkpoint
 
 
@@ -512,7 +523,8 @@ class DistilledPredictor:
     (N, 4), ``peaks`` (N, 2) ``(x, y)`` (the mask's centroid: Mask R-CNN has no peaks),
     ``prms`` (N, H, W) (the mask probabilities), ``peak_values``, ``retrieval_scores``,
     ``instance_class_scores`` (N,), ``class_scores`` (C,) (the best detection score of
-    each class, 0 without one) and ``class_peaks`` (C, 2). Proposals are ignored.
+    each class, 0 without one), ``class_peaks`` (C, 2) and ``crm`` (C, H, W) (per
+    class, the highest score-weighted mask probability). Proposals are ignored.
     """
 
     needs_proposals = False
@@ -554,6 +566,10 @@ class DistilledPredictor:
         peaks = torch.stack(
             [(probs * xs).sum((1, 2)) / weight, (probs * ys).sum((1, 2)) / weight], 1
         )
+        # The class maps reports draw: each class's best score-weighted mask probability.
+        crm = torch.zeros((self.num_classes, *size))
+        for i in range(len(scores)):
+            crm[labels[i]] = torch.maximum(crm[labels[i]], probs[i] * scores[i])
         class_scores = torch.zeros(self.num_classes)
         class_peaks = torch.zeros((self.num_classes, 2))
         for i in reversed(range(len(scores))):  # the best instance of each class wins
@@ -571,6 +587,7 @@ class DistilledPredictor:
             "instance_class_scores": class_scores[labels] if len(labels) else scores.clone(),
             "class_scores": class_scores,
             "class_peaks": class_peaks,
+            "crm": crm,
         }
 
 

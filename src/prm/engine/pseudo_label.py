@@ -40,7 +40,13 @@ from tqdm.auto import tqdm
 from prm.masks import encode_rle
 from prm.predictor import to_image_tensor
 
-__all__ = ["PseudoLabelFilter", "filter_instances", "merge_parts", "pseudo_label"]
+__all__ = [
+    "PseudoLabelFilter",
+    "filter_instances",
+    "merge_parts",
+    "pseudo_label",
+    "pseudo_label_quality",
+]
 
 INSTANCES_FILE = "instances.json"
 PARTS_DIR = "parts"
@@ -355,3 +361,58 @@ def merge_parts(
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
     return path
+
+
+def pseudo_label_quality(
+    pseudo_labels: str | os.PathLike, dataset, iou_threshold: float = 0.5
+) -> dict[str, float]:
+    """Precision and recall of pseudo-labels against the dataset's instance ground truth.
+
+    For measurement only (training never reads the ground truth). Within each image and
+    class, pseudo instances are matched greedily by decreasing score to the unmatched
+    ground-truth mask of highest IoU, a match needing ``IoU >= iou_threshold``.
+
+    Returns:
+        ``{"precision", "recall", "pseudo_instances", "gt_instances", "images"}``:
+        precision = matched / pseudo instances, recall = matched / ground-truth
+        instances of the pseudo-labelled images.
+    """
+    from pycocotools import mask as mask_utils
+
+    data = json.loads(Path(pseudo_labels).read_text())
+    index_of = {dataset.image_id(i): i for i in range(len(dataset))}
+    label_of = {int(c): i for i, c in enumerate(dataset.category_ids)}
+    by_image: dict[int, list[dict]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(int(ann["image_id"]), []).append(ann)
+    matched = pseudo = gt_count = 0
+    for image in data["images"]:
+        index = index_of[str(image["prm_image_id"])]
+        target = dataset[index][1]
+        gt_masks = torch.as_tensor(target["masks"]).bool()
+        gt_labels = torch.as_tensor(target["labels"]).tolist()
+        gt_count += len(gt_labels)
+        used: set[int] = set()
+        anns = sorted(by_image.get(int(image["id"]), []), key=lambda a: -a["score"])
+        for ann in anns:
+            pseudo += 1
+            mask = torch.from_numpy(mask_utils.decode(ann["segmentation"])).bool()
+            label = label_of[int(ann["category_id"])]
+            best, best_iou = None, iou_threshold
+            for j, gt_label in enumerate(gt_labels):
+                if j in used or gt_label != label:
+                    continue
+                union = (mask | gt_masks[j]).sum().item()
+                iou = (mask & gt_masks[j]).sum().item() / union if union else 0.0
+                if iou >= best_iou:
+                    best, best_iou = j, iou
+            if best is not None:
+                used.add(best)
+                matched += 1
+    return {
+        "precision": matched / pseudo if pseudo else 0.0,
+        "recall": matched / gt_count if gt_count else 0.0,
+        "pseudo_instances": pseudo,
+        "gt_instances": gt_count,
+        "images": len(data["images"]),
+    }
