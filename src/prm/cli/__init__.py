@@ -28,6 +28,8 @@ COMMANDS = {
     "proposals": ".proposals",
     "report": ".report",
     "explain": ".explain",
+    "pseudo-label": ".pseudo_label",
+    "distill": ".distill",
 }
 
 #: torch's intra-op threads per process unless ``--threads`` says otherwise. Measured on a

@@ -34,7 +34,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a checkpoint from `prm train` or `prm distill`"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", help="image files and/or folders of images")
     source.add_argument("--dataset", help="voc, coco, folder or shapes")
@@ -142,10 +144,13 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
 def build_predictor(args: argparse.Namespace):
     """The model and :class:`~prm.predictor.Predictor` the flags describe."""
     from prm.engine import load_checkpoint, load_model
+    from prm.engine.distill import distilled_predictor, is_distilled_checkpoint
     from prm.engine.train import resolve_device
     from prm.predictor import Predictor
     from prm.retrieval import RetrievalConfig
 
+    if is_distilled_checkpoint(args.checkpoint):  # `prm distill`: one forward pass, no proposals
+        return distilled_predictor(args.checkpoint, device=resolve_device(args.device))
     overrides = {}
     if args.sub_pixel_factor is not None:
         overrides["sub_pixel_factor"] = args.sub_pixel_factor
@@ -284,7 +289,9 @@ def run(args: argparse.Namespace) -> int:
     if args.evaluate and args.images:
         raise ValueError("--evaluate needs --dataset (images alone have no ground truth)")
     model, predictor = build_predictor(args)
-    source = proposal_source(args.proposals, args.proposal_cache)
+    source = None
+    if getattr(predictor, "needs_proposals", True):
+        source = proposal_source(args.proposals, args.proposal_cache)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     common = {
         "proposals": source,
