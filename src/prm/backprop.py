@@ -95,6 +95,37 @@ class _ProbConv2d(torch.autograd.Function):
         return shifted * spread, None, None, None, None, None, None
 
 
+class _ProbLinear(torch.autograd.Function):
+    """linear whose backward is the PRM rule (a 1x1 convolution on channels-last maps).
+
+    ConvNeXt-style blocks apply their pointwise convolutions as ``nn.Linear`` on
+    ``(B, H, W, C)`` maps; the rule treats them as the 1x1 convolutions they are, with
+    ``m`` the minimum over each image's whole input, as for ``conv2d``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, weight, bias):
+        return F.linear(input, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, _ = inputs
+        with torch.no_grad():
+            dims = tuple(range(1, input.dim()))
+            shifted = input - input.amin(dim=dims, keepdim=True) if dims else input - input.min()
+            positive = weight.clamp(min=0)
+            z = F.linear(shifted, positive)
+            inv_z = (z + _EPS).reciprocal_().masked_fill_(z < _EPS, 0.0)
+        ctx.save_for_backward(shifted, positive, inv_z)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        shifted, positive, inv_z = ctx.saved_tensors
+        return shifted * ((grad_output * inv_z) @ positive), None, None
+
+
 class _EvalBatchNorm(torch.autograd.Function):
     """Eval-mode batch norm with an explicit affine backward.
 
@@ -166,6 +197,10 @@ class _PeakBackpropMode(TorchFunctionMode):
                 a["dilation"],
                 a["groups"],
             )
+        if func is F.linear:
+            a = _bind(("input", "weight", "bias"), {"bias": None}, args, kwargs)
+            bias = a["bias"].detach() if a["bias"] is not None else None
+            return _ProbLinear.apply(a["input"], a["weight"].detach(), bias)
         if func is F.batch_norm:
             a = _bind(_BN_ARGS, _BN_DEFAULTS, args, kwargs)
             if not a["training"] and a["running_mean"] is not None:
@@ -184,6 +219,12 @@ class _PeakBackpropMode(TorchFunctionMode):
 @contextmanager
 def peak_backprop_rule() -> Iterator[None]:
     """Context manager: inside it, every ``conv2d`` back-propagates by the PRM rule.
+
+    ``linear`` layers too (pointwise convolutions written as ``nn.Linear`` on
+    channels-last maps, as in ConvNeXt). Grouped and depthwise convolutions follow the
+    same rule within each group; activations (ReLU6, SiLU, GELU, hard-swish), squeeze-
+    excitation gates (whose own 1x1 convolutions also follow the rule), LayerNorm and
+    pooling keep their ordinary gradients, as every non-convolution layer does.
 
     Only calls made inside the ``with`` block are affected, on this thread; no class,
     module or hook is modified, so nothing needs undoing when the block raises. The

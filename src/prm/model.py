@@ -246,7 +246,9 @@ def build_backbone(name: str, weights: Any = None, progress: bool = True) -> nn.
     """A classification backbone cut before global pooling.
 
     Args:
-        name: one of :data:`BACKBONES`.
+        name: one of :data:`BACKBONES`, or ``"timm:NAME"`` for any timm model (see
+            :func:`prm.classifier.build_timm_backbone`, whose ``weights`` also accept
+            ``"lite0"``: EfficientNet-Lite0 ImageNet weights from an installed package).
         weights: ``None`` (random initialisation); a torchvision weights enum or its name
             (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V2"``),
             fetched through torchvision's cache (``$TORCH_HOME/hub/checkpoints``); or the
@@ -258,8 +260,15 @@ def build_backbone(name: str, weights: Any = None, progress: bool = True) -> nn.
         An ``nn.Module`` mapping ``(B, 3, H, W)`` to ``(B, D, H / s, W / s)`` with an
         ``out_channels`` attribute ``D`` and stride ``s`` (32 for ResNet/VGG, 8 for small).
     """
+    if name.startswith("timm:"):
+        # Any timm model (prm.classifier); "timm:" keeps the torchvision names unambiguous.
+        from prm.classifier import build_timm_backbone
+
+        return build_timm_backbone(name, weights)
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose from {list(BACKBONES)}")
+        raise ValueError(
+            f"unknown backbone {name!r}; choose from {list(BACKBONES)} or 'timm:MODEL_NAME'"
+        )
     enum, path = _resolve_weights(name, weights)
     if name in ("small", "small_res"):
         if enum is not None:

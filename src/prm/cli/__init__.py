@@ -27,6 +27,9 @@ COMMANDS = {
     "tune": ".tune",
     "proposals": ".proposals",
     "report": ".report",
+    "explain": ".explain",
+    "pseudo-label": ".pseudo_label",
+    "distill": ".distill",
 }
 
 #: torch's intra-op threads per process unless ``--threads`` says otherwise. Measured on a
@@ -36,6 +39,7 @@ DEFAULT_THREADS = 1
 
 EPILOG = """examples:
   prm demo                       # synthetic data: train, predict, evaluate (CPU, minutes)
+  prm explain photo.jpg          # your photos, an ImageNet classifier, no training
   prm train --dataset voc --root VOCdevkit/VOC2012 --out runs/voc
   prm predict --checkpoint runs/voc/last.pt --images photos/ --out predictions/
   prm evaluate --dataset voc --root VOCdevkit/VOC2012 --split val --predictions results.json

@@ -34,7 +34,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a checkpoint from `prm train` or `prm distill`"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", help="image files and/or folders of images")
     source.add_argument("--dataset", help="voc, coco, folder, shapes or glyphs")
@@ -146,16 +148,21 @@ def _given(args: argparse.Namespace, names) -> dict:
 def build_predictor(args: argparse.Namespace, grid: bool = False):
     """The model and :class:`~prm.predictor.Predictor` the flags describe.
 
-    Settings: the checkpoint's < the tuned file (``--retrieval-config FILE``, else the
-    checkpoint folder's :data:`TUNED_FILE` unless ``--retrieval-config none``) < flags.
-    With ``grid=True`` the :data:`GRID` flags (lists to search) are left to the caller.
+    A ``prm distill`` checkpoint gives its one-pass predictor (no proposals, no peak or
+    retrieval settings). Otherwise settings: the checkpoint's < the tuned file
+    (``--retrieval-config FILE``, else the checkpoint folder's :data:`TUNED_FILE` unless
+    ``--retrieval-config none``) < flags. With ``grid=True`` the :data:`GRID` flags
+    (lists to search) are left to the caller.
     """
     from dataclasses import replace
 
+    from prm.engine.distill import distilled_predictor, is_distilled_checkpoint
     from prm.engine.train import resolve_device
     from prm.predictor import Predictor
     from prm.retrieval import RetrievalConfig
 
+    if is_distilled_checkpoint(args.checkpoint):  # `prm distill`: one forward pass, no proposals
+        return distilled_predictor(args.checkpoint, device=resolve_device(args.device))
     predictor = Predictor.from_checkpoint(
         args.checkpoint,
         device=resolve_device(args.device),
@@ -267,7 +274,9 @@ def run(args: argparse.Namespace) -> int:
     if args.evaluate and args.images:
         raise ValueError("--evaluate needs --dataset (images alone have no ground truth)")
     model, predictor = build_predictor(args)
-    source = proposal_source(args.proposals, args.proposal_cache)
+    source = None
+    if getattr(predictor, "needs_proposals", True):
+        source = proposal_source(args.proposals, args.proposal_cache)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     common = {
         "proposals": source,

@@ -8,6 +8,10 @@ EPILOG = """examples:
   # the authors' PASCAL VOC 2012 recipe (ResNet-50, 448 px, 20 epochs; ImageNet weights)
   prm train --preset voc --root VOCdevkit/VOC2012 --out runs/voc
 
+  # fine-tune EfficientNet-Lite0's ImageNet weights (no download) on your photos
+  prm train --dataset folder --root photos/ --backbone timm:efficientnet_lite0 \\
+      --weights lite0 --image-size 448 --out runs/mine
+
   # the CPU demo recipe on the embedded synthetic dataset
   prm train --preset shapes --out runs/shapes --epochs 6
 
@@ -44,9 +48,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--seed) instead of --val-split: for labels of one split only, e.g. a COCO "
         "training json",
     )
-    parser.add_argument("--backbone", help="resnet18/34/50/101, vgg16, vgg16_bn or small")
     parser.add_argument(
-        "--weights", help="backbone weights: 'none', a torchvision name (IMAGENET1K_V1) or a .pth"
+        "--backbone",
+        help="resnet18/34/50/101, vgg16, vgg16_bn, small, or timm:NAME (any timm model)",
+    )
+    parser.add_argument(
+        "--weights",
+        help="backbone weights: 'none', a torchvision name (IMAGENET1K_V1), a .pth; for "
+        "timm backbones 'lite0' (installed package, no download) or 'timm' (download)",
     )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)

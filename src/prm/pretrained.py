@@ -1,0 +1,215 @@
+"""PRM on real photos with no training: an ImageNet classifier, class groups, tamed peaks.
+
+    from prm.pretrained import pretrained_model, pretrained_predictor
+    model = pretrained_model()                    # Lite0 ImageNet weights + the VOC map
+    predictor = pretrained_predictor(model)       # selective-search proposals
+    instances = predictor([photo])[0]             # masks, labels, scores, peaks, PRMs
+
+An off-the-shelf classifier was not trained with peak stimulation, so its class response
+maps have many small local maxima and logits whose scale varies from photo to photo. The
+zero-training defaults (:data:`DEFAULTS`) tame them, and were chosen by measurement on
+real photos with instance masks (``benchmarks/real_photos.py``, README "Real photos"):
+
+- class scores are in log-probability units (see
+  :class:`~prm.class_groups.GroupedResponseNet`), and a class is kept when its score is
+  at least ``log(class_probability)``;
+- a peak must reach ``peak_threshold`` of its map's range (relative to the photo's own
+  responses, :func:`prm.backprop.select_peaks`);
+- peaks of one object are merged (:func:`merge_peaks`): a peak joined to a stronger peak
+  of its class by a ridge that never drops below ``merge`` of its height is the same
+  object, and is dropped before back-propagation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from prm.class_groups import ClassGroups, GroupedResponseNet, load_class_groups
+from prm.peaks import find_peaks
+
+__all__ = [
+    "DEFAULTS",
+    "PretrainedSettings",
+    "merge_peaks",
+    "pretrained_model",
+    "pretrained_predictor",
+]
+
+
+@dataclass(frozen=True)
+class PretrainedSettings:
+    """Settings of a zero-training PRM model (see the module docstring).
+
+    Attributes:
+        input_size: network input side in pixels (photos are resized to a square).
+        class_probability: a class is kept when its score (a log-probability) is at least
+            ``log`` of this.
+        peak_threshold: relative peak threshold in ``[0, 1]`` of the map's range.
+        win_size: odd peak window in CRM cells.
+        peak_filter: the peak filter (see :func:`prm.peaks.find_peaks`).
+        merge: ridge ratio of :func:`merge_peaks`; ``None`` keeps every peak.
+    """
+
+    # Chosen on the COCO fixture (10 photos; README "Real photos"): at 448 px Lite0 (trained
+    # at 224) found almost nothing; 320 px was best.
+    input_size: int = 320
+    class_probability: float = 0.05
+    peak_threshold: float = 0.5
+    win_size: int = 3
+    peak_filter: Any = "median"
+    merge: float | None = 0.4
+
+
+#: The defaults of :func:`pretrained_model`, :func:`pretrained_predictor` and ``prm explain``.
+DEFAULTS = PretrainedSettings()
+
+
+def _line(y0: int, x0: int, y1: int, x1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    steps = max(abs(y1 - y0), abs(x1 - x0)) + 1
+    t = torch.linspace(0.0, 1.0, steps)
+    return (y0 + t * (y1 - y0)).round().long(), (x0 + t * (x1 - x0)).round().long()
+
+
+def merge_peaks(crm: torch.Tensor, peaks: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Which peaks stay when peaks of one object are merged.
+
+    Within each (image, class) map, peaks are visited from the highest down; a peak is
+    dropped when, for some stronger peak already kept, the map along the straight line
+    between them never falls below ``ratio`` of the weaker peak's height (heights
+    measured from the map's minimum). Two objects are separated by a valley; two local
+    maxima of one object are joined by a ridge.
+
+    Args:
+        crm (Tensor[B, C, h, w]): class response maps.
+        peaks (Tensor[K, 4]): ``(b, c, y, x)`` rows.
+        ratio: in ``[0, 1]``; 1 merges only peaks joined by a ridge at full height.
+
+    Returns:
+        Tensor[K] (bool): the peaks to keep (the strongest of each map is always kept).
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"merge ratio must lie in [0, 1], got {ratio}")
+    keep = torch.ones(len(peaks), dtype=torch.bool)
+    if len(peaks) < 2:
+        return keep
+    values = crm[peaks[:, 0], peaks[:, 1], peaks[:, 2], peaks[:, 3]]
+    lows = crm.flatten(2).amin(2)
+    for key in torch.unique(peaks[:, :2], dim=0).tolist():
+        b, c = key
+        index = torch.nonzero((peaks[:, 0] == b) & (peaks[:, 1] == c)).flatten()
+        index = index[torch.argsort(values[index], descending=True, stable=True)]
+        low = lows[b, c]
+        kept: list[int] = []
+        for i in index.tolist():
+            _, _, y, x = peaks[i].tolist()
+            height = values[i] - low
+            merged = False
+            for j in kept:
+                _, _, y1, x1 = peaks[j].tolist()
+                ys, xs = _line(y, x, y1, x1)
+                if crm[b, c, ys, xs].min() - low >= ratio * height:
+                    merged = True
+                    break
+            if merged:
+                keep[i] = False
+            else:
+                kept.append(i)
+    return keep
+
+
+class _MergingGroupedNet(GroupedResponseNet):
+    """:class:`GroupedResponseNet` whose peaks of one object are merged."""
+
+    def __init__(self, *args, merge: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.merge = merge
+
+    @torch.no_grad()
+    def find_peaks(self, crm: torch.Tensor) -> torch.Tensor:
+        peaks = find_peaks(crm, self.win_size, self.peak_filter)
+        if self.merge is None:
+            return peaks
+        return peaks[merge_peaks(crm, peaks, self.merge)]
+
+
+def pretrained_model(
+    classes: str | ClassGroups = "voc",
+    *,
+    arch: str = "efficientnet_lite0",
+    weights: Any = "lite0",
+    settings: PretrainedSettings = DEFAULTS,
+) -> GroupedResponseNet:
+    """An ImageNet classifier as a zero-training PRM model over class groups.
+
+    Args:
+        classes: a built-in map (``"voc"``, ``"coco"``), the path of a YAML map, or
+            :class:`~prm.class_groups.ClassGroups` (see :mod:`prm.class_groups`).
+        arch: a timm model with a pooling + linear head (``efficientnet_lite0``).
+        weights: ``"lite0"`` (from the ``lite0`` extra, no download), ``"timm"`` (timm's
+            hub weights: a download) or the path of a timm state dict.
+        settings: peak settings (``win_size``, ``peak_filter``, ``merge``).
+
+    Returns:
+        A :class:`~prm.class_groups.GroupedResponseNet` in eval mode whose class scores
+        are log-probabilities; ``class_names`` are the groups'.
+    """
+    from prm.classifier import _timm_classifier, from_classifier
+
+    classifier = _timm_classifier(arch.removeprefix("timm:"), weights).eval()
+    base = from_classifier(classifier)
+    groups = classes if isinstance(classes, ClassGroups) else load_class_groups(classes)
+    return _MergingGroupedNet(
+        base,
+        groups,
+        win_size=settings.win_size,
+        peak_filter=settings.peak_filter,
+        merge=settings.merge,
+    ).eval()
+
+
+def pretrained_predictor(
+    model: GroupedResponseNet | None = None,
+    *,
+    settings: PretrainedSettings = DEFAULTS,
+    proposal_fn: Any = "selective-search",
+    **kwargs: Any,
+):
+    """A :class:`~prm.predictor.Predictor` with the zero-training thresholds.
+
+    Args:
+        model: from :func:`pretrained_model` (built with the defaults when omitted).
+        settings: thresholds and input size.
+        proposal_fn: ``"selective-search"`` (:class:`prm.proposals.SelectiveSearch`
+            with its defaults), ``"prm"`` (the proposal-free fallback), or a callable.
+        **kwargs: other :class:`~prm.predictor.Predictor` arguments (``response="crm"``
+            for the CAM baseline, ``retrieval``, ``score``, ...).
+    """
+    from prm.backprop import PeakSelection
+    from prm.predictor import Predictor
+
+    if model is None:
+        model = pretrained_model(settings=settings)
+    if proposal_fn == "selective-search":
+        from prm.proposals import SelectiveSearch
+
+        proposal_fn = SelectiveSearch()
+    return Predictor(
+        model,
+        input_size=settings.input_size,
+        peak_selection=PeakSelection(
+            class_threshold=math.log(settings.class_probability),
+            peak_threshold=settings.peak_threshold,
+            peak_threshold_mode="relative",
+        ),
+        proposal_fn=proposal_fn,
+        **kwargs,
+    )
+
+
+def with_settings(settings: PretrainedSettings = DEFAULTS, **changes: Any) -> PretrainedSettings:
+    """A copy of ``settings`` with some fields changed."""
+    return replace(settings, **changes)

@@ -1,0 +1,137 @@
+"""`prm distill`: Mask R-CNN on pseudo-labels, exact resume, Predictor-compatible output."""
+
+import json
+
+import pytest
+import torch
+
+from prm.backprop import PeakSelection
+from prm.cli import main
+from prm.data import ShapeScenes
+from prm.engine import load_checkpoint
+from prm.engine.distill import (
+    DistillConfig,
+    distill,
+    distilled_predictor,
+    load_distill_config,
+)
+from prm.engine.pseudo_label import pseudo_label_quality
+from prm.evaluation import load_results
+from prm.masks import encode_rle
+from prm.model import build_model
+from prm.predictor import Predictor
+
+
+def ground_truth_json(path, dataset, drop=0):
+    """A pseudo-label file holding the ground truth (minus the first ``drop`` instances)."""
+    images, annotations = [], []
+    for index in range(len(dataset)):
+        target = dataset[index][1]
+        images.append(
+            {"id": index + 1, "prm_image_id": dataset.image_id(index), "size": target["size"]}
+        )
+        for rle, label in zip(encode_rle(target["masks"]), target["labels"].tolist()):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": index + 1,
+                    "category_id": label + 1,
+                    "segmentation": rle,
+                    "score": 1.0,
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(dataset.classes)]
+    data = {"images": images, "annotations": annotations[drop:], "categories": categories}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def config(tmp_path, name, **changes):
+    labels = tmp_path / "labels.json"
+    if not labels.is_file():
+        ground_truth_json(labels, ShapeScenes("train", 4))  # as the CLI builds it
+    values = {
+        "pseudo_labels": str(labels),
+        "dataset": "shapes",
+        "split": "train",
+        "out": str(tmp_path / name),
+        "min_size": 64,
+        "max_size": 64,
+        "epochs": 2,
+        "batch_size": 2,
+        "device": "cpu",
+        "max_steps_per_epoch": 2,
+        **changes,
+    }
+    return DistillConfig(**values)
+
+
+def test_pseudo_label_quality_against_ground_truth(tmp_path):
+    dataset = ShapeScenes("train", 3, size=64)
+    exact = pseudo_label_quality(ground_truth_json(tmp_path / "a.json", dataset), dataset)
+    assert exact["precision"] == exact["recall"] == 1.0
+    partial = pseudo_label_quality(ground_truth_json(tmp_path / "b.json", dataset, 2), dataset)
+    assert partial["precision"] == 1.0
+    assert partial["recall"] == pytest.approx(1 - 2 / exact["gt_instances"])
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    straight = distill(config(tmp_path, "straight"), progress=False)
+
+    def stop(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt  # the run dies after its first checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(config(tmp_path, "resumed"), progress=False, on_epoch=stop)
+    resumed = distill(config(tmp_path, "resumed"), progress=False)  # continues epoch 2
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    log = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+    with pytest.raises(ValueError, match="another configuration"):
+        distill(config(tmp_path, "resumed", lr=0.5), progress=False)
+
+
+def test_predictions_have_the_predictor_format_and_the_cli_uses_them(tmp_path):
+    checkpoint = distill(config(tmp_path, "run", epochs=1), progress=False)
+    model, distilled = distilled_predictor(checkpoint)
+    image = ShapeScenes("test", 1)[0][0]
+    distilled.score_threshold = 0.0  # an undertrained model: keep whatever it finds
+    got = distilled([image])[0]
+    prm_model = build_model("small", 6, class_names=model.class_names)
+    want = Predictor(
+        prm_model,
+        input_size=32,
+        peak_selection=PeakSelection(class_threshold=-1e9, peak_threshold=0.0),
+        proposal_fn="prm",
+    )([image])[0]
+    assert set(want) <= set(got)
+    n = len(got["scores"])
+    assert got["masks"].shape == (n, 128, 128) and got["masks"].dtype == torch.bool
+    assert got["class_scores"].shape == (6,) and got["class_peaks"].shape == (6, 2)
+    assert got["labels"].min() >= 0 if n else True
+    assert torch.all(got["scores"][:-1] >= got["scores"][1:])
+
+    out = tmp_path / "predict"
+    args = ["predict", "--checkpoint", str(checkpoint), "--dataset", "shapes", "--split"]
+    args += ["test", "--limit", "2", "--out", str(out), "--evaluate", "--quiet"]
+    assert main([*args, "--metrics", "instance", "classification", "--device", "cpu"]) == 0
+    assert "instance/mAP_r@0.5" in json.loads((out / "metrics.json").read_text())
+    results = load_results(out / "results.json", ShapeScenes("test", 2))
+    assert sum(len(r["scores"]) for r in results) > 0
+
+
+def test_yaml_config_is_checked(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("pseudo_labels: x.json\nepochs: 3\n")
+    assert load_distill_config(good, epochs=5).epochs == 5  # flags override the file
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pseudo_labels: x.json\nepoch: 3\n")
+    with pytest.raises(ValueError, match="unknown settings"):
+        load_distill_config(bad)
+    with pytest.raises(ValueError, match="backbone"):
+        load_distill_config(good, backbone="resnet9")
