@@ -55,7 +55,7 @@ from benchmarks.common import (
     table,
 )
 from prm import backprop
-from prm.backprop import peak_response_maps
+from prm.backprop import PeakSelection, peak_response_maps
 from prm.data import InferenceTransform, ShapeScenes
 from prm.model import build_model
 
@@ -71,9 +71,9 @@ def test_image(size: int) -> torch.Tensor:
 def ours(model, image, k, chunk_size):
     """Our PRMs of the image's k strongest peaks: ``(peaks (K, 3), maps (K, H, W))``."""
     out = peak_response_maps(
-        FixedPeaks(model, k), image[None], class_threshold=-math.inf, chunk_size=chunk_size
+        FixedPeaks(model, k), image[None], selection=PeakSelection(-math.inf), chunk_size=chunk_size
     )[0]
-    return out["peaks"], out["prms"]
+    return out["peak_cells"], out["prms"]
 
 
 def floor(model, image, peaks, device, repeats):

@@ -47,6 +47,7 @@ from benchmarks.common import (
     synchronize,
     table,
 )
+from prm.backprop import PeakSelection
 from prm.data import ShapeScenes
 from prm.model import build_model
 from prm.predictor import Predictor
@@ -132,7 +133,7 @@ def run(args) -> dict[str, Any]:
                 predictor = Predictor(
                     model,
                     input_size=size,
-                    class_threshold=-math.inf,
+                    peak_selection=PeakSelection(-math.inf),
                     proposal_fn="prm" if mode == "prm" else None,
                     device=device,
                 )

@@ -88,8 +88,8 @@ def quality(name: str, dataset) -> dict:
         start = time.process_time()
         proposals = gen.propose(image)
         cpu += time.process_time() - start
-        evaluator.process(proposals, target)
-    return {**evaluator.evaluate(), "cpu_s_per_image": cpu / max(len(dataset), 1)}
+        evaluator.process([target], [{"proposals": proposals}])
+    return {**evaluator.summarize(), "cpu_s_per_image": cpu / max(len(dataset), 1)}
 
 
 def speed(name: str, repeats: int) -> dict:

@@ -83,7 +83,7 @@ def subset_mask(response: dict, setting: dict):
 
     from prm.pretrained import merge_peaks
 
-    crm, peaks = response["crm"], response["peaks"]
+    crm, peaks = response["crm"], response["peak_cells"]
     if len(peaks) == 0:
         return torch.zeros(0, dtype=torch.bool)
     c, y, x = peaks.unbind(1)
@@ -104,7 +104,7 @@ def subset_mask(response: dict, setting: dict):
 
 def sub_response(response: dict, keep) -> dict:
     out = dict(response)
-    for key in ("peaks", "labels", "peak_values", "prms"):
+    for key in ("peak_cells", "labels", "peak_values", "prms"):
         out[key] = response[key][keep]
     return out
 
@@ -121,7 +121,7 @@ def fallback(predictor, response, size):
         return torch.zeros((0, *size), dtype=torch.bool)
     prms = F.interpolate(prms[None].float(), size=size, mode="bilinear")[0]
     crm_size = tuple(response["crm"].shape[1:])
-    peaks = crm_to_image_coords(response["peaks"][:, 1:], crm_size, 1, size)
+    peaks = crm_to_image_coords(response["peak_cells"][:, 1:], crm_size, 1, size)
     return prm_support_proposals(prms, peaks)
 
 
@@ -186,7 +186,7 @@ def photo_responses(name, dataset, map_name, cache_root, threads, input_size=448
             t_ret = time.perf_counter() - t0
             stored.parent.mkdir(parents=True, exist_ok=True)
             torch.save((response, cam), stored)
-        k = len(response["peaks"])
+        k = len(response["peak_cells"])
         photos.append(
             {
                 "id": image_id,
@@ -275,7 +275,7 @@ def time_default(name, dataset, map_name, threads, with_proposals, limit=None, i
         response, fallback_proposals = _timed(
             row, "forward_and_prms", predictor.respond, tensor, None
         )
-        row["peaks"] = len(response["peaks"])
+        row["peaks"] = len(response["peak_cells"])
         chosen = proposals if with_proposals else fallback_proposals
         _timed(row, "retrieval", predictor.retrieve, response, chosen)
         rows.append(row)

@@ -1,12 +1,17 @@
 """Shared pytest fixtures."""
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Real VOC / COCO fixture files are not part of the repository: PRM_TEST_DATA names their
+# folder (default: shared/data next to the checkout); tests that need them skip without.
+SHARED_DATA = Path(
+    os.environ.get("PRM_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 
 # The repository root on the path: the benchmarks folder (and the reference loops in
 # benchmarks/common.py, which tests check the library against) is imported by name.
@@ -26,7 +31,7 @@ def _seed():
 
 @pytest.fixture
 def shared_data() -> Path:
-    """The real VOC / COCO fixtures in ``../shared/data`` (skips when absent)."""
+    """The real VOC / COCO fixtures in ``$PRM_TEST_DATA`` (skips when absent)."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real-data fixtures not found at {SHARED_DATA} (only in the dev checkout)")
+        pytest.skip(f"real-data fixtures not found at {SHARED_DATA} (set PRM_TEST_DATA)")
     return SHARED_DATA

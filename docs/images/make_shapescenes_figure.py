@@ -11,18 +11,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from prm.data import GlyphScenes, ShapeScenes  # noqa: E402
+from prm.data import GlyphScenes, ShapeScenes
 
 DATASETS = {"shapes": ("ShapeScenes", ShapeScenes), "glyphs": ("GlyphScenes", GlyphScenes)}
 # Distinct instance colours (tab10 without grey), background black.
-PALETTE = np.array(plt.get_cmap("tab10").colors)[[0, 1, 2, 3, 4, 5, 6, 8, 9]]
+PALETTE = np.array(colormaps["tab10"].colors)[[0, 1, 2, 3, 4, 5, 6, 8, 9]]
 
 
 def colour_instances(masks: np.ndarray) -> np.ndarray:
@@ -38,7 +36,9 @@ def main(count: int = 8, columns: int = 4, name: str = "shapes") -> None:
     out = Path(__file__).with_name(f"{title.lower()}.png")
     dataset = reader("train", num_images=count)
     rows = 2 * ((count + columns - 1) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.55 * rows))
+    # The object API: no pyplot state, no backend switched for whoever imports this.
+    fig = Figure(figsize=(2.4 * columns, 2.55 * rows))
+    axes = fig.subplots(rows, columns)
     for i in range(count):
         image, target = dataset[i]
         masks = target["masks"].numpy()

@@ -5,7 +5,7 @@ Response*. CVPR 2018.
 
 The pipeline, one module per step::
 
-    prm.peaks       find_peaks, peak_stimulation            (method.md §2)
+    prm.peaks       find_peaks, peak_stimulation            (docs/method.md §2)
     prm.model       build_model, PeakResponseNet            (§1)
     prm.classifier  from_classifier, timm backbones (pretrained classifiers as PRM nets)
     prm.backprop    peak_response_maps, peak_backprop_rule  (§4)

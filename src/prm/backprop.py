@@ -1,4 +1,4 @@
-"""Peak back-propagation: from each class peak to a Peak Response Map (method.md §4).
+"""Peak back-propagation: from each class peak to a Peak Response Map (docs/method.md §4).
 
 For each kept peak ``(b, c, y, x)`` a unit gradient placed at that one CRM position is
 back-propagated to the input image, with every convolution's backward replaced by the
@@ -28,8 +28,10 @@ over peaks one at a time with batch size 1.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -38,6 +40,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 __all__ = [
+    "PeakSelection",
     "class_response_peak_maps",
     "normalize_prms",
     "peak_backprop_rule",
@@ -256,53 +259,76 @@ def normalize_prms(grad: torch.Tensor) -> torch.Tensor:
     return prm / safe[:, None, None]
 
 
-def select_peaks(
-    crm: torch.Tensor,
-    peaks: torch.Tensor,
-    class_scores: torch.Tensor,
-    class_threshold: float = 0.0,
-    peak_threshold: float | None = None,
-    peak_threshold_mode: Literal["absolute", "relative"] = "absolute",
-) -> torch.Tensor:
-    """Which peaks to back-propagate (method.md §4).
+@dataclass(frozen=True)
+class PeakSelection:
+    """Which peaks are back-propagated into peak response maps (docs/method.md §4).
 
-    A peak ``(b, c, y, x)`` is kept when its class score ``s(b, c) >= class_threshold``
-    and, with ``peak_threshold`` given,
+    A peak of class ``c`` in image ``b`` is kept when the class score
+    ``s(b, c) >= class_threshold`` and, with ``peak_threshold`` given,
 
-    - ``"absolute"`` (the authors'): its CRM value ``> peak_threshold`` (the authors use
-      30 in logit units, which depends on the trained model);
+    - ``peak_threshold_mode="absolute"`` (the authors'): its CRM value
+      ``> peak_threshold`` (the authors use 30 in logit units, which depends on the
+      trained model);
     - ``"relative"``: its CRM value ``>= min + t * (max - min)`` of that (image, class)
       map, ``t = peak_threshold`` in ``[0, 1]``; independent of the logit scale, and the
       strongest peak of a map always passes.
 
-    Args:
-        crm (Tensor[B, C, h, w]): class response maps.
-        peaks (Tensor[K, 4]): ``(b, c, y, x)`` rows.
-        class_scores (Tensor[B, C]): class scores.
-        class_threshold: minimum class score.
+    Attributes:
+        class_threshold: minimum class score (0: the classes the network calls present).
         peak_threshold: see above; ``None`` keeps every peak of a class that passes.
         peak_threshold_mode: ``"absolute"`` or ``"relative"``.
+    """
+
+    class_threshold: float = 0.0
+    peak_threshold: float | None = None
+    peak_threshold_mode: Literal["absolute", "relative"] = "absolute"
+
+    def __post_init__(self) -> None:
+        for name in ("class_threshold", "peak_threshold"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, numbers.Real) and value == value):
+                raise ValueError(f"{name} must be a number (not NaN), got {value!r}")
+        if self.peak_threshold_mode not in ("absolute", "relative"):
+            raise ValueError(
+                "peak_threshold_mode must be 'absolute' or 'relative', "
+                f"got {self.peak_threshold_mode!r}"
+            )
+        if self.peak_threshold_mode == "relative" and self.peak_threshold is not None:
+            if not 0.0 <= self.peak_threshold <= 1.0:
+                raise ValueError(
+                    f"a relative peak_threshold must lie in [0, 1], got {self.peak_threshold}"
+                )
+
+
+def select_peaks(
+    crm: torch.Tensor,
+    peak_positions: torch.Tensor,
+    class_scores: torch.Tensor,
+    selection: PeakSelection = PeakSelection(),
+) -> torch.Tensor:
+    """Which peaks to back-propagate, as :class:`PeakSelection` says (docs/method.md §4).
+
+    Args:
+        crm (Tensor[B, C, h, w]): class response maps.
+        peak_positions (Tensor[K, 4]): ``(b, c, y, x)`` rows, as
+            :func:`prm.peaks.find_peaks` returns them.
+        class_scores (Tensor[B, C]): class scores.
+        selection: the thresholds.
 
     Returns:
         Tensor[K] (bool): the peaks to keep.
     """
-    b, c, y, x = peaks.unbind(1)
-    keep = class_scores[b, c] >= class_threshold
-    if peak_threshold is None:
+    b, c, y, x = peak_positions.unbind(1)
+    keep = class_scores[b, c] >= selection.class_threshold
+    if selection.peak_threshold is None:
         return keep
     values = crm[b, c, y, x]
-    if peak_threshold_mode == "absolute":
-        return keep & (values > peak_threshold)
-    if peak_threshold_mode == "relative":
-        if not 0.0 <= peak_threshold <= 1.0:
-            raise ValueError(f"a relative peak_threshold must lie in [0, 1], got {peak_threshold}")
-        flat = crm.flatten(2)
-        low, high = flat.amin(2)[b, c], flat.amax(2)[b, c]
-        # Written from the top so that t = 1 gives exactly the maximum (no rounding).
-        return keep & (values >= high - (1.0 - peak_threshold) * (high - low))
-    raise ValueError(
-        f"peak_threshold_mode must be 'absolute' or 'relative', got {peak_threshold_mode!r}"
-    )
+    if selection.peak_threshold_mode == "absolute":
+        return keep & (values > selection.peak_threshold)
+    flat = crm.flatten(2)
+    low, high = flat.amin(2)[b, c], flat.amax(2)[b, c]
+    # Written from the top so that t = 1 gives exactly the maximum (no rounding).
+    return keep & (values >= high - (1.0 - selection.peak_threshold) * (high - low))
 
 
 def _default_chunk_size(device: torch.device) -> int:
@@ -315,9 +341,7 @@ def peak_response_maps(
     model: nn.Module,
     images: torch.Tensor,
     *,
-    class_threshold: float = 0.0,
-    peak_threshold: float | None = None,
-    peak_threshold_mode: Literal["absolute", "relative"] = "absolute",
+    selection: PeakSelection = PeakSelection(),
     chunk_size: int | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Peak response maps of every kept peak of every image.
@@ -331,16 +355,16 @@ def peak_response_maps(
         model: a :class:`~prm.model.PeakResponseNet` (anything with
             ``class_response_maps``, ``aggregate`` and ``find_peaks`` works).
         images (Tensor[B, 3, H, W]): normalised float images.
-        class_threshold: keep peaks of classes whose score is ``>=`` this (0 by default).
-        peak_threshold: see :func:`select_peaks` (``None``: no peak threshold).
-        peak_threshold_mode: ``"absolute"`` (the authors') or ``"relative"``.
+        selection: which peaks (:class:`PeakSelection`; by default those of the classes
+            with a non-negative score, without a peak threshold).
         chunk_size: peaks back-propagated at once (bounds memory to about ``chunk_size``
             times one backward pass). ``None``: 1 on CPU, 16 on GPU.
 
     Returns:
         One dict per image:
 
-        - ``"peaks"`` (Tensor[K, 3], int64): ``(c, y, x)`` of each kept peak in CRM cells;
+        - ``"peak_cells"`` (Tensor[K, 3], int64): ``(c, y, x)`` of each kept peak, in
+          cells of the CRM below (not image pixels);
         - ``"labels"`` (Tensor[K], int64): the peak's class ``c``;
         - ``"peak_values"`` (Tensor[K]): the CRM value at the peak;
         - ``"prms"`` (Tensor[K, H, W]): peak response maps at the input resolution, each
@@ -365,9 +389,7 @@ def peak_response_maps(
         with torch.enable_grad(), peak_backprop_rule():
             crm_graph = model.class_response_maps(x)
         crm = crm_graph.detach()
-        scores, peaks = _kept_peaks(
-            model, crm, class_threshold, peak_threshold, peak_threshold_mode
-        )
+        scores, peaks = _kept_peaks(model, crm, selection)
         prms = []
         for start in range(0, len(peaks), chunk_size):
             chunk = peaks[start : start + chunk_size]
@@ -403,17 +425,16 @@ def _check_inputs(model: nn.Module, images: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def _kept_peaks(model, crm, class_threshold, peak_threshold, peak_threshold_mode):
-    """Class scores ``(1, C)`` and the kept peaks ``(K, 4)`` of one image's CRMs."""
+def _kept_peaks(model, crm, selection: PeakSelection):
+    """Class scores ``(1, C)`` and the kept peak positions ``(K, 4)`` of one image's CRMs."""
     scores = model.aggregate(crm)
-    peaks = model.find_peaks(crm)
-    keep = select_peaks(crm, peaks, scores, class_threshold, peak_threshold, peak_threshold_mode)
-    return scores, peaks[keep]
+    positions = model.find_peaks(crm)
+    return scores, positions[select_peaks(crm, positions, scores, selection)]
 
 
 def _response(crm, scores, peaks, maps) -> dict[str, torch.Tensor]:
     return {
-        "peaks": peaks[:, 1:],
+        "peak_cells": peaks[:, 1:],
         "labels": peaks[:, 1],
         "peak_values": crm[0, peaks[:, 1], peaks[:, 2], peaks[:, 3]],
         "prms": maps,
@@ -427,9 +448,7 @@ def class_response_peak_maps(
     model: nn.Module,
     images: torch.Tensor,
     *,
-    class_threshold: float = 0.0,
-    peak_threshold: float | None = None,
-    peak_threshold_mode: Literal["absolute", "relative"] = "absolute",
+    selection: PeakSelection = PeakSelection(),
 ) -> list[dict[str, torch.Tensor]]:
     """The CAM baseline of :func:`peak_response_maps`: class response maps as the "PRMs".
 
@@ -444,9 +463,7 @@ def class_response_peak_maps(
     results = []
     for image in images:
         crm = model.class_response_maps(image[None])
-        scores, peaks = _kept_peaks(
-            model, crm, class_threshold, peak_threshold, peak_threshold_mode
-        )
+        scores, peaks = _kept_peaks(model, crm, selection)
         size = tuple(image.shape[1:])
         if len(peaks) == 0:
             maps = crm.new_zeros((0, *size))

@@ -26,6 +26,7 @@ from prm.data import build_dataset
 from prm.engine import load_config, load_model, train
 from prm.engine.inference import predict_dataset
 from prm.engine.tune import tune_retrieval
+from prm.files import write_text_atomic
 from prm.predictor import Predictor
 from prm.report import GallerySampler, build_report, write_run_report
 
@@ -96,11 +97,9 @@ def run_demo(
         num_overlays: overlay PNGs per method.
         progress: progress bars.
     """
-    from prm.proposals import ProposalCache, SelectiveSearch, precompute_proposals
-
     out = Path(out)
     timings: dict[str, float] = {}
-    began = time.perf_counter()
+    began = tick = time.perf_counter()
 
     def lap(name: str, since: float) -> float:
         timings[name] = round(time.perf_counter() - since, 1)
@@ -108,19 +107,12 @@ def run_demo(
 
     if dataset not in DEMO_DATASETS:
         raise ValueError(f"the demo runs on {', '.join(DEMO_DATASETS)}, not {dataset!r}")
-    tick = time.perf_counter()
     data_dir = out / "data"
     val_set = build_dataset(dataset, data_dir, "val", num_images=val_images, seed=seed)
     test_set = build_dataset(dataset, data_dir, "test", num_images=test_images, seed=seed)
-    overrides = {
-        "dataset": dataset,
-        "root": str(data_dir),
-        "num_train_images": train_images,
-        "seed": seed,
-    }
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    base = load_config("shapes", **overrides)
+    overrides = {"dataset": dataset, "root": str(data_dir), "num_train_images": train_images}
+    overrides["seed"] = seed
+    base = load_config("shapes", **overrides, **({} if epochs is None else {"epochs": epochs}))
     tick = lap("generate data", tick)
 
     checkpoints = {}
@@ -134,46 +126,30 @@ def run_demo(
         tick = lap(f"train {name.upper()}", tick)
 
     print("== selective-search proposals for the validation and test images ==")
-    cache = ProposalCache(out / "proposals", SelectiveSearch())
-    for split in (val_set, test_set):
-        precompute_proposals(split, cache, workers=workers, progress=progress)
+    cache = _proposals(out / "proposals", (val_set, test_set), workers, progress)
     tick = lap("proposals", tick)
 
-    def source(image_id: str, image: torch.Tensor) -> torch.Tensor:
-        return cache.load(image_id)
-
-    # method -> (network, response maps, proposals, proposal_fn, file name)
+    # method -> (network, proposals, proposal_fn, file name); the predictor retrieves with
+    # class response maps for the CAM network, which was trained without peak stimulation.
     runs = {
-        "CAM + selective search": ("cam", "crm", source, None, "cam"),
-        "PRM + selective search": ("prm", "prm", source, None, "prm"),
-        "PRM, no proposals (fallback)": ("prm", "prm", None, "prm", "prm-fallback"),
+        "CAM + selective search": ("cam", cache.load, None, "cam"),
+        "PRM + selective search": ("prm", cache.load, None, "prm"),
+        "PRM, no proposals (fallback)": ("prm", None, "prm", "prm-fallback"),
     }
     rows: dict[str, dict[str, Any]] = {}
     tuned: dict[str, dict[str, Any]] = {}
     report_dir = out / "report"
-    for method, (net, response, proposals, proposal_fn, slug) in runs.items():
-        model = load_model(checkpoints[net])
-        predictor = Predictor(
-            model,
-            input_size=base.image_size,
-            response=response,
-            proposal_fn=proposal_fn,
-        )
+    for method, (net, proposals, proposal_fn, slug) in runs.items():
+        predictor = Predictor(load_model(checkpoints[net]), proposal_fn=proposal_fn)
+        source = None if proposals is None else (lambda image_id, image, p=proposals: p(image_id))
         if val_images > 0:
-            result = tune_retrieval(
-                predictor, val_set, TUNING_GRID, proposals=proposals, progress=progress
-            )
-            predictor.retrieval = result.best
-            tuned[method] = {
-                **{name: getattr(result.best, name) for name in TUNING_GRID},
-                "val " + result.metric: result.value,
-            }
+            tuned[method] = _tune(predictor, val_set, source, progress)
         run_dir = report_dir / "runs" / slug
         sampler = GallerySampler(run_dir / "gallery", test_set.classes)
         summary = predict_dataset(
             predictor,
             test_set,
-            proposals=proposals,
+            proposals=source,
             results_file=report_dir / f"results-{slug}.json",
             overlay_dir=report_dir / "overlays" / slug,
             num_overlays=num_overlays,
@@ -196,10 +172,9 @@ def run_demo(
         )
         tick = lap(f"tune + predict + evaluate: {method}", tick)
 
-    table = format_demo_table(rows)
     timings["total"] = round(time.perf_counter() - began, 1)
     report = {
-        "table": table,
+        "table": format_demo_table(rows),
         "metrics": rows,
         "tuned_retrieval": tuned,
         "timings_s": timings,
@@ -209,9 +184,8 @@ def run_demo(
         "test_images": test_images,
         "torch_threads": torch.get_num_threads(),
     }
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (report_dir / "table.md").write_text(table + "\n")
+    write_text_atomic(report_dir / "report.json", json.dumps(report, indent=2))
+    write_text_atomic(report_dir / "table.md", report["table"] + "\n")
     # The page people open: PRM's run, compared with CAM's on the same images.
     build_report(
         report_dir / "runs" / "prm",
@@ -220,3 +194,23 @@ def run_demo(
         title="prm demo: PRM vs CAM on ShapeScenes",
     )
     return report
+
+
+def _proposals(folder: Path, splits, workers: int, progress: bool):
+    """Selective-search proposals of every image of ``splits``, cached in ``folder``."""
+    from prm.proposals import ProposalCache, SelectiveSearch, precompute_proposals
+
+    cache = ProposalCache(folder, SelectiveSearch())
+    for split in splits:
+        precompute_proposals(split, cache, workers=workers, progress=progress)
+    return cache
+
+
+def _tune(predictor: Predictor, val_set, source, progress: bool) -> dict[str, Any]:
+    """Tune the predictor's retrieval on the validation images (it keeps the best)."""
+    result = tune_retrieval(predictor, val_set, TUNING_GRID, proposals=source, progress=progress)
+    predictor.retrieval = result.best
+    return {
+        **{name: getattr(result.best, name) for name in TUNING_GRID},
+        "val " + result.metric: result.value,
+    }

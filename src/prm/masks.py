@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import torch
+import torchvision
 from pycocotools import mask as mask_utils
 
 __all__ = ["encode_rle", "decode_rle", "mask_iou", "masks_to_boxes"]
@@ -108,6 +109,9 @@ def mask_iou(
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight boxes around masks, ``(x1, y1, x2, y2)`` with x2/y2 exclusive (COCO-style extent).
 
+    :func:`torchvision.ops.masks_to_boxes` with its inclusive ``x2, y2`` moved one pixel
+    out, so that a box's width is the mask's width in pixels.
+
     Args:
         masks (Tensor[N, H, W]): binary masks.
 
@@ -116,20 +120,6 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """
     if masks.dim() != 3:
         raise ValueError(f"masks must be (N, H, W), got shape {tuple(masks.shape)}")
-    n = masks.shape[0]
-    boxes = torch.zeros((n, 4), dtype=torch.float32, device=masks.device)
-    if n == 0:
-        return boxes
-    m = masks.bool()
-    rows = m.any(2)  # (N, H)
-    cols = m.any(1)  # (N, W)
-    nonempty = rows.any(1)
-    h, w = m.shape[1:]
-    ar_h = torch.arange(h, device=m.device)
-    ar_w = torch.arange(w, device=m.device)
-    y1 = torch.where(rows, ar_h, h).min(1).values
-    y2 = torch.where(rows, ar_h, -1).max(1).values + 1
-    x1 = torch.where(cols, ar_w, w).min(1).values
-    x2 = torch.where(cols, ar_w, -1).max(1).values + 1
-    boxes[nonempty] = torch.stack([x1, y1, x2, y2], 1)[nonempty].float()
+    boxes = torchvision.ops.masks_to_boxes(masks)
+    boxes[:, 2:] += masks.flatten(1).any(1, keepdim=True).to(boxes.dtype)
     return boxes

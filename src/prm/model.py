@@ -1,4 +1,4 @@
-"""The network: a fully convolutional classifier with peak stimulation (method.md §1-2).
+"""The network: a fully convolutional classifier with peak stimulation (docs/method.md §1-2).
 
 ``PeakResponseNet`` = backbone (an ImageNet classifier cut before global pooling) + a 1x1
 convolution to ``C`` class response maps (CRMs) + optional sub-pixel upsampling + peak
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from prm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from prm.peaks import PeakFilter, find_peaks, peak_stimulation
 
 __all__ = [
@@ -306,6 +307,16 @@ class PeakResponseNet(nn.Module):
         gradient: ``"paper"`` (exact gradient of the mean) or ``"authors"`` (without 1/N).
         class_names: optional names of the ``C`` classes, kept with checkpoints.
         backbone_name: optional name of the backbone, kept with checkpoints.
+        input_size: the ``(h, w)`` (or int, square) size the network was trained at, which
+            :class:`~prm.predictor.Predictor` resizes images to; ``None`` if unknown.
+        mean, std: the input normalisation it was trained with (ImageNet's by default).
+        inference: inference settings kept with checkpoints, plain data:
+            ``{"peak_selection": {...}, "retrieval": {...}}`` (fields of
+            :class:`~prm.backprop.PeakSelection` and :class:`~prm.retrieval.RetrievalConfig`,
+            e.g. what ``prm tune`` chose); the predictor's defaults where absent.
+
+    Everything but the weights is in :meth:`config`, which checkpoints store, so a model
+    loaded with :func:`prm.engine.load_model` knows how it is to be used.
     """
 
     def __init__(
@@ -321,6 +332,10 @@ class PeakResponseNet(nn.Module):
         gradient: Literal["paper", "authors"] = "paper",
         class_names: Sequence[str] | None = None,
         backbone_name: str | None = None,
+        input_size: int | Sequence[int] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        inference: dict[str, Any] | None = None,
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -344,6 +359,12 @@ class PeakResponseNet(nn.Module):
         self.gradient = gradient
         self.class_names = list(class_names) if class_names is not None else None
         self.backbone_name = backbone_name
+        if isinstance(input_size, int):
+            input_size = (input_size, input_size)
+        self.input_size = tuple(int(v) for v in input_size) if input_size is not None else None
+        self.mean = [float(v) for v in mean]
+        self.std = [float(v) for v in std]
+        self.inference = dict(inference or {})
 
     def class_response_maps(self, images: torch.Tensor) -> torch.Tensor:
         """Class response maps (after sub-pixel upsampling when enabled).
@@ -396,6 +417,10 @@ class PeakResponseNet(nn.Module):
             "peak_filter": self.peak_filter,
             "gradient": self.gradient,
             "class_names": self.class_names,
+            "input_size": list(self.input_size) if self.input_size is not None else None,
+            "mean": self.mean,
+            "std": self.std,
+            "inference": self.inference,
         }
 
 

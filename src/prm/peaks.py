@@ -1,4 +1,4 @@
-"""Peak finding and peak stimulation (method.md §2).
+"""Peak finding and peak stimulation (docs/method.md §2).
 
 A *peak* is a local maximum of one class's response map in an ``r x r`` window. Peak
 stimulation replaces global average pooling: the class score is the mean of the peaks
@@ -124,8 +124,10 @@ def find_peaks(
         peak_filter: see :func:`peak_threshold`.
 
     Returns:
-        Tensor[K, 4] (int64): one row ``(b, c, y, x)`` per peak, in raster order of
-        ``(b, c, y, x)`` (the order of ``torch.nonzero``).
+        Tensor[K, 4] (int64): the *peak positions*, one row ``(b, c, y, x)`` per peak
+        (image of the batch, class, CRM cell), in raster order (``torch.nonzero``'s). Not
+        to be confused with a response's ``peak_cells`` ``(c, y, x)`` or a prediction's
+        ``peaks`` ``(x, y)`` in image pixels (docs/method.md §4).
     """
     return _kept_peaks(crm.detach(), win_size, peak_filter).nonzero()
 

@@ -1,7 +1,10 @@
 """One-call inference: images (+ proposals) -> scored instance masks at full resolution.
 
-    predictor = Predictor(model, input_size=448)
-    instances = predictor(images, proposals)     # one dict per image
+    predictor = Predictor.from_checkpoint("runs/voc/last.pt")
+    instances = predictor(images)                # one dict per image
+
+(proposals are computed by the built-in selective search unless given:
+``predictor(images, proposals)`` with one ``(P, H, W)`` bool tensor per image).
 
 Each image is resized to the network's input size and normalised, its peak response maps
 are computed (:func:`prm.backprop.peak_response_maps`), and one proposal per peak is
@@ -11,10 +14,10 @@ authors do. Masks, boxes, peaks and PRMs come back at the image's own resolution
 
 from __future__ import annotations
 
-import numbers
+import os
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,8 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from prm.backprop import class_response_peak_maps, peak_response_maps
-from prm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from prm.backprop import PeakSelection, class_response_peak_maps, peak_response_maps
+from prm.data.images import to_image_tensor, to_uint8_image
+from prm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, InferenceTransform
 from prm.masks import masks_to_boxes
 from prm.proposals.compact import CompactProposals
 from prm.retrieval import RetrievalConfig, retrieve_instances
@@ -32,36 +36,11 @@ from prm.validation import check_number
 # Longest side an image is worked on at by default (Predictor(max_size=...), --max-size).
 MAX_SIZE = 2048
 
-__all__ = ["Predictor", "crm_to_image_coords", "to_image_tensor"]
+__all__ = ["Predictor", "crm_to_image_coords"]
 
 ScoreType = Literal["peak", "retrieval", "class"]
 ProposalFn = Callable[[torch.Tensor], torch.Tensor]
 Response = Literal["prm", "crm"]
-
-
-def to_image_tensor(image: torch.Tensor | Image.Image | np.ndarray) -> torch.Tensor:
-    """An RGB image as a float tensor ``(3, H, W)`` in ``[0, 1]``.
-
-    Accepts a PIL image (converted to RGB), a uint8 ``(3, H, W)`` tensor, a float
-    ``(3, H, W)`` tensor in ``[0, 1]``, or a uint8 ``(H, W, 3)`` numpy array.
-    """
-    if isinstance(image, Image.Image):
-        image = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
-    elif isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"a numpy image must be (H, W, 3), got shape {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    if not isinstance(image, torch.Tensor):
-        raise ValueError(f"unsupported image type {type(image).__name__}")
-    if image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"an image must be (3, H, W), got shape {tuple(image.shape)}")
-    if image.dtype == torch.uint8:
-        return image.float() / 255.0
-    if not image.is_floating_point():
-        raise ValueError(f"an image must be uint8 or float, got {image.dtype}")
-    if torch.isnan(image).any():
-        raise ValueError("image contains NaN")
-    return image.float()
 
 
 def crm_to_image_coords(
@@ -98,19 +77,24 @@ def crm_to_image_coords(
 class Predictor:
     """Weakly supervised instance segmentation with a trained :class:`PeakResponseNet`.
 
+    ``Predictor.from_checkpoint(path)`` (or ``Predictor(load_model(path))``) is ready to
+    use: the model carries its input size, normalisation, class names, kind (peak
+    stimulation or the CAM baseline) and any stored peak and retrieval settings, which
+    are the defaults of every argument below.
+
     Args:
         model: the trained network (put in eval mode; not otherwise modified).
-        input_size: network input size, an int (square, as the authors' 448) or
-            ``(h, w)``; ``None`` feeds each image at its own size.
-        mean, std: normalisation (ImageNet's by default).
-        class_threshold: minimum class score for a class's peaks to be used (0).
-        peak_threshold: peak threshold (see :func:`prm.backprop.select_peaks`). The
-            default 0 (absolute) keeps peaks with a positive logit, i.e. where the network
-            says the class is more likely present than not; the authors' demo used 30 for
-            their VOC model, whose logits are larger. ``None`` keeps every peak that passes
-            the model's peak filter.
-        peak_threshold_mode: ``"absolute"`` (logits, the authors') or ``"relative"``.
-        retrieval: :class:`~prm.retrieval.RetrievalConfig` (the authors' values).
+        input_size: network input size, an int (square) or ``(h, w)``; ``None`` feeds each
+            image at its own size. Default: the model's ``input_size`` (its training
+            size), or the authors' 448 for a model that does not say.
+        mean, std: normalisation (default: the model's, else ImageNet's).
+        peak_selection: which peaks become instances (:class:`prm.backprop.PeakSelection`).
+            Default: the model's stored one, else ``class_threshold=0`` and an absolute
+            ``peak_threshold=0``, i.e. peaks with a positive logit, where the network says
+            the class is more likely present than not (the authors' demo used 30 for
+            their VOC model, whose logits are larger).
+        retrieval: :class:`~prm.retrieval.RetrievalConfig` (default: the model's stored
+            one, e.g. from ``prm tune``, else the authors' values).
         proposal_fn: what to do for an image given without proposals: a callable taking
             the ``(3, H, W)`` uint8 image and returning ``(P, H, W)`` bool proposals (e.g.
             :class:`prm.proposals.SelectiveSearch`) or compact proposals
@@ -120,8 +104,12 @@ class Predictor:
             themselves, :func:`prm.proposals.prm_support_proposals`), or ``"grabcut"``
             for GrabCut seeded by each PRM, plus those
             (:func:`prm.proposals.grabcut_proposals`: masks that follow image edges).
+            Default: the built-in selective search (:class:`prm.proposals.SelectiveSearch`,
+            ``fast``).
         response: ``"prm"`` (peak response maps, the method) or ``"crm"`` (each peak's
             class response map instead: the paper's CAM baseline, no back-propagation).
+            Default: ``"prm"`` for a model trained with peak stimulation, ``"crm"`` for
+            one trained with global average pooling (the CAM baseline network).
         score: the instance score reported in ``"scores"`` and used to rank instances
             across images (for mAP): ``"peak"`` (the CRM value at the instance's peak:
             the network's confidence that an object of that class is there; default),
@@ -145,15 +133,13 @@ class Predictor:
         self,
         model: nn.Module,
         *,
-        input_size: int | tuple[int, int] | None = 448,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        class_threshold: float = 0.0,
-        peak_threshold: float | None = 0.0,
-        peak_threshold_mode: Literal["absolute", "relative"] = "absolute",
+        input_size: int | tuple[int, int] | None | Literal["model"] = "model",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        peak_selection: PeakSelection | None = None,
         retrieval: RetrievalConfig | None = None,
         proposal_fn: ProposalFn | Literal["prm"] | None = None,
-        response: Response = "prm",
+        response: Response | None = None,
         score: ScoreType = "peak",
         chunk_size: int | None = None,
         keep_prms: bool = True,
@@ -162,40 +148,43 @@ class Predictor:
     ):
         if score not in ("peak", "retrieval", "class"):
             raise ValueError(f"score must be 'peak', 'retrieval' or 'class', got {score!r}")
+        if response is None:
+            response = "prm" if getattr(model, "peak_stimulation", True) else "crm"
         if response not in ("prm", "crm"):
             raise ValueError(f"response must be 'prm' or 'crm', got {response!r}")
         if isinstance(proposal_fn, str) and proposal_fn not in ("prm", "grabcut"):
             raise ValueError(
                 f"proposal_fn must be a callable, 'prm' or 'grabcut', got {proposal_fn!r}"
             )
+        if input_size == "model":
+            input_size = getattr(model, "input_size", None) or 448
         if isinstance(input_size, int):
             input_size = (input_size, input_size)
         if input_size is not None:
             for side in input_size:
                 check_number("input_size", side, minimum=1, integer=True)
-        for name, value in (
-            ("class_threshold", class_threshold),
-            ("peak_threshold", peak_threshold),
-        ):
-            if value is not None and not (isinstance(value, numbers.Real) and value == value):
-                raise ValueError(f"{name} must be a number (not NaN), got {value!r}")
-        if peak_threshold_mode not in ("absolute", "relative"):
-            raise ValueError(
-                f"peak_threshold_mode must be 'absolute' or 'relative', got {peak_threshold_mode!r}"
-            )
         if chunk_size is not None:
             check_number("chunk_size", chunk_size, minimum=1, integer=True)
         if max_size is not None:
             check_number("max_size", max_size, minimum=32, integer=True)
         self.max_size = max_size
+        if proposal_fn is None:
+            from prm.proposals import SelectiveSearch
+
+            proposal_fn = SelectiveSearch()
+        stored = getattr(model, "inference", {})
         self.model = model.eval()
-        self.input_size = input_size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        self.class_threshold = class_threshold
-        self.peak_threshold = peak_threshold
-        self.peak_threshold_mode = peak_threshold_mode
-        self.retrieval = retrieval or RetrievalConfig()
+        self.transform = InferenceTransform(
+            input_size,
+            mean if mean is not None else getattr(model, "mean", IMAGENET_MEAN),
+            std if std is not None else getattr(model, "std", IMAGENET_STD),
+        )
+        if peak_selection is None:
+            peak_selection = PeakSelection(**stored.get("peak_selection", {"peak_threshold": 0.0}))
+        self.peak_selection = peak_selection
+        if retrieval is None:
+            retrieval = RetrievalConfig.from_dict(stored.get("retrieval", {}), source="the model")
+        self.retrieval = retrieval
         self.retrieval.validate(getattr(model, "num_classes", None))
         self.proposal_fn = proposal_fn
         self.response = response
@@ -204,13 +193,38 @@ class Predictor:
         self.keep_prms = keep_prms
         self.device = torch.device(device) if device is not None else _model_device(model)
 
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: torch.device | str | None = None,
+        sub_pixel_factor: int | None = None,
+        **kwargs: Any,
+    ) -> Predictor:
+        """A predictor for a checkpoint of ``prm train`` (or ``prm tune --save-checkpoint``).
+
+        Args:
+            path: the checkpoint.
+            device: where to run (CPU by default).
+            sub_pixel_factor: change the model's (it has no weights).
+            **kwargs: any other argument of :class:`Predictor`, over the checkpoint's.
+        """
+        from prm.engine.checkpoint import load_model
+
+        overrides = {} if sub_pixel_factor is None else {"sub_pixel_factor": sub_pixel_factor}
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        model = load_model(path, map_location=device, **overrides).to(device)
+        return cls(model, device=device, **kwargs)
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The network input ``(h, w)``, or ``None`` for each image's own size."""
+        return self.transform.size
+
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """A ``(3, H, W)`` float image in [0, 1] -> the normalised network input ``(3, h, w)``."""
-        if self.input_size is not None and tuple(image.shape[1:]) != self.input_size:
-            image = F.interpolate(
-                image[None], size=self.input_size, mode="bilinear", antialias=True
-            )[0]
-        return (image - self.mean) / self.std
+        """An image -> the normalised network input ``(3, h, w)`` (:class:`InferenceTransform`)."""
+        return self.transform(image)
 
     @torch.no_grad()
     def __call__(
@@ -288,18 +302,11 @@ class Predictor:
             (maps at the network input size) and ``(P, H, W)`` proposals.
         """
         height, width = image.shape[1:]
-        if proposals is None:
-            if self.proposal_fn is None:
-                raise ValueError(
-                    f"image {index}: no proposals given and no proposal_fn set "
-                    "(pass proposals, a generator such as prm.proposals.SelectiveSearch, "
-                    "or 'prm' for the proposal-free fallback)"
-                )
-            if callable(self.proposal_fn):
-                # A generator with a compact form (SelectiveSearch) gives it: only the
-                # proposals retrieval chooses are ever made dense.
-                fn = getattr(self.proposal_fn, "propose", self.proposal_fn)
-                proposals = fn((image * 255).round().to(torch.uint8))
+        if proposals is None and callable(self.proposal_fn):
+            # A generator with a compact form (SelectiveSearch) gives it: only the
+            # proposals retrieval chooses are ever made dense.
+            fn = getattr(self.proposal_fn, "propose", self.proposal_fn)
+            proposals = fn(to_uint8_image(image))
         if proposals is not None:
             compact = isinstance(proposals, CompactProposals)
             if not compact and (not isinstance(proposals, torch.Tensor) or proposals.dim() != 3):
@@ -312,17 +319,12 @@ class Predictor:
                     f"the image is {(height, width)}"
                 )
         x = self.preprocess(image).to(self.device)
-        options = {
-            "class_threshold": self.class_threshold,
-            "peak_threshold": self.peak_threshold,
-            "peak_threshold_mode": self.peak_threshold_mode,
-        }
         if self.response == "prm":
             response = peak_response_maps(
-                self.model, x[None], chunk_size=self.chunk_size, **options
+                self.model, x[None], selection=self.peak_selection, chunk_size=self.chunk_size
             )
         else:
-            response = class_response_peak_maps(self.model, x[None], **options)
+            response = class_response_peak_maps(self.model, x[None], selection=self.peak_selection)
         response = response[0]
         if proposals is None:
             proposals = self._fallback_proposals(response, image)
@@ -364,7 +366,7 @@ class Predictor:
         prms = F.interpolate(prms[None].float(), size=size, mode="bilinear")[0].cpu()
         factor = getattr(self.model, "sub_pixel_factor", 1)
         crm_size = tuple(response["crm"].shape[1:])
-        peaks = crm_to_image_coords(response["peaks"][:, 1:].cpu(), crm_size, factor, size)
+        peaks = crm_to_image_coords(response["peak_cells"][:, 1:].cpu(), crm_size, factor, size)
         if self.proposal_fn == "grabcut":
             return grabcut_proposals(image.cpu(), prms, peaks)
         return prm_support_proposals(prms, peaks)
@@ -394,7 +396,7 @@ class Predictor:
             "scores": scores[order].float(),
             "boxes": found["boxes"].cpu()[order],
             "peaks": crm_to_image_coords(
-                response["peaks"].cpu()[peak_index][order, 1:], crm_size, factor, image_size
+                response["peak_cells"].cpu()[peak_index][order, 1:], crm_size, factor, image_size
             ),
             "peak_values": peak_values[order],
             "retrieval_scores": retrieval_scores[order],

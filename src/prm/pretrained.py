@@ -188,6 +188,7 @@ def pretrained_predictor(
         **kwargs: other :class:`~prm.predictor.Predictor` arguments (``response="crm"``
             for the CAM baseline, ``retrieval``, ``score``, ...).
     """
+    from prm.backprop import PeakSelection
     from prm.predictor import Predictor
 
     if model is None:
@@ -199,9 +200,11 @@ def pretrained_predictor(
     return Predictor(
         model,
         input_size=settings.input_size,
-        class_threshold=math.log(settings.class_probability),
-        peak_threshold=settings.peak_threshold,
-        peak_threshold_mode="relative",
+        peak_selection=PeakSelection(
+            class_threshold=math.log(settings.class_probability),
+            peak_threshold=settings.peak_threshold,
+            peak_threshold_mode="relative",
+        ),
         proposal_fn=proposal_fn,
         **kwargs,
     )

@@ -1,4 +1,4 @@
-"""Instance mask extraction by proposal retrieval (method.md §5).
+"""Instance mask extraction by proposal retrieval (docs/method.md §5).
 
 For each peak of class ``c`` with peak response map ``R``, every class-agnostic segment
 proposal ``S`` (with contour ``S^``, the morphological gradient of ``S``) is scored::
@@ -19,8 +19,11 @@ the mask's runs, so the cost follows the masks' outlines rather than ``K x P x H
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,6 +95,63 @@ class RetrievalConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain YAML/JSON data (tuples become lists)."""
+        data = asdict(self)
+        for name, value in data.items():
+            if isinstance(value, tuple):
+                data[name] = list(value)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "retrieval settings", base=None):
+        """Settings from a mapping of field names (as :meth:`to_dict` writes them).
+
+        Args:
+            data: field -> value; absent fields keep ``base``'s values.
+            source: what to call the data in error messages (e.g. the file name).
+            base: the :class:`RetrievalConfig` to start from (the defaults if ``None``).
+
+        Raises:
+            ValueError: ``data`` is not a mapping, names an unknown field, or the settings
+                are inconsistent (see :meth:`validate`).
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"{source}: expected a mapping of retrieval settings, got {type(data).__name__}"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown retrieval settings {unknown}")
+        values = dict(data)
+        if isinstance(values.get("proposal_size_limit"), list):
+            values["proposal_size_limit"] = tuple(values["proposal_size_limit"])
+        try:  # replace() validates (__post_init__)
+            return replace(base if base is not None else cls(), **values)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, *, base=None) -> RetrievalConfig:
+        """Settings from a YAML file: the fields at the top level, or under ``retrieval:``
+        (as ``prm tune`` writes them); absent fields keep ``base``'s values."""
+        from prm.files import read_yaml
+
+        data = read_yaml(path, "retrieval configuration") or {}
+        if isinstance(data, Mapping) and isinstance(data.get("retrieval"), Mapping):
+            data = data["retrieval"]
+        return cls.from_dict(data, source=str(path), base=base)
+
+    def to_yaml(self, path: str | os.PathLike) -> Path:
+        """Write the settings as YAML under ``retrieval:`` (read back by :meth:`from_yaml`)."""
+        import yaml
+
+        from prm.files import write_text_atomic
+
+        text = yaml.safe_dump({"retrieval": self.to_dict()}, sort_keys=False)
+        return write_text_atomic(path, text)
 
     def validate(self, num_classes: int | None = None) -> None:
         """Raise ``ValueError`` (one line, naming the setting) on nonsense settings.
@@ -458,7 +518,7 @@ def retrieve_instances(
     proposals: torch.Tensor | CompactProposals,
     config: RetrievalConfig | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Pick one proposal per peak and de-duplicate the instances (method.md §5).
+    """Pick one proposal per peak and de-duplicate the instances (docs/method.md §5).
 
     Scoring happens at the PRMs' resolution (the network input size): the first
     ``proposal_count`` proposals are resized there (nearest), as the authors do, once

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from prm.data.images import to_uint8_image
+
 __all__ = ["PALETTE", "draw_instances", "draw_prms", "prediction_panel"]
 
 # 20 well-separated colours (tab20-like), cycled per instance.
@@ -28,14 +30,7 @@ PALETTE = np.array(
 
 
 def _as_array(image: torch.Tensor | Image.Image | np.ndarray) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float32)
-    if isinstance(image, torch.Tensor):
-        array = image.detach().cpu()
-        if array.is_floating_point():
-            array = (array.clamp(0, 1) * 255).round()
-        return array.permute(1, 2, 0).numpy().astype(np.float32)
-    return np.asarray(image, dtype=np.float32)
+    return to_uint8_image(image).cpu().permute(1, 2, 0).numpy().astype(np.float32)
 
 
 def _contour(mask: np.ndarray) -> np.ndarray:

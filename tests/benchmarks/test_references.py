@@ -27,7 +27,7 @@ from benchmarks.common import (
     random_blobs,
     relative_difference,
 )
-from prm.backprop import peak_response_maps
+from prm.backprop import PeakSelection, peak_response_maps
 from prm.model import PeakResponseNet, SmallBackbone
 from prm.retrieval import RetrievalConfig, retrieve_instances
 
@@ -66,16 +66,16 @@ def test_loop_and_floor_equal_ours():
     model = tiny_model()
     image = torch.randn(3, 40, 48)
     ours = peak_response_maps(
-        FixedPeaks(model, 6), image[None], class_threshold=-math.inf, chunk_size=1
+        FixedPeaks(model, 6), image[None], selection=PeakSelection(-math.inf), chunk_size=1
     )[0]
-    peaks = ours["peaks"]
+    peaks = ours["peak_cells"]
     assert len(peaks) == 6
     loop = loop_prms(model, image, peaks)
     floor, forward_s, backward_s = floor_prms(model, image, peaks, torch.device("cpu"))
     assert forward_s > 0 and len(backward_s) == 6
     assert all(p.grad is None for p in model.parameters())  # the loop cleans up
     chunked = peak_response_maps(  # 4 + 2: batched and single
-        FixedPeaks(model, 6), image[None], class_threshold=-math.inf, chunk_size=4
+        FixedPeaks(model, 6), image[None], selection=PeakSelection(-math.inf), chunk_size=4
     )[0]["prms"]
     for other in (loop, floor, chunked):
         assert other.shape == ours["prms"].shape

@@ -1,4 +1,4 @@
-"""Peak back-propagation (method.md §4): the rule by hand, batching, and a clean model."""
+"""Peak back-propagation (docs/method.md §4): the rule by hand, batching, and a clean model."""
 
 import copy
 
@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from prm.backprop import normalize_prms, peak_backprop_rule, peak_response_maps, select_peaks
+from prm.backprop import (
+    PeakSelection,
+    normalize_prms,
+    peak_backprop_rule,
+    peak_response_maps,
+    select_peaks,
+)
 from prm.model import PeakResponseNet, SmallBackbone
 
 
@@ -111,30 +117,30 @@ def test_batched_and_chunked_equal_one_peak_at_a_time():
     model = tiny_model()
     images = torch.randn(2, 3, 40, 48)
     results = {
-        cs: peak_response_maps(model, images, class_threshold=-1e9, chunk_size=cs)
+        cs: peak_response_maps(model, images, selection=PeakSelection(-1e9), chunk_size=cs)
         for cs in (1, 3, 64)
     }
     for b in range(2):
-        reference = loop_prms(model, images[b], results[1][b]["peaks"])
+        reference = loop_prms(model, images[b], results[1][b]["peak_cells"])
         assert len(reference) > 3
         for cs, res in results.items():
-            assert torch.equal(res[b]["peaks"], results[1][b]["peaks"])
+            assert torch.equal(res[b]["peak_cells"], results[1][b]["peak_cells"])
             err = (res[b]["prms"] - reference).abs().max()
             assert err <= 1e-6 * reference.max(), (cs, err)
     # An image's PRMs do not depend on the other images of the batch.
-    alone = peak_response_maps(model, images[1:], class_threshold=-1e9)[0]
+    alone = peak_response_maps(model, images[1:], selection=PeakSelection(-1e9))[0]
     assert torch.allclose(alone["prms"], results[1][1]["prms"], atol=1e-7)
 
 
 def test_prms_are_normalised_maps_at_input_resolution():
     model = tiny_model()
     res = peak_response_maps(model, torch.randn(1, 3, 32, 40))[0]
-    k = len(res["peaks"])
+    k = len(res["peak_cells"])
     assert res["prms"].shape == (k, 32, 40)
     assert (res["prms"] >= 0).all()
     assert torch.allclose(res["prms"].flatten(1).sum(1), torch.ones(k))
-    assert torch.equal(res["labels"], res["peaks"][:, 0])
-    c, y, x = res["peaks"].T
+    assert torch.equal(res["labels"], res["peak_cells"][:, 0])
+    c, y, x = res["peak_cells"].T
     assert torch.equal(res["peak_values"], res["crm"][c, y, x])
     assert res["class_scores"].shape == (3,) and res["crm"].shape == (3, 4, 5)
 
@@ -167,41 +173,47 @@ def test_sub_pixel_upsampling_is_back_propagated_through():
     image = torch.randn(3, 32, 32)
     res = peak_response_maps(model, image[None], chunk_size=5)[0]
     assert res["crm"].shape == (3, 16, 16)
-    assert torch.allclose(res["prms"], loop_prms(model, image, res["peaks"]), atol=1e-7)
+    assert torch.allclose(res["prms"], loop_prms(model, image, res["peak_cells"]), atol=1e-7)
 
 
 def test_thresholds_select_peaks():
     model = tiny_model()
     images = torch.randn(1, 3, 48, 48)
-    everything = peak_response_maps(model, images, class_threshold=-1e9)[0]
-    none = peak_response_maps(model, images, class_threshold=1e9)[0]
-    assert len(none["peaks"]) == 0 and none["prms"].shape == (0, 48, 48)
+    everything = peak_response_maps(model, images, selection=PeakSelection(-1e9))[0]
+    none = peak_response_maps(model, images, selection=PeakSelection(1e9))[0]
+    assert len(none["peak_cells"]) == 0 and none["prms"].shape == (0, 48, 48)
     # Relative threshold 1: only the strongest peak of each class remains.
-    top = peak_response_maps(
-        model, images, class_threshold=-1e9, peak_threshold=1.0, peak_threshold_mode="relative"
-    )[0]
+    top = peak_response_maps(model, images, selection=PeakSelection(-1e9, 1.0, "relative"))[0]
     assert sorted(top["labels"].tolist()) == [0, 1, 2]
     for c in range(3):
         assert top["peak_values"][top["labels"] == c].item() == everything["crm"][c].max().item()
     # Absolute threshold: strictly greater, as the authors.
     v = everything["peak_values"].median().item()
-    absolute = peak_response_maps(model, images, class_threshold=-1e9, peak_threshold=v)[0]
+    absolute = peak_response_maps(model, images, selection=PeakSelection(-1e9, v))[0]
     assert (absolute["peak_values"] > v).all()
-    assert len(absolute["peaks"]) == int((everything["peak_values"] > v).sum())
+    assert len(absolute["peak_cells"]) == int((everything["peak_values"] > v).sum())
 
 
 def test_select_peaks_rules():
     crm = torch.tensor([[[[0.0, 10.0], [5.0, 2.0]]]])
     peaks = torch.tensor([[0, 0, 0, 1], [0, 0, 1, 0], [0, 0, 1, 1]])
     scores = torch.tensor([[1.0]])
-    assert select_peaks(crm, peaks, scores, 0.0, 5.0).tolist() == [True, False, False]
+    assert select_peaks(crm, peaks, scores, PeakSelection(0.0, 5.0)).tolist() == [
+        True,
+        False,
+        False,
+    ]
     # relative 0.5: value >= 0 + 0.5 * (10 - 0)
-    assert select_peaks(crm, peaks, scores, 0.0, 0.5, "relative").tolist() == [True, True, False]
-    assert not select_peaks(crm, peaks, scores, 2.0).any()
+    assert select_peaks(crm, peaks, scores, PeakSelection(0.0, 0.5, "relative")).tolist() == [
+        True,
+        True,
+        False,
+    ]
+    assert not select_peaks(crm, peaks, scores, PeakSelection(2.0)).any()
     with pytest.raises(ValueError, match="relative"):
-        select_peaks(crm, peaks, scores, 0.0, 2.0, "relative")
+        PeakSelection(0.0, 2.0, "relative")
     with pytest.raises(ValueError, match="peak_threshold_mode"):
-        select_peaks(crm, peaks, scores, 0.0, 1.0, "percent")
+        PeakSelection(0.0, 1.0, "percent")
 
 
 def test_bad_inputs():

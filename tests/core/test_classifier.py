@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from prm.backprop import peak_response_maps
+from prm.backprop import PeakSelection, peak_response_maps
 from prm.class_groups import ClassGroups, GroupedResponseNet, load_class_groups
 from prm.classifier import from_classifier, lite0_available
 
@@ -50,7 +50,7 @@ def test_global_average_of_crms_is_the_classifiers_logits(make):
     assert torch.allclose(scores, logits, atol=1e-5)  # peak_stimulation=False by default
     assert not net.training
     # Peak back-propagation works at once, without training.
-    out = peak_response_maps(net, x[:1], class_threshold=-float("inf"))[0]
+    out = peak_response_maps(net, x[:1], selection=PeakSelection(class_threshold=-float("inf")))[0]
     assert len(out["prms"]) > 0 and torch.isfinite(out["prms"]).all()
 
 
@@ -130,12 +130,12 @@ def test_group_maps_are_the_max_of_their_members_and_back_propagate():
             net.class_response_maps(x), plain.class_response_maps(x) - shift, atol=1e-5
         )
     # Two members winning at two places: each peak's PRM equals that member's own PRM.
-    out = peak_response_maps(net, x, class_threshold=-float("inf"))[0]
-    ref = peak_response_maps(base, x, class_threshold=-float("inf"))[0]
+    out = peak_response_maps(net, x, selection=PeakSelection(class_threshold=-float("inf")))[0]
+    ref = peak_response_maps(base, x, selection=PeakSelection(class_threshold=-float("inf")))[0]
     winner = full[0, [1, 4, 7]].argmax(0)
-    for (c, y, xx), prm in zip(out["peaks"].tolist(), out["prms"]):
+    for (c, y, xx), prm in zip(out["peak_cells"].tolist(), out["prms"]):
         member = (1, 4, 7)[winner[y, xx]] if c == 0 else 2
-        match = [i for i, p in enumerate(ref["peaks"].tolist()) if p == [member, y, xx]]
+        match = [i for i, p in enumerate(ref["peak_cells"].tolist()) if p == [member, y, xx]]
         if match:  # the member has a peak there too: same PRM
             assert torch.allclose(prm, ref["prms"][match[0]], atol=1e-6)
     with pytest.raises(ValueError, match="over 1000 classes"):

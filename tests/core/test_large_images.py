@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from prm.backprop import PeakSelection
 from prm.engine.inference import predict_files
 from prm.model import build_model
 from prm.predictor import Predictor, resize_nearest, working_size
@@ -28,7 +29,7 @@ def test_a_large_image_is_predicted_at_the_working_size_and_scaled_back(model):
     small = torch.nn.functional.interpolate(
         image[None], size=(48, 64), mode="bilinear", antialias=True
     )[0]
-    options = {"input_size": 32, "class_threshold": -1e9, "proposal_fn": "prm"}
+    options = {"input_size": 32, "peak_selection": PeakSelection(-1e9), "proposal_fn": "prm"}
     bounded = Predictor(model, max_size=64, **options)
     with pytest.warns(UserWarning, match="image 0 is 400x300 pixels, larger than max_size 64"):
         big = bounded([image])[0]
@@ -52,7 +53,7 @@ def test_proposals_are_computed_on_the_working_size(model, tmp_path):
         masks[0, :10, :10] = masks[1, 5:, 5:] = True
         return masks
 
-    predictor = Predictor(model, input_size=32, class_threshold=-1e9, max_size=64)
+    predictor = Predictor(model, input_size=32, peak_selection=PeakSelection(-1e9), max_size=64)
     with pytest.warns(UserWarning, match="larger than max_size"):
         predict_files(predictor, [path], ["a", "b"], proposals=proposals, progress=False)
     assert seen == [(3, 48, 64)]

@@ -1,4 +1,4 @@
-"""The fully convolutional class-response network (method.md §1) and its weights."""
+"""The fully convolutional class-response network (docs/method.md §1) and its weights."""
 
 import pytest
 import torch

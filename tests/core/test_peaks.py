@@ -1,4 +1,4 @@
-"""Peak finding and peak stimulation, read against method.md §2."""
+"""Peak finding and peak stimulation, read against docs/method.md §2."""
 
 import pytest
 import torch

@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
+from prm.backprop import PeakSelection
+from prm.data import to_image_tensor, to_uint8_image
 from prm.masks import masks_to_boxes
-from prm.model import build_model
-from prm.predictor import Predictor, crm_to_image_coords, to_image_tensor
-from prm.proposals import CompactProposals
+from prm.model import PeakResponseNet, build_model
+from prm.predictor import Predictor, crm_to_image_coords
+from prm.proposals import CompactProposals, SelectiveSearch
 
 
 def test_crm_cells_map_to_receptive_field_centres():
@@ -36,7 +39,7 @@ def test_image_inputs_are_converted():
 def make_predictor(**kw):
     torch.manual_seed(0)
     model = build_model("small", 4, class_names=list("abcd"))
-    return Predictor(model, input_size=64, class_threshold=-1e9, peak_threshold=None, **kw)
+    return Predictor(model, input_size=64, peak_selection=PeakSelection(-1e9), **kw)
 
 
 def blobs(count, h, w, seed):
@@ -109,6 +112,20 @@ def test_compact_proposals_predict_as_dense_ones():
     assert torch.equal(expected["boxes"], masks_to_boxes(expected["masks"]))
 
 
+def test_a_bare_predictor_uses_selective_search():
+    torch.manual_seed(0)
+    model = build_model("small", 2, input_size=48)
+    predictor = Predictor(model)  # no proposals, no settings: the documented defaults
+    assert isinstance(predictor.proposal_fn, SelectiveSearch)
+    assert predictor.input_size == (48, 48) and predictor.response == "prm"
+    image = torch.zeros(3, 40, 56)
+    image[:, 10:25, 20:40] = 1.0
+    out = predictor([image])[0]
+    expected = SelectiveSearch()(to_uint8_image(image))
+    for mask in out["masks"]:  # every instance is one of selective search's proposals
+        assert (expected == mask).flatten(1).all(1).any()
+
+
 def test_bad_proposals():
     predictor = make_predictor()
     image = torch.rand(3, 50, 70)
@@ -116,8 +133,6 @@ def test_bad_proposals():
         ValueError, match=r"image 0: proposals are \(50, 71\), the image is \(50, 70\)"
     ):
         predictor([image], [blobs(5, 50, 71, 0)])
-    with pytest.raises(ValueError, match="no proposals given"):
-        predictor([image])
     with pytest.raises(ValueError, match="2 proposal sets for 1 images"):
         predictor([image], [blobs(5, 50, 70, 0)] * 2)
 
@@ -125,7 +140,7 @@ def test_bad_proposals():
 def test_no_peaks_above_threshold_is_an_empty_result():
     torch.manual_seed(0)
     model = build_model("small", 4)
-    out = Predictor(model, input_size=64, class_threshold=1e9)(
+    out = Predictor(model, input_size=64, peak_selection=PeakSelection(1e9))(
         [torch.rand(3, 50, 70)], [blobs(5, 50, 70, 0)]
     )[0]
     assert out["masks"].shape == (0, 50, 70) and out["scores"].shape == (0,)
@@ -146,7 +161,9 @@ def test_cam_baseline_uses_each_class_map_for_all_its_peaks():
     assert torch.all(((sums - 1).abs() < 1e-5) | (sums == 0)) and (sums > 0).any()
     out = predictor(images, proposals)[0]
     assert len(out["masks"]) >= 1
-    none = Predictor(predictor.model, input_size=64, response="crm", class_threshold=1e9)
+    none = Predictor(
+        predictor.model, input_size=64, response="crm", peak_selection=PeakSelection(1e9)
+    )
     assert len(none(images, proposals)[0]["masks"]) == 0  # no peak: empty, not an error
 
 
@@ -155,3 +172,41 @@ def test_proposal_free_fallback_makes_masks_from_prms():
     assert len(out["masks"]) > 0 and out["masks"].shape[1:] == (50, 70)
     with pytest.raises(ValueError, match="proposal_fn must be"):
         make_predictor(proposal_fn="mcg")
+
+
+def test_planted_object_in_a_non_square_image_with_sub_pixel_peaks():
+    # A network that sees brightness: a stride-4 average of the three channels, one class
+    # (no normalisation: the model says so, and the predictor follows it).
+    backbone = nn.Conv2d(3, 1, kernel_size=4, stride=4, bias=False)
+    model = PeakResponseNet(
+        backbone, 1, in_channels=1, sub_pixel_factor=4, mean=(0, 0, 0), std=(1, 1, 1)
+    )
+    with torch.no_grad():
+        backbone.weight.fill_(1 / 48)
+        model.classifier.weight.fill_(1.0)
+        model.classifier.bias.fill_(0.0)
+    # A 60 x 100 image, dark, with one bright blob centred at (x, y) = (70, 38): a cone
+    # 9 px in radius, so the response has a single top where the blob is brightest.
+    h, w, cx, cy, radius = 60, 100, 70, 38, 9
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    distance = ((xs - cx) ** 2 + (ys - cy) ** 2).sqrt()
+    image = (1 - distance / radius).clamp(min=0).expand(3, h, w).clone()
+    blob = distance < radius
+    # Candidates: a box around the blob, a box elsewhere, the blob, a wider disc. (A
+    # proposal cutting through the blob would win on the boundary term, rightly.)
+    around = torch.zeros(h, w, dtype=torch.bool)
+    around[20:56, 50:90] = True
+    elsewhere = torch.zeros(h, w, dtype=torch.bool)
+    elsewhere[5:25, 5:35] = True
+    proposals = torch.stack([around, elsewhere, blob, distance < 14])
+
+    predictor = Predictor(model, input_size=(48, 48), peak_selection=PeakSelection(0.0, 0.0))
+    out = predictor([image], [proposals])[0]
+    assert len(out["masks"]) == 1  # one peak above 0: the blob's
+    assert torch.equal(out["masks"][0], blob)
+    x, y = out["peaks"][0].tolist()
+    # The CRM is 12 x 12 cells (48 / 4), upsampled to 48 x 48 (align_corners): a step of
+    # one sub-cell is 11 / 47 of a cell, 60 / 12 * 11 / 47 = 1.17 image px vertically and
+    # 100 / 12 * 11 / 47 = 1.95 px horizontally. The peak is within one step of the top.
+    assert abs(x - cx) <= 1.95 and abs(y - cy) <= 1.17
+    assert blob[int(y), int(x)]

@@ -1,4 +1,4 @@
-"""Proposal retrieval (method.md §5): a hand-worked example and the authors' loop."""
+"""Proposal retrieval (docs/method.md §5): a hand-worked example and the authors' loop."""
 
 import pytest
 import torch

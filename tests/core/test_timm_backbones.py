@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prm.backprop import peak_response_maps
+from prm.backprop import PeakSelection, peak_response_maps
 from prm.model import PeakResponseNet, build_backbone, build_model
 
 timm = pytest.importorskip("timm")
@@ -119,12 +119,14 @@ def test_rule_on_timm_backbones_equals_direct_implementation(name):
     before = copy.deepcopy(model.state_dict())
     with torch.no_grad():
         reference_out = model(image[None])
-    out = peak_response_maps(model, image[None], class_threshold=-float("inf"))[0]
+    out = peak_response_maps(
+        model, image[None], selection=PeakSelection(class_threshold=-float("inf"))
+    )[0]
     prms = out["prms"]
     assert len(prms) >= 3  # at least one peak per class
     assert torch.isfinite(prms).all() and (prms >= 0).all()
     assert torch.allclose(prms.flatten(1).sum(1), torch.ones(len(prms)), atol=1e-5)
-    expected = direct_prms(model, image, out["peaks"])
+    expected = direct_prms(model, image, out["peak_cells"])
     assert torch.allclose(prms, expected, rtol=1e-4, atol=1e-7), (prms - expected).abs().max()
     # The model is exactly as before: weights, buffers, outputs, ordinary gradients.
     after = model.state_dict()
@@ -140,8 +142,10 @@ def test_the_rule_differs_from_the_plain_gradient_on_depthwise_convs():
     torch.manual_seed(0)
     model = build_model("timm:efficientnet_lite0", 2, peak_filter=None).eval()
     image = torch.randn(1, 3, 64, 64)
-    out = peak_response_maps(model, image, class_threshold=-float("inf"))[0]
-    c, y, x = out["peaks"][0].tolist()
+    out = peak_response_maps(model, image, selection=PeakSelection(class_threshold=-float("inf")))[
+        0
+    ]
+    c, y, x = out["peak_cells"][0].tolist()
     inp = image.clone().requires_grad_()
     model.class_response_maps(inp)[0, c, y, x].backward()
     plain = inp.grad[0].sum(0).clamp(min=0)

@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 
 from prm.cli import main
+from prm.engine import load_model
+from prm.retrieval import RetrievalConfig
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,39 @@ def test_predict_images_skips_unreadable_files(checkpoint, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert {r["image_id"] for r in results} == {"a"}
     assert (out / "overlays" / "a.png").is_file()
+
+
+def test_tune_yaml_predict_round_trip(checkpoint, tmp_path):
+    """`prm tune` writes YAML (per-class lists) and a tuned checkpoint; `prm predict` reads
+    either and predicts what the chosen settings predict, not the defaults."""
+    common = [
+        "--dataset", "shapes", "--split", "test", "--limit", "3", "--proposals", "prm",
+        "--class-threshold", "-100", "--quiet",
+    ]  # fmt: skip
+    tuned = tmp_path / "tuned.pt"
+    code = main(
+        ["tune", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "r.yaml"),
+         "--alpha", "0.5", "2.0", "--nms-threshold", "0.0", "--per-class",
+         "--save-checkpoint", str(tuned), *common]
+    )  # fmt: skip
+    assert code == 0
+    chosen = RetrievalConfig.from_yaml(tmp_path / "r.yaml")
+    assert isinstance(chosen.alpha, list) and len(chosen.alpha) == 6  # a YAML list
+    assert chosen.nms_threshold == 0.0 and chosen.alpha[0] in (0.5, 2.0)
+    assert RetrievalConfig.from_dict(load_model(tuned).inference["retrieval"]) == chosen
+
+    def predict(name, *extra):
+        out = tmp_path / name
+        argv = ["predict", "--out", str(out), "--overlays", "0", *common, *extra]
+        assert main(argv) == 0
+        return json.loads((out / "results.json").read_text())
+
+    from_yaml = predict("yaml", "--checkpoint", str(checkpoint), "--retrieval-config",
+                        str(tmp_path / "r.yaml"))  # fmt: skip
+    assert predict("tuned", "--checkpoint", str(tuned)) == from_yaml
+    default = predict("default", "--checkpoint", str(checkpoint))
+    # NMS at IoU 0 leaves one instance per image; the defaults keep more.
+    assert len(from_yaml) == 3 < len(default)
 
 
 PREDICT = "predict --out {tmp}/o --checkpoint "
@@ -251,10 +286,55 @@ def test_tune_saves_thresholds_where_predict_picks_them_up(checkpoint, tmp_path,
     argv = ["predict", "--checkpoint", str(run / "last.pt"), "--images", str(tmp_path)]
     argv += ["--out", str(tmp_path / "predicted")]
     _, predictor = build_predictor(build_parser().parse_args(argv))
-    assert predictor.peak_threshold == saved["predictor"]["peak_threshold"]
-    assert predictor.peak_threshold_mode == "relative" and predictor.class_threshold == -100
+    assert predictor.peak_selection.peak_threshold == saved["predictor"]["peak_threshold"]
+    assert predictor.peak_selection.peak_threshold_mode == "relative"
+    assert predictor.peak_selection.class_threshold == -100
     assert predictor.retrieval.proposal_count == saved["retrieval"]["proposal_count"]
     assert "using the tuned settings in" in capsys.readouterr().out
     args = build_parser().parse_args(argv + ["--retrieval-config", "none"])
     _, predictor = build_predictor(args)
-    assert predictor.peak_threshold == 0.0 and predictor.retrieval.proposal_count == 100
+    assert (
+        predictor.peak_selection.peak_threshold == 0.0 and predictor.retrieval.proposal_count == 100
+    )
+
+
+def test_settings_precedence_checkpoint_tuned_file_explicit_file_flags(checkpoint, tmp_path):
+    """checkpoint's stored settings < retrieval.yaml beside it < --retrieval-config < flags,
+    each overriding only the fields it sets."""
+    import yaml
+
+    from prm.backprop import PeakSelection
+    from prm.cli import build_parser
+    from prm.cli.predict import build_predictor, read_tuned_settings
+    from prm.engine.checkpoint import with_inference_settings
+
+    run = tmp_path / "run"
+    stored = {"retrieval": {"beta": 1e-3, "nms_threshold": 0.5}}
+    stored["peak_selection"] = {"class_threshold": -1.0, "peak_threshold": 0.5}
+    with_inference_settings(checkpoint, run / "last.pt", **stored)
+    tuned = {"retrieval": {"beta": 2e-3}, "predictor": {"peak_threshold": 0.6}}
+    (run / "retrieval.yaml").write_text(yaml.safe_dump(tuned))
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({"retrieval": {"tau": 0.5}}))
+
+    def settings(*extra):
+        argv = ["predict", "--checkpoint", str(run / "last.pt"), "--images", str(tmp_path)]
+        args = build_parser().parse_args([*argv, "--out", str(tmp_path / "o"), *extra])
+        _, predictor = build_predictor(args)
+        r, p = predictor.retrieval, predictor.peak_selection
+        return r.beta, r.nms_threshold, r.tau, p.class_threshold, p.peak_threshold
+
+    assert settings("--retrieval-config", "none") == (1e-3, 0.5, 0.95, -1.0, 0.5)
+    assert settings() == (2e-3, 0.5, 0.95, -1.0, 0.6)
+    # An explicit file replaces retrieval.yaml (not layered on it).
+    assert settings("--retrieval-config", str(tmp_path / "other.yaml")) == (
+        1e-3, 0.5, 0.5, -1.0, 0.5,
+    )  # fmt: skip
+    assert settings("--beta", "4e-3", "--peak-threshold", "0.7") == (4e-3, 0.5, 0.95, -1.0, 0.7)
+    # The tuned file is checked like any settings file, naming it.
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"retrieval": {}, "predictor": {"x": 1}}))
+    with pytest.raises(ValueError, match="bad.yaml: 'predictor' may hold only"):
+        read_tuned_settings(tmp_path / "bad.yaml", RetrievalConfig(), PeakSelection())
+    bad_mode = {"retrieval": {}, "predictor": {"peak_threshold_mode": "loud"}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad_mode))
+    with pytest.raises(ValueError, match="bad.yaml: peak_threshold_mode must be"):
+        read_tuned_settings(tmp_path / "bad.yaml", RetrievalConfig(), PeakSelection())

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from prm.backprop import PeakSelection
 from prm.cli import main
 from prm.data import ShapeScenes
 from prm.engine import load_checkpoint
@@ -102,7 +103,12 @@ def test_predictions_have_the_predictor_format_and_the_cli_uses_them(tmp_path):
     distilled.score_threshold = 0.0  # an undertrained model: keep whatever it finds
     got = distilled([image])[0]
     prm_model = build_model("small", 6, class_names=model.class_names)
-    want = Predictor(prm_model, input_size=32, class_threshold=-1e9, proposal_fn="prm")([image])[0]
+    want = Predictor(
+        prm_model,
+        input_size=32,
+        peak_selection=PeakSelection(class_threshold=-1e9, peak_threshold=0.0),
+        proposal_fn="prm",
+    )([image])[0]
     assert set(want) <= set(got)
     n = len(got["scores"])
     assert got["masks"].shape == (n, 128, 128) and got["masks"].dtype == torch.bool

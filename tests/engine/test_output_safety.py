@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import prm.engine.inference as inference
+from prm.backprop import PeakSelection
 from prm.data import FolderDataset
 from prm.engine.inference import predict_dataset, predict_files, unique_image_ids
 from prm.model import build_model
@@ -20,7 +21,7 @@ from prm.predictor import Predictor
 def predictor():
     torch.manual_seed(0)
     model = build_model("small", 2, class_names=["a", "b"])
-    return Predictor(model, input_size=32, class_threshold=-1e9, proposal_fn="prm")
+    return Predictor(model, input_size=32, peak_selection=PeakSelection(-1e9), proposal_fn="prm")
 
 
 def picture(path, seed=0):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
+from prm.backprop import PeakSelection
 from prm.data import ShapeScenes
 from prm.engine import save_checkpoint
 from prm.engine.pseudo_label import PseudoLabelFilter, filter_instances, pseudo_label
@@ -48,7 +49,12 @@ def test_filter_applies_each_documented_rule():
 def predictor():
     torch.manual_seed(0)
     model = build_model("small", 6, class_names=CLASSES)
-    return Predictor(model, input_size=32, class_threshold=-1e9, proposal_fn="prm")
+    return Predictor(
+        model,
+        input_size=32,
+        peak_selection=PeakSelection(class_threshold=-1e9, peak_threshold=0.0),
+        proposal_fn="prm",
+    )
 
 
 def data(n=6):

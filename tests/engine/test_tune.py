@@ -4,7 +4,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from PIL import Image
 
+from prm.backprop import PeakSelection
 from prm.data import ShapeScenes
 from prm.engine.inference import predict_dataset
 from prm.engine.tune import tune_retrieval
@@ -16,12 +18,14 @@ from prm.predictor import Predictor, to_image_tensor
 def setup():
     torch.manual_seed(0)
     model = build_model("small", 6)
-    options = {"input_size": 64, "class_threshold": -1e9, "proposal_fn": "prm"}
-    options.update(peak_threshold=0.7, peak_threshold_mode="relative")  # a few peaks a class
+    # A few peaks a class: relative threshold 0.7.
+    selection = PeakSelection(
+        class_threshold=-1e9, peak_threshold=0.7, peak_threshold_mode="relative"
+    )
+    options = {"input_size": 64, "peak_selection": selection, "proposal_fn": "prm"}
     predictor = Predictor(model, **options)
     dataset = ShapeScenes("val", 4, size=64)
     return predictor, dataset, options
-    return predictor, dataset
 
 
 def test_best_setting_scores_what_a_fresh_prediction_scores(setup):
@@ -68,12 +72,84 @@ def test_bad_grids(setup):
         tune_retrieval(predictor, dataset, {"beta": [0.1]}, metric="coco/AP", progress=False)
 
 
+class _PlantedResponse(Predictor):
+    """A predictor whose peak response map is given, not computed: one peak of class 0
+    whose PRM spreads evenly over a 20 x 20 square B around the object, a 10 x 10 square
+    A; the class response is high only on A's 6 x 6 core (so background Q is 1 outside
+    the core, inside A too)."""
+
+    def respond(self, image, proposals=None, index=0):
+        prm = torch.zeros(1, 32, 32)
+        prm[0, 6:26, 6:26] = 1 / 400
+        crm = torch.zeros(2, 32, 32)
+        crm[0, 13:19, 13:19] = 1.0
+        response = {
+            "peak_cells": torch.tensor([[0, 16, 16]]),
+            "labels": torch.tensor([0]),
+            "peak_values": torch.tensor([1.0]),
+            "prms": prm,
+            "class_scores": torch.tensor([1.0, -1.0]),
+            "crm": crm,
+        }
+        return response, proposals
+
+
+class _OneImage:
+    classes = ["object", "other"]
+    category_ids = [1, 2]
+    skipped: list = []
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        masks = torch.zeros(1, 32, 32, dtype=torch.bool)
+        masks[0, 11:21, 11:21] = True  # A
+        target = {
+            "image_id": "planted",
+            "image_labels": torch.tensor([1.0, 0.0]),
+            "size": (32, 32),
+            "masks": masks,
+            "labels": torch.tensor([0]),
+        }
+        return Image.new("RGB", (32, 32)), target
+
+
+def test_beta_decides_and_the_tuner_finds_it():
+    # Proposals: B (all of the PRM, 364 background pixels), A (the object: a quarter of
+    # the PRM, 64 background pixels), C (A's core: 9% of the PRM, no background). With
+    # alpha = 0.8 the scores are about B = 1.16 - 364 beta, A = 0.60 - 64 beta and
+    # C = 0.31 (instance + boundary terms): too small a beta retrieves B (IoU with the
+    # object 0.25), too large a beta retrieves C (IoU 0.36); only beta = 3e-3 retrieves A.
+    squares = [(6, 26), (11, 21), (13, 19)]
+    proposals = torch.zeros(3, 32, 32, dtype=torch.bool)
+    for p, (lo, hi) in enumerate(squares):
+        proposals[p, lo:hi, lo:hi] = True
+    model = build_model("small", 2)
+    predictor = _PlantedResponse(model, input_size=32, proposal_fn="prm")
+    betas = [1e-4, 1e-3, 3e-3, 1e-2, 1e-1]
+    result = tune_retrieval(
+        predictor,
+        _OneImage(),
+        {"beta": betas},
+        proposals=lambda image_id, image: proposals,
+        progress=False,
+    )
+    assert [t["value"] for t in result.trials] == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert result.best.beta == 3e-3 and result.value == 1.0
+    chosen = predictor.retrieve(*predictor.respond(None, proposals), result.best)
+    assert torch.equal(chosen["masks"][0], proposals[1])
+
+
 def test_thresholds_filtered_from_a_loose_response_match_a_fresh_prediction(setup):
     """Peaks filtered from one loose back-propagation = predicting with the thresholds."""
     from prm.engine.tune import retrieve_filtered
 
     predictor, dataset, options = setup
-    loose = Predictor(predictor.model, **{**options, "peak_threshold": 0.3})
+    base = options["peak_selection"]
+    loose = Predictor(
+        predictor.model, **{**options, "peak_selection": replace(base, peak_threshold=0.3)}
+    )
     compared = 0
     for index in range(2):
         image = to_image_tensor(dataset[index][0])
@@ -84,7 +160,9 @@ def test_thresholds_filtered_from_a_loose_response_match_a_fresh_prediction(setu
             response, proposals = loose.respond(image, given)
             for class_threshold in (-1e9, float(response["class_scores"].median())):
                 for peak_threshold in (0.3, 0.8):
-                    chosen = {"class_threshold": class_threshold, "peak_threshold": peak_threshold}
+                    chosen = replace(
+                        base, class_threshold=class_threshold, peak_threshold=peak_threshold
+                    )
                     got = retrieve_filtered(
                         predictor,
                         response,
@@ -92,7 +170,7 @@ def test_thresholds_filtered_from_a_loose_response_match_a_fresh_prediction(setu
                         chosen,
                         image=image if given is None else None,
                     )
-                    fresh = Predictor(predictor.model, **{**options, **chosen})
+                    fresh = Predictor(predictor.model, **{**options, "peak_selection": chosen})
                     want = fresh(image[None], None if given is None else [given])[0]
                     assert torch.equal(got["labels"], want["labels"])
                     assert torch.equal(got["masks"], want["masks"])
@@ -108,12 +186,12 @@ def test_thresholds_and_proposal_count_in_the_grid(setup):
     assert len(result.trials) == 4 and result.best.proposal_count == 3
     assert [t["params"]["peak_threshold"] for t in result.trials] == [0.9, 0.9, 0.5, 0.5]
     best = result.trials[[t["value"] for t in result.trials].index(result.value)]["params"]
-    assert result.predictor == {
-        "class_threshold": best["class_threshold"],
-        "peak_threshold": best["peak_threshold"],
-        "peak_threshold_mode": "relative",
-    }
-    assert predictor.peak_threshold == 0.7  # the predictor itself is unchanged
+    assert result.peak_selection == PeakSelection(
+        class_threshold=best["class_threshold"],
+        peak_threshold=best["peak_threshold"],
+        peak_threshold_mode="relative",
+    )
+    assert predictor.peak_selection.peak_threshold == 0.7  # the predictor is unchanged
 
 
 def test_warns_when_nothing_scores_and_on_the_grid_edge(setup):

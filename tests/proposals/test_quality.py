@@ -52,9 +52,9 @@ def test_evaluator_abo_and_recall_over_images():
     target2 = {"image_id": "2", "masks": torch.stack([c, a]), "iscrowd": torch.tensor([0, 1])}
     proposals2 = _box(8, 8, 0, 1, 0, 8)[None]
     evaluator = ProposalEvaluator(top_k=(10,))
-    evaluator.process(proposals1, target1)
-    evaluator.process(proposals2, target2)
-    result = evaluator.evaluate()
+    evaluator.process([target1], [{"proposals": proposals1}])
+    evaluator.process([target2], [{"proposals": proposals2}])
+    result = evaluator.summarize()
     assert result["instances"] == 3
     assert result["abo@10"] == pytest.approx((1 + 0.25 + 0.5) / 3)
     assert result["recall@10"] == pytest.approx(2 / 3)
@@ -63,7 +63,9 @@ def test_evaluator_abo_and_recall_over_images():
 
 def test_evaluator_needs_instance_masks():
     with pytest.raises(ValueError, match="no instance masks"):
-        ProposalEvaluator().process(torch.zeros(1, 2, 2, dtype=torch.bool), {"image_id": "x"})
+        ProposalEvaluator().process(
+            [{"image_id": "x"}], [{"proposals": torch.zeros(1, 2, 2, dtype=torch.bool)}]
+        )
 
 
 def test_size_mismatch_is_an_error():

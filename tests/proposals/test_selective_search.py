@@ -174,8 +174,8 @@ def test_real_photos(shared_data):
         image, target = dataset[index]
         proposals = generator.propose(image)
         assert proposals.size == target["size"]
-        evaluator.process(proposals, target)
-    result = evaluator.evaluate()
+        evaluator.process([target], [{"proposals": proposals}])
+    result = evaluator.summarize()
     assert result["instances"] == 12
     assert result["abo@1000"] > 0.5, result
 

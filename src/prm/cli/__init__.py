@@ -63,13 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS.values():
-        try:
-            module = importlib.import_module(module_name, __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith(f"{__name__}."):
-                continue  # sub-command not built yet
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(module_name, __name__).add_parser(subparsers)
     for sub in subparsers.choices.values():
         sub.add_argument(
             "--threads",

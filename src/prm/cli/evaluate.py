@@ -26,8 +26,6 @@ Metric definitions: docs/evaluation.md.
 
 # Kept literal (not imported) so that `prm --help` does not load torch; `run` validates.
 MASK_METRICS = ("instance", "coco", "semantic")
-# Default split of each dataset when --split is not given (build_dataset's are for training).
-EVALUATION_SPLITS = {"voc": "val", "shapes": "val", "coco": "val2017"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -38,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_dataset_arguments(parser, default_split="val for voc and shapes, val2017 for coco")
+    add_dataset_arguments(parser, default_split="the reader's evaluation split")
     parser.add_argument("--predictions", required=True, help="results .json to score")
     parser.add_argument(
         "--out",
@@ -85,6 +83,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prm.data.build import reader
     from prm.evaluation import METRICS, load_results, prediction_masks, run_evaluation
 
     unknown = [m for m in args.metrics if m not in METRICS]
@@ -96,11 +95,9 @@ def run(args: argparse.Namespace) -> int:
             f"metric(s) {not_in_file} need class scores, peaks or PRMs, which a results file "
             f"does not hold; choose from {list(MASK_METRICS)} or run `prm predict --evaluate`"
         )
-    # COCO drops images without objects by default; their false positives must count here.
-    extra = {"keep_empty": True} if args.dataset == "coco" else {}
-    # Scores are measured on held-out data: never the training split by default.
-    split = EVALUATION_SPLITS.get(args.dataset.lower())
-    dataset = dataset_from_args(args, split, **extra)
+    # The reader's evaluation split and options (COCO keeps images without objects, whose
+    # false positives must count).
+    dataset = dataset_from_args(args, evaluation=True)
     results = load_results(args.predictions, dataset)
 
     sampler = None
@@ -133,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             "class_agnostic_abo": args.class_agnostic_abo,
             "ties": args.ties,
         }
-    where = args.annotations or f"split {args.split or split}"
+    where = args.annotations or f"split {args.split or reader(args.dataset).DEFAULT_SPLITS['eval']}"
     print(f"{dataset!r} ({where}), {sum(len(r['scores']) for r in results)} predictions")
     run_evaluation(
         pairs(),
@@ -158,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             dataset=dataset_flags(
                 args.dataset,
                 args.root,
-                args.split or split,
+                args.split or reader(args.dataset).DEFAULT_SPLITS["eval"],
                 getattr(args, "annotations", None),
                 getattr(args, "image_dir", None),
             ),

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from prm.cli.predict import _image_paths
-    from prm.data.images import DataError, load_image
+    from prm.data.images import DataError, load_image, to_uint8_image
     from prm.evaluation.results import results_entries
     from prm.predictor import to_image_tensor
     from prm.pretrained import PretrainedSettings, pretrained_model, pretrained_predictor
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         proposals = None
         if proposal_fn is not None:
-            proposals = proposal_fn((image * 255).round().to(torch.uint8))
+            proposals = proposal_fn(to_uint8_image(image))
         t_proposals = time.perf_counter() - t0
         t0 = time.perf_counter()
         response, proposals = predictor.respond(image, proposals)
@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
                     names[c]: round(math.exp(min(float(scores[c]), 0.0)), 4) for c in found
                 },
                 "instances": instances,
-                "peaks": len(response["peaks"]),
+                "peaks": len(response["peak_cells"]),
                 "seconds": seconds,
                 "overlay": str(overlay),
             }
@@ -267,8 +267,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write(path, data) -> None:
     import json
-    import os
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    from prm.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")

@@ -39,9 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", help="image files and/or folders of images")
-    source.add_argument("--dataset", help="voc, coco, folder or shapes")
+    source.add_argument("--dataset", help="voc, coco, folder, shapes or glyphs")
     parser.add_argument("--root", help="dataset folder")
-    parser.add_argument("--split", help="dataset split")
+    parser.add_argument("--split", help="dataset split (default: the reader's evaluation split)")
     parser.add_argument("--out", required=True, help="output folder")
     add_predictor_arguments(parser)
     parser.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write")
@@ -59,16 +59,40 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+#: RetrievalConfig fields that are flags (the others: --retrieval-config), with their help.
+#: Types and defaults come from the dataclass; ``prm tune`` searches the GRID ones.
+RETRIEVAL_FLAGS = {
+    "alpha": "weight of the instance-aware term",
+    "beta": "weight of the class-aware background penalty",
+    "tau": "background threshold factor",
+    "contour_width": "side of the contour's square element (odd)",
+    "nms_threshold": "mask IoU at which NMS suppresses an instance",
+    "proposal_count": "read only the first N proposals of each image. Selective search "
+    "makes 150-220 on 128 px scenes; recall@0.5 of the first 100 / 200 / all was 0.91 / "
+    "0.95 / 0.98 on ShapeScenes and 0.88 / 0.91 / 0.92 on GlyphScenes: raise it (or tune "
+    "it) when your generator makes more",
+}
+#: Where `prm tune` saves its choice by default, next to the checkpoint, and where
+#: `prm predict` looks for it.
+TUNED_FILE = "retrieval.yaml"
+#: PeakSelection fields that are flags.
+PEAK_FLAGS = {
+    "class_threshold": "minimum class score",
+    "peak_threshold": "keep peaks above this (0 with 'absolute': a positive logit)",
+}
+#: The flags ``prm tune`` searches (several values each).
+GRID = ("alpha", "beta", "tau", "contour_width", "nms_threshold", "proposal_count", *PEAK_FLAGS)
+
+
 def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False) -> None:
     """The flags that configure a :class:`~prm.predictor.Predictor` (shared with tune).
 
-    With ``grid=True`` the retrieval weights take several values (a grid to search).
+    Peak and retrieval flags left out take the tuned file's (``--retrieval-config``, else
+    the checkpoint folder's :data:`TUNED_FILE`), else the checkpoint's stored settings
+    (see ``prm tune --save-checkpoint``), else the defaults of
+    :class:`~prm.backprop.PeakSelection` / :class:`~prm.retrieval.RetrievalConfig`.
+    With ``grid=True`` the :data:`GRID` fields take several values (a grid to search).
     """
-    many = {"nargs": "+"} if grid else {}
-
-    def default(value):
-        return [value] if grid else value
-
     parser.add_argument(
         "--proposals",
         default="selective-search",
@@ -77,57 +101,33 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
     )
     parser.add_argument("--proposal-cache", help="cache folder for selective-search proposals")
     parser.add_argument(
-        "--input-size", type=int, default=None, help="network input size (default: training size)"
+        "--input-size", type=int, help="network input size (default: training size)"
     )
-    parser.add_argument(
-        "--class-threshold",
-        type=float,
-        default=default(0.0),
-        help="use a class's peaks only when its class score is at least this (default 0)",
-        **many,
-    )
-    parser.add_argument(
-        "--peak-threshold",
-        type=float,
-        default=default(0.0),
-        help="keep peaks above this (default 0: a positive logit; 'absolute' mode)",
-        **many,
-    )
-    parser.add_argument(
-        "--peak-threshold-mode", choices=["absolute", "relative"], default="absolute"
-    )
+    for name, text in PEAK_FLAGS.items():
+        many = {"nargs": "+"} if grid else {}
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, help=text, **many)
+    parser.add_argument("--peak-threshold-mode", choices=["absolute", "relative"])
     parser.add_argument("--score", choices=["peak", "retrieval", "class"], default="peak")
     parser.add_argument(
         "--response",
         choices=["prm", "crm"],
-        default="prm",
-        help="'crm' retrieves with class response maps (the CAM baseline)",
+        help="'crm' retrieves with class response maps (the CAM baseline); default: the "
+        "checkpoint's kind ('crm' for a network trained without peak stimulation)",
     )
-    parser.add_argument("--alpha", type=float, default=default(0.8), help="instance weight", **many)
-    parser.add_argument(
-        "--beta", type=float, default=default(1e-5), help="background penalty", **many
-    )
-    parser.add_argument(
-        "--tau", type=float, default=default(0.95), help="background factor", **many
-    )
-    parser.add_argument("--contour-width", type=int, default=default(5), **many)
-    parser.add_argument("--nms-threshold", type=float, default=default(0.3), **many)
-    parser.add_argument(
-        "--proposal-count",
-        type=int,
-        default=default(100),
-        **many,
-        help="read only the first N proposals of each image (default 100). Selective "
-        "search makes 150-220 on 128 px scenes; recall@0.5 of the first 100 / 200 / all "
-        "was 0.91 / 0.95 / 0.98 on ShapeScenes and 0.88 / 0.91 / 0.92 on GlyphScenes: "
-        "raise it (or tune it) when your generator makes more",
-    )
-    parser.add_argument("--per-class-nms", action="store_true")
+    from prm.retrieval import RetrievalConfig
+
+    defaults = RetrievalConfig()
+    for name, text in RETRIEVAL_FLAGS.items():
+        default = getattr(defaults, name)
+        many = {"nargs": "+"} if grid and name in GRID else {}
+        help = f"{text} (default: the checkpoint's, else {default})"
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), help=help, **many)
+    parser.add_argument("--per-class-nms", action="store_true", help="NMS within each class")
     parser.add_argument(
         "--retrieval-config",
-        help="YAML of retrieval settings and thresholds (as `prm tune` writes); overrides "
-        "the flags above. Default: the checkpoint folder's retrieval.yaml when `prm tune` "
-        "wrote one there; 'none' ignores it",
+        help="YAML of retrieval settings and thresholds (as `prm tune` writes); over the "
+        "checkpoint's, under the flags given. Default: the checkpoint folder's "
+        f"{TUNED_FILE} when `prm tune` wrote one there; 'none' ignores it",
     )
     parser.add_argument("--sub-pixel-factor", type=int, help="override the checkpoint's")
     parser.add_argument("--chunk-size", type=int, help="peaks back-propagated at once")
@@ -141,9 +141,21 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
     parser.add_argument("--device", default="auto")
 
 
-def build_predictor(args: argparse.Namespace):
-    """The model and :class:`~prm.predictor.Predictor` the flags describe."""
-    from prm.engine import load_checkpoint, load_model
+def _given(args: argparse.Namespace, names) -> dict:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def build_predictor(args: argparse.Namespace, grid: bool = False):
+    """The model and :class:`~prm.predictor.Predictor` the flags describe.
+
+    A ``prm distill`` checkpoint gives its one-pass predictor (no proposals, no peak or
+    retrieval settings). Otherwise settings: the checkpoint's < the tuned file
+    (``--retrieval-config FILE``, else the checkpoint folder's :data:`TUNED_FILE` unless
+    ``--retrieval-config none``) < flags. With ``grid=True`` the :data:`GRID` flags
+    (lists to search) are left to the caller.
+    """
+    from dataclasses import replace
+
     from prm.engine.distill import distilled_predictor, is_distilled_checkpoint
     from prm.engine.train import resolve_device
     from prm.predictor import Predictor
@@ -151,54 +163,35 @@ def build_predictor(args: argparse.Namespace):
 
     if is_distilled_checkpoint(args.checkpoint):  # `prm distill`: one forward pass, no proposals
         return distilled_predictor(args.checkpoint, device=resolve_device(args.device))
-    overrides = {}
-    if args.sub_pixel_factor is not None:
-        overrides["sub_pixel_factor"] = args.sub_pixel_factor
-    device = resolve_device(args.device)
-    model = load_model(args.checkpoint, map_location=device, **overrides).to(device)
-    input_size = args.input_size
-    if input_size is None:
-        input_size = load_checkpoint(args.checkpoint)["config"]["image_size"]
-    retrieval = RetrievalConfig(
-        alpha=args.alpha,
-        beta=args.beta,
-        tau=args.tau,
-        contour_width=args.contour_width,
-        proposal_count=args.proposal_count,
-        nms_threshold=args.nms_threshold,
-        nms_class_agnostic=not args.per_class_nms,
-    )
-    thresholds = {
-        "class_threshold": args.class_threshold,
-        "peak_threshold": args.peak_threshold,
-        "peak_threshold_mode": args.peak_threshold_mode,
-    }
-    config_file = tuned_settings_file(args)
-    if config_file is not None:
-        retrieval, thresholds = read_retrieval_config(config_file, retrieval, thresholds)
-    predictor = Predictor(
-        model,
-        input_size=input_size,
-        **thresholds,
-        retrieval=retrieval,
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint,
+        device=resolve_device(args.device),
+        sub_pixel_factor=args.sub_pixel_factor,
+        input_size=args.input_size or "model",
         proposal_fn="prm" if args.proposals in ("prm", "fallback") else None,
         response=args.response,
         score=args.score,
         chunk_size=args.chunk_size,
-        device=device,
         max_size=getattr(args, "max_size", 2048) or None,
     )
-    return model, predictor
-
-
-#: Where `prm tune` saves its choice by default, next to the checkpoint, and where
-#: `prm predict` looks for it.
-TUNED_FILE = "retrieval.yaml"
+    retrieval, selection = predictor.retrieval, predictor.peak_selection
+    config_file = tuned_settings_file(args)
+    if config_file is not None:
+        retrieval, selection = read_tuned_settings(config_file, retrieval, selection)
+    peaks = _given(
+        args, [n for n in [*PEAK_FLAGS, "peak_threshold_mode"] if not (grid and n in GRID)]
+    )
+    predictor.peak_selection = replace(selection, **peaks)
+    flags = _given(args, [n for n in RETRIEVAL_FLAGS if not (grid and n in GRID)])
+    if args.per_class_nms:
+        flags["nms_class_agnostic"] = False
+    predictor.retrieval = RetrievalConfig.from_dict(flags, source="flags", base=retrieval)
+    return predictor.model, predictor
 
 
 def tuned_settings_file(args: argparse.Namespace):
-    """The settings file ``prm predict`` should read: ``--retrieval-config``, else the
-    checkpoint folder's ``retrieval.yaml`` when it exists, else ``None``."""
+    """The settings file to read: ``--retrieval-config``, else the checkpoint folder's
+    :data:`TUNED_FILE` when it exists, else ``None`` (also for ``--retrieval-config none``)."""
     from pathlib import Path
 
     given = getattr(args, "retrieval_config", None)
@@ -211,50 +204,42 @@ def tuned_settings_file(args: argparse.Namespace):
     return None
 
 
-def read_retrieval_config(path, base, thresholds=None):
-    """Settings from a YAML file as ``prm tune`` writes it, over the flags' values.
+def read_tuned_settings(path, retrieval, selection):
+    """Retrieval settings and peak selection from a YAML file as ``prm tune`` writes it.
 
     Args:
-        path: the YAML file: ``retrieval:`` (fields of RetrievalConfig) and optionally
-            ``predictor:`` (``class_threshold``, ``peak_threshold``,
-            ``peak_threshold_mode``); a bare mapping is read as ``retrieval``.
-        base: the RetrievalConfig of the flags.
-        thresholds: the flags' predictor thresholds (a dict), or ``None``.
+        path: the YAML file: ``retrieval:`` (:class:`~prm.retrieval.RetrievalConfig`
+            fields) and optionally ``predictor:`` (:class:`~prm.backprop.PeakSelection`
+            fields: ``class_threshold``, ``peak_threshold``, ``peak_threshold_mode``); a
+            bare mapping is read as ``retrieval``. Absent fields keep the bases' values.
+        retrieval: the base :class:`~prm.retrieval.RetrievalConfig`.
+        selection: the base :class:`~prm.backprop.PeakSelection`.
 
     Returns:
-        the RetrievalConfig, or ``(RetrievalConfig, thresholds)`` when ``thresholds`` is
-        given.
+        ``(RetrievalConfig, PeakSelection)``.
+
+    Raises:
+        ValueError: naming the file, for unknown fields or invalid values.
     """
-    from dataclasses import replace
+    from dataclasses import fields, replace
     from pathlib import Path
 
-    import yaml
+    from prm.files import read_yaml
+    from prm.retrieval import RetrievalConfig
 
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise FileNotFoundError(f"retrieval configuration {path} does not exist")
-    try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(document, dict):
-        raise ValueError(f"{path} must hold a mapping of retrieval settings")
-    data = document.get("retrieval", document)
-    predictor = document.get("predictor", {}) if "retrieval" in document else {}
-    fields = set(type(base).__dataclass_fields__)
-    unknown = sorted(set(data) - fields) if isinstance(data, dict) else []
-    if not isinstance(data, dict) or unknown:
-        raise ValueError(f"{path}: unknown retrieval settings {unknown}")
-    known = {"class_threshold", "peak_threshold", "peak_threshold_mode"}
-    if not isinstance(predictor, dict) or set(predictor) - known:
+    retrieval = RetrievalConfig.from_yaml(path, base=retrieval)
+    document = read_yaml(path, "retrieval configuration") or {}
+    peaks = document.get("predictor", {}) if "retrieval" in document else {}
+    known = {f.name for f in fields(selection)}
+    if not isinstance(peaks, dict) or set(peaks) - known:
         raise ValueError(f"{path}: 'predictor' may hold only {sorted(known)}")
-    data = dict(data)
-    if "proposal_size_limit" in data:
-        data["proposal_size_limit"] = tuple(data["proposal_size_limit"])
-    retrieval = replace(base, **data)
-    if thresholds is None:
-        return retrieval
-    return retrieval, {**thresholds, **predictor}
+    try:
+        selection = replace(selection, **peaks)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    return retrieval, selection
 
 
 def _image_paths(items: list[str]) -> list:
@@ -305,8 +290,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from prm.data import build_dataset
 
-        extra = {"keep_empty": True} if args.dataset == "coco" else {}
-        dataset = build_dataset(args.dataset, args.root, args.split, on_error="skip", **extra)
+        dataset = build_dataset(
+            args.dataset, args.root, args.split, evaluation=True, on_error="skip"
+        )
         if list(dataset.classes) != list(names):
             raise ValueError(
                 f"checkpoint {args.checkpoint} was trained on classes {names}, "

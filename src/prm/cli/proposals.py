@@ -35,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     source.add_argument("--images", metavar="DIR", help="a folder of images (ids: file stems)")
     source.add_argument("--dataset", help="dataset reader: voc, coco, folder, shapes")
     parser.add_argument("--root", help="dataset folder (see `prm.data.build_dataset`)")
-    parser.add_argument("--split", help="dataset split (default: the reader's)")
+    parser.add_argument("--split", help="dataset split (default: the reader's evaluation split)")
     parser.add_argument("--cache", required=True, metavar="DIR", help="cache folder")
     parser.add_argument(
         "--preset", choices=PRESETS, default="fast", help="generator settings (default: fast)"
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.root is None and args.dataset.lower() not in ("shapes", "glyphs"):
             raise ValueError(f"--dataset {args.dataset} needs --root PATH")
-        source = build_dataset(args.dataset, args.root, args.split)
+        source = build_dataset(args.dataset, args.root, args.split, evaluation=True)
     summary = precompute_proposals(
         source,
         cache,
@@ -129,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
                 continue
             target = item[1]
             if target["image_id"] in cache:
-                evaluator.process(cache.load(target["image_id"], compact=True), target)
-        result = evaluator.evaluate()
+                evaluator.process(
+                    [target], [{"proposals": cache.load(target["image_id"], compact=True)}]
+                )
+        result = evaluator.summarize()
         print(
             f"{result['instances']} instances in {result['images']} images, "
             f"{result['mean_proposals']:.0f} proposals per image"

@@ -37,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--preset", choices=["voc", "shapes"], help="starting configuration")
     parser.add_argument("--config", help="YAML file of configuration fields")
-    parser.add_argument("--dataset", help="voc, coco, folder or shapes")
+    parser.add_argument("--dataset", help="voc, coco, folder, shapes or glyphs")
     parser.add_argument("--root", help="dataset folder")
     parser.add_argument("--train-split", help="training split")
     parser.add_argument("--val-split", help="validation split ('none' to skip validation)")

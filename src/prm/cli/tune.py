@@ -18,12 +18,17 @@ EPILOG = """examples:
   prm predict --checkpoint runs/voc/last.pt --dataset voc --root VOCdevkit/VOC2012 \\
       --split val --proposals mcg/ --retrieval-config retrieval.yaml --evaluate
 
+  # or keep them in a copy of the checkpoint, which predict then uses by itself
+  prm tune --checkpoint runs/shapes/last.pt --dataset shapes --split val --limit 200 \\
+      --beta 1e-4 1e-3 --out retrieval.yaml --save-checkpoint runs/shapes/tuned.pt
+
 Tunable (several values each): --alpha --beta --tau --contour-width --nms-threshold
 --proposal-count --class-threshold --peak-threshold (in --peak-threshold-mode).
 Peak response maps and proposals are computed once per image, with the loosest
 thresholds; every combination of the values given is then scored with mAP^r
-(--metric). The best goes to --out as YAML. It warns when every combination scores 0
-and when a best value is the smallest or largest tried (extend the grid there).
+(--metric). The best goes to --out as YAML (default: retrieval.yaml next to the
+checkpoint, which `prm predict` then reads by itself). It warns when every combination
+scores 0 and when a best value is the smallest or largest tried (extend the grid there).
 """
 
 
@@ -38,7 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
-    parser.add_argument("--dataset", required=True, help="voc, coco, folder or shapes")
+    parser.add_argument("--dataset", required=True, help="voc, coco, folder, shapes or glyphs")
     parser.add_argument("--root", help="dataset folder")
     parser.add_argument("--split", default="val", help="split to tune on (default val)")
     parser.add_argument("--limit", type=int, help="only the first N images")
@@ -46,6 +51,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--out",
         help="YAML file for the chosen settings (default: retrieval.yaml next to the "
         "checkpoint, where `prm predict` finds it)",
+    )
+    parser.add_argument(
+        "--save-checkpoint",
+        metavar="PATH",
+        help="also write a copy of the checkpoint that carries the chosen settings "
+        "(`prm predict --checkpoint PATH` then uses them without --retrieval-config)",
     )
     add_predictor_arguments(parser, grid=True)
     parser.add_argument("--metric", default="instance/mAP_r@0.5", help="metric to maximise")
@@ -58,32 +69,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import yaml
-
-    from prm.cli.predict import TUNED_FILE, build_predictor
+    from prm.cli.predict import GRID, TUNED_FILE, build_predictor
     from prm.data import build_dataset
     from prm.engine.inference import proposal_source
     from prm.engine.tune import tune_retrieval
 
-    grid = {
-        "alpha": args.alpha,
-        "beta": args.beta,
-        "tau": args.tau,
-        "contour_width": args.contour_width,
-        "nms_threshold": args.nms_threshold,
-        "proposal_count": args.proposal_count,
-        "class_threshold": args.class_threshold,
-        "peak_threshold": args.peak_threshold,
-    }
-    # The predictor of the grid's first values, never the settings of an earlier tuning.
-    first = {k: v[0] for k, v in grid.items()}
-    first = argparse.Namespace(**{**vars(args), **first, "retrieval_config": "none"})
-    model, predictor = build_predictor(first)
-    dataset = build_dataset(args.dataset, args.root, args.split, on_error="skip")
+    if args.retrieval_config is None:
+        # The base of the grid is never the settings of an earlier tuning, unless asked.
+        args = argparse.Namespace(**{**vars(args), "retrieval_config": "none"})
+    model, predictor = build_predictor(args, grid=True)
+    grid = {name: getattr(args, name) for name in GRID if getattr(args, name) is not None}
+    dataset = build_dataset(args.dataset, args.root, args.split, evaluation=True, on_error="skip")
     result = tune_retrieval(
         predictor,
         dataset,
-        {k: v for k, v in grid.items() if len(v) > 1} or {"alpha": args.alpha},
+        grid or {"beta": [predictor.retrieval.beta]},
         proposals=proposal_source(args.proposals, args.proposal_cache),
         metric=args.metric,
         per_class=args.per_class,
@@ -94,15 +94,38 @@ def run(args: argparse.Namespace) -> int:
         value = trial["value"]
         shown = "-" if value is None else f"{100 * value:.1f}"
         print(f"{result.metric} = {shown:>5}  {trial['params']}")
-    params = result.best_params()
-    params["proposal_size_limit"] = list(params["proposal_size_limit"])
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / TUNED_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    document = {"retrieval": params, "predictor": result.predictor}
-    out.write_text(yaml.safe_dump(document, sort_keys=False))
+    write_tuned_settings(out, result.best, result.peak_selection)
     for message in result.warnings:
         print(f"warning: {message}")
     print(f"best {result.metric} = {100 * (result.value or 0):.1f} -> {out}")
     if out == Path(args.checkpoint).parent / TUNED_FILE:
         print("`prm predict` with this checkpoint now uses these settings")
+    if args.save_checkpoint:
+        from dataclasses import asdict
+
+        from prm.engine.checkpoint import with_inference_settings
+
+        saved = with_inference_settings(
+            args.checkpoint,
+            args.save_checkpoint,
+            retrieval=result.best.to_dict(),
+            peak_selection=asdict(result.peak_selection),
+        )
+        print(f"checkpoint with these settings -> {saved}")
     return 0
+
+
+def write_tuned_settings(path, retrieval, selection):
+    """Write the tuned settings as YAML, atomically: ``retrieval:`` (the
+    :class:`~prm.retrieval.RetrievalConfig`) and ``predictor:`` (the
+    :class:`~prm.backprop.PeakSelection`), as :func:`prm.cli.predict.read_tuned_settings`
+    reads them."""
+    from dataclasses import asdict
+
+    import yaml
+
+    from prm.files import write_text_atomic
+
+    document = {"retrieval": retrieval.to_dict(), "predictor": asdict(selection)}
+    return write_text_atomic(path, yaml.safe_dump(document, sort_keys=False))

@@ -10,7 +10,7 @@ from .coco import COCODataset
 from .common import BadDataWarning, Batch, ItemDataset, collate, multi_hot
 from .folder import FolderDataset
 from .glyphs import GLYPH_CLASSES, GlyphConfig, GlyphScenes, generate_glyph_scene
-from .images import DataError, load_image, load_index_png
+from .images import DataError, load_image, load_index_png, to_image_tensor, to_uint8_image
 from .shapes import SHAPE_CLASSES, SceneConfig, ShapeScenes, generate_scene
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, InferenceTransform, TrainTransform, denormalize
 from .voc import VOC_CLASSES, VOCDataset
@@ -43,4 +43,6 @@ __all__ = [
     "load_image",
     "load_index_png",
     "multi_hot",
+    "to_image_tensor",
+    "to_uint8_image",
 ]

@@ -55,6 +55,9 @@ class COCODataset(ItemDataset):
         DataError: the json is unreadable or lacks ``images``/``annotations``/``categories``.
     """
 
+    DEFAULT_SPLITS = {"train": "train2017", "val": "val2017", "eval": "val2017"}
+    EVAL_OPTIONS = {"keep_empty": True}
+
     def __init__(
         self,
         annotation_file: str | os.PathLike,

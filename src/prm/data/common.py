@@ -61,6 +61,13 @@ class ItemDataset(Dataset):
 
     classes: list[str]
     category_ids: list[int]
+    #: The reader's usual splits: ``"train"`` and ``"val"`` for training and its
+    #: validation, ``"eval"`` for evaluating instance masks (what ``prm predict`` and
+    #: ``prm evaluate`` read when no split is given). ``None``: the reader decides.
+    DEFAULT_SPLITS: dict[str, str | None] = {"train": None, "val": None, "eval": None}
+    #: Reader options for evaluation (e.g. COCO keeps images without objects, so that
+    #: false positives on them count).
+    EVAL_OPTIONS: dict[str, object] = {}
 
     def __init__(self, transform: Callable | None = None, on_error: str = "raise"):
         if on_error not in ON_ERROR:

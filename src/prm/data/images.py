@@ -21,9 +21,17 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
-__all__ = ["DataError", "load_image", "load_index_png", "exif_orientation"]
+__all__ = [
+    "DataError",
+    "load_image",
+    "load_index_png",
+    "exif_orientation",
+    "to_image_tensor",
+    "to_uint8_image",
+]
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -138,3 +146,54 @@ def load_index_png(
             f"{size[1]}x{size[0]}",
         )
     return array
+
+
+def _as_image_tensor(image: torch.Tensor | Image.Image | np.ndarray) -> torch.Tensor:
+    """A checked ``(3, H, W)`` uint8 or float tensor, without copying a tensor."""
+    if isinstance(image, Image.Image):
+        image = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+    elif isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"a numpy image must be (H, W, 3) uint8, got {image.shape} {image.dtype}"
+            )
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"unsupported image type {type(image).__name__}")
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"an image must be (3, H, W), got shape {tuple(image.shape)}")
+    if image.dtype == torch.uint8:
+        return image
+    if not image.is_floating_point():
+        raise ValueError(f"an image must be uint8 or float, got {image.dtype}")
+    image = image.detach()
+    if torch.isnan(image).any():
+        raise ValueError("image contains NaN")
+    if image.numel() and (image.min() < -1e-3 or image.max() > 1 + 1e-3):
+        raise ValueError(
+            f"float image values must be in 0..1, got {float(image.min()):.3g}.."
+            f"{float(image.max()):.3g} (pass the image before mean/std normalisation)"
+        )
+    return image
+
+
+def to_image_tensor(image: torch.Tensor | Image.Image | np.ndarray) -> torch.Tensor:
+    """An RGB image as a float32 tensor ``(3, H, W)`` in ``[0, 1]``: the one image converter.
+
+    Accepts a PIL image (any mode, converted to RGB), a uint8 ``(3, H, W)`` tensor, a
+    float ``(3, H, W)`` tensor in ``[0, 1]`` (values outside, e.g. a normalised image, are
+    refused), or a uint8 ``(H, W, 3)`` numpy array.
+    """
+    image = _as_image_tensor(image)
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+
+
+def to_uint8_image(image: torch.Tensor | Image.Image | np.ndarray) -> torch.Tensor:
+    """An RGB image as a uint8 tensor ``(3, H, W)``; float values are rounded from 0..1.
+
+    Accepts what :func:`to_image_tensor` accepts; uint8 tensors come back as they are.
+    """
+    image = _as_image_tensor(image)
+    if image.dtype == torch.uint8:
+        return image
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8)

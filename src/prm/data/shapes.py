@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from prm.files import write_atomic
+
 from .common import ItemDataset, multi_hot
 
 __all__ = [
@@ -488,6 +490,7 @@ class ShapeScenes(ItemDataset):
         config: further generator knobs (:class:`SceneConfig`); ``size`` overrides its size.
     """
 
+    DEFAULT_SPLITS = {"train": "train", "val": "val", "eval": "val"}
     # Hooks for generated datasets that share this machinery (``prm.data.glyphs``).
     _config_class: type = SceneConfig
     _class_names: list[str] = SHAPE_CLASSES
@@ -551,11 +554,10 @@ class ShapeScenes(ItemDataset):
         for i in range(n):
             images[i], maps[i], lab = self._generate(i)
             labels[i, : len(lab)] = lab
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, images=images, maps=maps, labels=labels)
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-        return {"images": images, "maps": maps, "labels": labels}
+        # Atomic: a concurrent reader never sees half a file.
+        arrays = {"images": images, "maps": maps, "labels": labels}
+        write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+        return arrays
 
     def __len__(self) -> int:
         return self.num_images

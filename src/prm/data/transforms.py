@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
+
+from .images import to_image_tensor
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TrainTransform", "InferenceTransform", "denormalize"]
 
@@ -101,11 +104,14 @@ class TrainTransform(_Transform):
         super().__init__(steps)
 
 
-class InferenceTransform(_Transform):
+class InferenceTransform:
     """Inference transform: resize to the network's input size and normalise.
 
-    The original size stays in ``target["size"]`` so that masks found at network
-    resolution can be mapped back to the image.
+    The one preprocessing path: training validation, :class:`prm.predictor.Predictor`
+    and the command line all use it. The image is converted with
+    :func:`prm.data.images.to_image_tensor`, resized as floats (bilinear, antialiased;
+    the aspect ratio is not kept) and normalised. The original size stays in
+    ``target["size"]`` so that masks found at network resolution can be mapped back.
 
     Args:
         size: network input ``(H, W)`` or an int for a square (the authors' 448);
@@ -113,7 +119,8 @@ class InferenceTransform(_Transform):
         mean, std: per-channel normalisation (ImageNet's by default).
 
     Call:
-        image (PIL.Image RGB or Tensor[3, H, W] uint8) -> Tensor[3, H', W'] float32.
+        image (PIL.Image, Tensor[3, H, W] uint8 or float in 0..1, or ndarray[H, W, 3]
+        uint8) -> Tensor[3, H', W'] float32.
     """
 
     def __init__(
@@ -122,11 +129,21 @@ class InferenceTransform(_Transform):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ):
-        steps = [v2.ToImage()]
-        if size is not None:
-            steps.append(v2.Resize(_square(size), antialias=True))
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-        super().__init__(steps)
+        size = _square(size)
+        self.size = tuple(size) if size is not None else None
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, image) -> torch.Tensor:
+        image = to_image_tensor(image)
+        if self.size is not None and tuple(image.shape[1:]) != self.size:
+            image = F.interpolate(image[None], size=self.size, mode="bilinear", antialias=True)[0]
+        return (image - self.mean.to(image.device)) / self.std.to(image.device)
+
+    def __repr__(self) -> str:
+        return f"InferenceTransform(size={self.size}, mean={self.mean.flatten().tolist()}, " + (
+            f"std={self.std.flatten().tolist()})"
+        )
 
 
 def denormalize(

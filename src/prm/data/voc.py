@@ -123,6 +123,10 @@ class VOCDataset(ItemDataset):
         DataError: the split file is empty.
     """
 
+    # Image-level training on ImageSets/Main; instance masks (the paper's table) on the
+    # segmentation val split.
+    DEFAULT_SPLITS = {"train": "Main/train", "val": "Main/val", "eval": "val"}
+
     def __init__(
         self,
         root: str | os.PathLike,

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from prm.files import write_atomic
 from prm.model import PeakResponseNet, build_model
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_model"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "with_inference_settings",
+]
 
 CHECKPOINT_FORMAT = "prm-checkpoint-v1"
 
@@ -24,19 +29,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     renamed over ``path``, so an interruption leaves either the old or the new checkpoint,
     never half of one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": CHECKPOINT_FORMAT, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: torch.save(state, handle), fsync=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -115,18 +109,22 @@ def load_model(
         backbone, class_names: when given, the checkpoint must match them.
         map_location: where to load tensors.
         **overrides: inference-time settings that carry no weights
-            (``sub_pixel_factor``, ``peak_filter``, ``win_size``).
+            (``sub_pixel_factor``, ``peak_filter``, ``win_size``, ``inference``).
 
     Returns:
-        The model in eval mode.
+        The model in eval mode, with what inference needs: its input size, mean/std,
+        class names, peak type (``peak_stimulation``) and stored inference settings.
     """
     state = load_checkpoint(path, map_location)
     check_compatible(state, path, backbone=backbone, class_names=class_names)
     config = dict(state["model_config"])
-    allowed = {"sub_pixel_factor", "peak_filter", "win_size"}
+    allowed = {"sub_pixel_factor", "peak_filter", "win_size", "inference"}
     if set(overrides) - allowed:
         raise ValueError(f"only {sorted(allowed)} can be changed at load time")
     config.update(overrides)
+    if config.get("input_size") is None and "config" in state:
+        # Checkpoints from before the model kept its input size: the training size.
+        config["input_size"] = state["config"].get("image_size")
     name = config.pop("backbone")
     config.pop("in_channels", None)
     model = build_model(name, config.pop("num_classes"), weights=None, **config)
@@ -137,3 +135,32 @@ def load_model(
             f"checkpoint {path} does not match its own model description: {exc}"
         ) from exc
     return model.eval()
+
+
+def with_inference_settings(path: str | Path, out: str | Path, **settings: dict[str, Any]) -> Path:
+    """Copy a checkpoint with inference settings stored in it (e.g. tuned retrieval).
+
+    A model loaded from ``out`` carries them, and :class:`~prm.predictor.Predictor` uses
+    them as its defaults.
+
+    Args:
+        path: the checkpoint to start from (never modified).
+        out: where to write the copy (not ``path``).
+        **settings: ``peak_selection=`` and/or ``retrieval=``: plain dicts of the fields of
+            :class:`~prm.backprop.PeakSelection` / :class:`~prm.retrieval.RetrievalConfig`.
+
+    Returns:
+        ``out``.
+    """
+    path, out = Path(path), Path(out)
+    if out.resolve() == path.resolve():
+        raise ValueError(f"{out}: write the tuned checkpoint to a new file, not over its input")
+    unknown = sorted(set(settings) - {"peak_selection", "retrieval"})
+    if unknown:
+        raise ValueError(f"unknown inference settings {unknown}")
+    state = load_checkpoint(path)
+    config = dict(state["model_config"])
+    config["inference"] = {**(config.get("inference") or {}), **settings}
+    state["model_config"] = config
+    save_checkpoint(out, state)
+    return out

@@ -13,24 +13,10 @@ from typing import Any
 
 import yaml
 
+from prm.files import read_yaml, write_text_atomic
 from prm.validation import check_number
 
-__all__ = [
-    "DEFAULT_SPLITS",
-    "TrainConfig",
-    "PRESETS",
-    "load_config",
-    "save_config",
-]
-
-#: (train, val) splits used when a configuration leaves them to the dataset.
-DEFAULT_SPLITS = {
-    "voc": ("Main/train", "Main/val"),
-    "coco": ("train2017", "val2017"),
-    "shapes": ("train", "val"),
-    "glyphs": ("train", "val"),
-    "folder": (None, None),
-}
+__all__ = ["TrainConfig", "PRESETS", "load_config", "save_config"]
 
 
 @dataclass
@@ -40,10 +26,10 @@ class TrainConfig:
     Data:
         dataset: ``voc``, ``coco``, ``folder`` or ``shapes`` (see ``prm.data.build_dataset``).
         root: dataset folder (for ``shapes``: an optional cache folder).
-        train_split / val_split: splits; ``None`` / ``"auto"`` take the dataset's usual
-            ones (VOC ``Main/train`` / ``Main/val``, COCO ``train2017`` / ``val2017``,
-            ShapeScenes ``train`` / ``val``, a folder's ``labels.csv`` / none);
-            ``val_split=None`` skips validation.
+        train_split / val_split: splits; ``None`` / ``"auto"`` take the reader's
+            ``DEFAULT_SPLITS`` (VOC ``Main/train`` / ``Main/val``, COCO ``train2017`` /
+            ``val2017``, ShapeScenes ``train`` / ``val``, a folder's ``labels.csv`` /
+            none); ``val_split=None`` skips validation.
         num_train_images / num_val_images: ShapeScenes split sizes (None: its defaults).
         val_fraction: hold out this fraction of the training split (drawn with ``seed``,
             the same images every run) as the validation set, instead of ``val_split``:
@@ -168,7 +154,7 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-#: Named starting points. ``voc`` is the authors' PASCAL VOC 2012 recipe (method.md §3);
+#: Named starting points. ``voc`` is the authors' PASCAL VOC 2012 recipe (docs/method.md §3);
 #: ``shapes`` trains the small backbone from scratch on ShapeScenes in minutes on a CPU.
 PRESETS: dict[str, TrainConfig] = {
     "voc": TrainConfig(),
@@ -203,13 +189,7 @@ def load_config(
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     config = PRESETS[preset or "voc"]
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"configuration file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+        data = read_yaml(path, "configuration file") or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a mapping of configuration keys")
         try:
@@ -221,4 +201,4 @@ def load_config(
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the configuration as YAML."""
-    Path(path).write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(asdict(config), sort_keys=False))

@@ -46,6 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prm.engine.checkpoint import load_checkpoint, save_checkpoint
+from prm.files import write_text_atomic
 from prm.masks import masks_to_boxes
 from prm.predictor import to_image_tensor
 
@@ -458,9 +459,7 @@ def _comparable(config: DistillConfig) -> dict[str, Any]:
 def _save_config(path: Path, config: DistillConfig) -> None:
     import yaml
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(asdict(config), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(asdict(config), sort_keys=False))
 
 
 def _truncate_log(path: Path, epoch: int) -> None:
@@ -474,9 +473,7 @@ def _truncate_log(path: Path, epoch: int) -> None:
                 kept.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             break
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 # ---------------------------------------------------------------------------- inference

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from prm.data import COCODataset, DataError, load_image
+from prm.data.images import to_image_tensor, to_uint8_image
 from prm.evaluation import results_entries, run_evaluation
 from prm.paths import output_path, safe_relative_name
-from prm.predictor import Predictor, to_image_tensor, working_size
+from prm.predictor import Predictor, working_size
 from prm.visualize import prediction_panel
 
 __all__ = [
@@ -153,7 +154,7 @@ def _proposal_image(image: torch.Tensor, max_size: int | None) -> torch.Tensor:
     work = working_size(tuple(image.shape[1:]), max_size)
     if work != tuple(image.shape[1:]):
         image = F.interpolate(image[None], size=work, mode="bilinear", antialias=True)[0]
-    return (image * 255).round().clamp(0, 255).to(torch.uint8)
+    return to_uint8_image(image.clamp(0, 1))
 
 
 @dataclass

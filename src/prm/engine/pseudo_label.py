@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from prm.files import write_text_atomic
 from prm.masks import encode_rle
 from prm.predictor import to_image_tensor
 
@@ -205,9 +206,7 @@ def _check_settings(parts: Path, settings: dict[str, Any]) -> None:
                 "use another --out folder or delete it"
             )
         return
-    tmp = path.with_name(f".settings.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True))
 
 
 def pseudo_label(
@@ -357,9 +356,7 @@ def merge_parts(
         ],
     }
     path = out / INSTANCES_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data))
     return path
 
 

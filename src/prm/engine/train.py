@@ -1,4 +1,4 @@
-"""Training: image-level labels in, a peak-stimulated classifier out (method.md §3).
+"""Training: image-level labels in, a peak-stimulated classifier out (docs/method.md §3).
 
 ``train(config)`` runs the whole loop: data, model, SGD with the authors' two learning
 rates, multi-label soft-margin loss on the class scores, a checkpoint every epoch
@@ -33,8 +33,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from prm.data import InferenceTransform, TrainTransform, build_dataset, collate
+from prm.data.build import reader
 from prm.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from prm.engine.config import DEFAULT_SPLITS, TrainConfig, save_config
+from prm.engine.config import TrainConfig, save_config
 from prm.evaluation import ClassificationEvaluator
 from prm.model import PeakResponseNet, build_model
 
@@ -72,9 +73,9 @@ def build_datasets(config: TrainConfig, with_val: bool = True):
     train_kwargs = dict(kwargs)
     if config.dataset in ("voc", "coco"):
         train_kwargs["instance_masks"] = False  # training reads image-level labels only
-    default_train, default_val = DEFAULT_SPLITS.get(config.dataset, (None, None))
-    train_split = config.train_split if config.train_split is not None else default_train
-    val_split = default_val if config.val_split == "auto" else config.val_split
+    defaults = reader(config.dataset).DEFAULT_SPLITS
+    train_split = config.train_split if config.train_split is not None else defaults["train"]
+    val_split = defaults["val"] if config.val_split == "auto" else config.val_split
     train_set = build_dataset(
         config.dataset,
         config.root,
@@ -162,6 +163,7 @@ def model_from_config(config: TrainConfig, class_names: list[str]) -> PeakRespon
         peak_filter=config.peak_filter,
         win_size=config.win_size,
         gradient=config.gradient,
+        input_size=config.image_size,
     )
 
 

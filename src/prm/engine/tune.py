@@ -1,4 +1,4 @@
-"""Tuning what decides the predictions on validation data (method.md §5).
+"""Tuning what decides the predictions on validation data (docs/method.md §5).
 
 The paper tunes ``(alpha, beta, tau)`` per class on validation images. Retrieval is cheap
 next to peak back-propagation, so :func:`tune_retrieval` computes each image's peak
@@ -6,8 +6,9 @@ response maps and proposals once and scores every candidate setting on them, eac
 its own streaming evaluator: memory stays flat whatever the number of images.
 
 Besides the :class:`~prm.retrieval.RetrievalConfig` fields (``alpha``, ``beta``,
-``tau``, ``proposal_count``, ``nms_threshold``, ...), the grid may hold the predictor's
-``class_threshold`` and ``peak_threshold`` (in the predictor's ``peak_threshold_mode``):
+``tau``, ``proposal_count``, ``nms_threshold``, ...), the grid may hold the
+:class:`~prm.backprop.PeakSelection` fields ``class_threshold`` and ``peak_threshold`` (in
+the predictor's ``peak_threshold_mode``):
 the maps are then computed once with the loosest values, and each setting keeps the
 peaks its thresholds pass (a peak's map does not depend on the other peaks, so this is
 what predicting with those thresholds gives; a test checks it).
@@ -19,12 +20,12 @@ import copy
 import itertools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from prm.backprop import select_peaks
+from prm.backprop import PeakSelection, select_peaks
 from prm.engine.inference import dataset_images
 from prm.evaluation import InstanceSegmentationEvaluator
 from prm.predictor import Predictor
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 _PER_CLASS = ("alpha", "beta", "tau")
-#: Predictor attributes a grid may tune next to the RetrievalConfig fields.
+#: PeakSelection fields a grid may tune next to the RetrievalConfig fields.
 PREDICTOR_SETTINGS = ("class_threshold", "peak_threshold")
 
 
@@ -54,49 +55,40 @@ class TuningResult:
             chosen on them; with ``per_class`` the per-class choice is not re-scored).
         trials: one ``{"params": {...}, "value": float, "per_class": {name: AP}}`` per
             setting of the grid, in grid order.
+        peak_selection: the peak selection of the best setting (the predictor's own
+            when the grid holds no threshold).
+        warnings: what :func:`tune_retrieval` warned about.
     """
 
     best: RetrievalConfig
     metric: str
     value: float | None
     trials: list[dict[str, Any]] = field(default_factory=list)
-    predictor: dict[str, Any] = field(default_factory=dict)
+    peak_selection: PeakSelection = field(default_factory=PeakSelection)
     warnings: list[str] = field(default_factory=list)
-
-    def best_params(self) -> dict[str, Any]:
-        """``best`` as a plain dict (for YAML)."""
-        return {k: v for k, v in asdict(self.best).items() if not k.startswith("_")}
 
 
 def filter_response(
-    response: dict[str, torch.Tensor],
-    class_threshold: float,
-    peak_threshold: float | None,
-    mode: str = "absolute",
+    response: dict[str, torch.Tensor], selection: PeakSelection
 ) -> dict[str, torch.Tensor]:
-    """The part of a :meth:`~prm.predictor.Predictor.respond` result that stricter
-    thresholds keep (the same rule as :func:`prm.backprop.select_peaks`).
+    """The part of a :meth:`~prm.predictor.Predictor.respond` result that a stricter
+    peak selection keeps (the same rule as :func:`prm.backprop.select_peaks`).
 
     Args:
-        response: ``peaks`` (K, 3) ``(c, y, x)``, ``labels`` (K,), ``peak_values`` (K,),
-            ``prms`` (K, H, W), ``class_scores`` (C,), ``crm`` (C, h, w).
-        class_threshold, peak_threshold, mode: as :class:`~prm.predictor.Predictor`'s.
+        response: ``peak_cells`` (K, 3) ``(c, y, x)``, ``labels`` (K,), ``peak_values``
+            (K,), ``prms`` (K, H, W), ``class_scores`` (C,), ``crm`` (C, h, w).
+        selection: the thresholds, no looser than those ``response`` was made with.
 
     Returns:
         the same dict with only the kept peaks (class scores and CRMs unchanged).
     """
-    peaks = response["peaks"]
-    with_batch = torch.cat([peaks.new_zeros((len(peaks), 1)), peaks], 1)
+    cells = response["peak_cells"]
+    with_batch = torch.cat([cells.new_zeros((len(cells), 1)), cells], 1)
     keep = select_peaks(
-        response["crm"][None],
-        with_batch,
-        response["class_scores"][None],
-        class_threshold,
-        peak_threshold,
-        mode,
+        response["crm"][None], with_batch, response["class_scores"][None], selection
     )
     out = dict(response)
-    for key in ("peaks", "labels", "peak_values", "prms"):
+    for key in ("peak_cells", "labels", "peak_values", "prms"):
         out[key] = response[key][keep]
     return out
 
@@ -105,16 +97,16 @@ def retrieve_filtered(
     predictor: Predictor,
     response: dict[str, torch.Tensor],
     proposals: torch.Tensor,
-    thresholds: Mapping[str, Any],
+    selection: PeakSelection,
     retrieval: RetrievalConfig | None = None,
     image: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Predict from a loose response as ``predictor`` would with stricter ``thresholds``.
+    """Predict from a loose response as ``predictor`` would with a stricter ``selection``.
 
     Args:
-        predictor: supplies the retrieval and ``peak_threshold_mode``.
-        response, proposals: from ``respond`` with thresholds no stricter than these.
-        thresholds: ``class_threshold`` and ``peak_threshold``.
+        predictor: supplies the retrieval.
+        response, proposals: from ``respond`` with a selection no stricter than this one.
+        selection: the peak selection to predict with.
         retrieval: settings to use instead of the predictor's own.
         image: the ``(3, H, W)`` image when the proposals came from a proposal-free
             fallback (``proposal_fn`` ``"prm"`` or ``"grabcut"``), which builds them from
@@ -123,12 +115,7 @@ def retrieve_filtered(
     Returns:
         the prediction dict of :meth:`~prm.predictor.Predictor.retrieve`.
     """
-    part = filter_response(
-        response,
-        thresholds["class_threshold"],
-        thresholds["peak_threshold"],
-        predictor.peak_threshold_mode,
-    )
+    part = filter_response(response, selection)
     if image is not None:
         proposals = predictor._fallback_proposals(part, image)
     return predictor.retrieve(part, proposals, retrieval)
@@ -199,10 +186,9 @@ def tune_retrieval(
         progress: show a progress bar.
 
     Returns:
-        A :class:`TuningResult`; its ``predictor`` holds the chosen ``class_threshold``,
-        ``peak_threshold`` and ``peak_threshold_mode``. It warns (and lists in
-        ``warnings``) when every setting scores 0, and when a numeric setting's best value
-        is the smallest or largest of its grid.
+        A :class:`TuningResult`; its ``peak_selection`` holds the chosen thresholds. It
+        warns (and lists in ``warnings``) when every setting scores 0, and when a numeric
+        setting's best value is the smallest or largest of its grid.
     """
     known = {f for f in RetrievalConfig.__dataclass_fields__} | set(PREDICTOR_SETTINGS)
     unknown = sorted(set(grid) - known)
@@ -213,8 +199,8 @@ def tune_retrieval(
     threshold = _threshold(metric)
     names = list(grid)
     settings = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
-    thresholds = [
-        {name: s.get(name, getattr(predictor, name)) for name in PREDICTOR_SETTINGS}
+    selections = [
+        replace(predictor.peak_selection, **{k: v for k, v in s.items() if k in PREDICTOR_SETTINGS})
         for s in settings
     ]
     configs = [
@@ -229,16 +215,17 @@ def tune_retrieval(
     ]
     # One back-propagation per image, with the loosest thresholds of the grid.
     loose = copy.copy(predictor)
-    for name in PREDICTOR_SETTINGS:
-        setattr(loose, name, _loosest([t[name] for t in thresholds]))
-    mode = predictor.peak_threshold_mode
+    loose.peak_selection = replace(
+        predictor.peak_selection,
+        **{n: _loosest([getattr(s, n) for s in selections]) for n in PREDICTOR_SETTINGS},
+    )
 
     for index, image, target, props in dataset_images(
         dataset, proposals, limit, progress=progress, desc="tune retrieval"
     ):
         fallback = props is None and isinstance(predictor.proposal_fn, str)
         response, props = loose.respond(image, props, index)
-        for config, kept, evaluator in zip(configs, thresholds, evaluators):
+        for config, kept, evaluator in zip(configs, selections, evaluators):
             found = retrieve_filtered(
                 predictor, response, props, kept, config, image if fallback else None
             )
@@ -271,6 +258,6 @@ def tune_retrieval(
         metric=key,
         value=trials[best_index]["value"],
         trials=trials,
-        predictor={**thresholds[best_index], "peak_threshold_mode": mode},
+        peak_selection=selections[best_index],
         warnings=found,
     )

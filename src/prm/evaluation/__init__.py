@@ -1,4 +1,4 @@
-"""Evaluation: every metric of the PRM paper (method.md §6) behind one protocol.
+"""Evaluation: every metric of the PRM paper (docs/method.md §6) behind one protocol.
 
 Each evaluator has ``reset()``, ``process(targets, predictions)`` (lists of per-image
 dicts, ``docs/conventions.md``) and ``summarize() -> dict`` (flat, JSON-serialisable,

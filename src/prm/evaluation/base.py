@@ -1,10 +1,11 @@
 """The protocol every evaluator follows, and the loop that runs several in one pass.
 
-detectron2-style: ``reset()`` clears the state, ``process(targets, predictions)`` takes one
-batch (lists of per-image dicts, see ``docs/conventions.md``) and keeps only compact
-per-image records, ``summarize()`` returns a flat, JSON-serialisable ``dict``. Undefined
-values (AP of a class without ground truth) are ``None``, never NaN, so the dict can be
-written with :func:`json.dump` as is.
+After detectron2's (which calls the last step ``evaluate``): ``reset()`` clears the
+state, ``process(targets, predictions)`` takes one batch (lists of per-image dicts, see
+``docs/conventions.md``) and keeps only compact per-image records, ``summarize()``
+returns a flat, JSON-serialisable ``dict``. Undefined values (AP of a class without
+ground truth) are ``None``, never NaN, so the dict can be written with :func:`json.dump`
+as is.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Instance segmentation: mAP^r at several mask IoU thresholds, and ABO (method.md §6).
+"""Instance segmentation: mAP^r at several mask IoU thresholds, and ABO (docs/method.md §6).
 
 mAP^r follows chainercv's ``eval_instance_segmentation_voc``, the evaluator later papers
 on this benchmark use:

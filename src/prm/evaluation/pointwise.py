@@ -1,4 +1,4 @@
-"""Pointwise localisation mAP (Oquab et al., CVPR 2015; used by PRM, method.md §6).
+"""Pointwise localisation mAP (Oquab et al., CVPR 2015; used by PRM, docs/method.md §6).
 
 For each class, every image is ranked by its class score. An image is a true positive
 for the class when the class is present in it **and** the class's strongest peak (the

@@ -1,4 +1,4 @@
-"""PRM quality: how much of a peak response map falls on one object (method.md §6).
+"""PRM quality: how much of a peak response map falls on one object (docs/method.md §6).
 
 For a predicted instance of class c with peak response map R, the quality is
 

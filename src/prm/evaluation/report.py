@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prm.files import write_text_atomic
+
 from .ap import voc_ap
 
 __all__ = ["format_table", "plot_pr_curves", "write_report"]
@@ -91,17 +93,17 @@ def plot_pr_curves(
     Returns:
         The paths written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
+    # The object API draws to files without pyplot: the user's backend stays as it was.
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for threshold, per_class in curves.items():
-        fig, ax = plt.subplots(figsize=(8, 6))
-        cmap = plt.get_cmap("tab20")
+        fig = Figure(figsize=(8, 6))
+        ax = fig.subplots()
+        cmap = colormaps["tab20"]
         for k, (name, (precision, recall)) in enumerate(per_class.items()):
             # Draw the monotone envelope, the curve AP is the area under.
             envelope = np.maximum.accumulate(np.asarray(precision)[::-1])[::-1]
@@ -120,7 +122,6 @@ def plot_pr_curves(
         fig.tight_layout()
         path = out_dir / f"{prefix}_iou{threshold:g}.png"
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         paths.append(path)
     return paths
 
@@ -137,11 +138,9 @@ def write_report(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "metrics.json"
-    with open(path, "w") as f:
-        json.dump(dict(metrics), f, indent=2)
-        f.write("\n")
-    paths = [path]
+    paths = [
+        write_text_atomic(out_dir / "metrics.json", json.dumps(dict(metrics), indent=2) + "\n")
+    ]
     if curves:
         paths += plot_pr_curves(curves, out_dir)
     return paths

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from pycocotools import mask as mask_utils
 
+from prm.files import write_atomic
 from prm.masks import encode_rle
 
 __all__ = ["load_results", "save_results", "results_entries"]
@@ -91,18 +92,21 @@ def save_results(
         raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
     count = 0
     image_ids = iter(image_ids)
-    with open(path, "w") as f:
-        f.write("[")
+
+    def write(f) -> None:
+        nonlocal count
+        f.write(b"[")
         for prediction in predictions:
             try:
                 image_id = next(image_ids)
             except StopIteration:
                 raise ValueError(f"{path}: more predictions than image ids") from None
             for entry in results_entries(prediction, image_id, category_ids):
-                f.write(",\n" if count else "\n")
-                f.write(json.dumps(entry))
+                f.write((",\n" if count else "\n").encode() + json.dumps(entry).encode())
                 count += 1
-        f.write("\n]\n")
+        f.write(b"\n]\n")
+
+    write_atomic(path, write)  # an interrupted run leaves no half-written results file
     return count
 
 

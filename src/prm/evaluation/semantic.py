@@ -1,4 +1,4 @@
-"""Semantic segmentation mIoU from instance masks merged per class (method.md §6).
+"""Semantic segmentation mIoU from instance masks merged per class (docs/method.md §6).
 
 Both sides become label maps with 0 = background and ``c + 1`` = class ``c``:
 

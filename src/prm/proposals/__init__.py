@@ -1,4 +1,4 @@
-"""Class-agnostic segment proposals (method.md section 5 retrieves instance masks from them).
+"""Class-agnostic segment proposals (docs/method.md §5 retrieves instance masks from them).
 
 - :class:`SelectiveSearch`: a built-in generator (hierarchical grouping of superpixels);
 - :func:`load_proposals` / :func:`save_proposals`: precomputed proposals in COCO-RLE

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
+from prm.files import write_text_atomic
 from prm.paths import safe_relative_name
 
 from .compact import CompactProposals
-from .io import _write_atomic, load_proposals, save_proposals
+from .io import load_proposals, save_proposals
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -83,7 +84,7 @@ class ProposalCache:
         settings_file = self.folder / "settings.json"
         if not settings_file.is_file():
             text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
-            _write_atomic(settings_file, lambda f: f.write(text.encode()))
+            write_text_atomic(settings_file, text)
 
     def path(self, image_id: str) -> Path:
         """The cache file of an image id (ids are made safe as file names)."""

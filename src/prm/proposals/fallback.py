@@ -1,6 +1,6 @@
 """Proposal-free fallback: candidate masks from the peak response maps themselves.
 
-Without any proposal generator the ordinary retrieval (method.md section 5) can still
+Without any proposal generator the ordinary retrieval (docs/method.md §5) can still
 pick one mask per peak if it is given candidates made from the PRMs: each PRM,
 smoothed, is thresholded at several fractions of its maximum, and the connected
 component at the peak (and, when the support breaks into several pieces, the whole

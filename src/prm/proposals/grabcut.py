@@ -5,7 +5,7 @@ map, so its masks follow the map, not the object's outline. Here each map only s
 colour model: pixels where the smoothed map is high are probably the object, pixels where
 it is near zero are probably not, and OpenCV's GrabCut (Rother, Kolmogorov, Blake,
 *GrabCut*, SIGGRAPH 2004: Gaussian-mixture colour models and a graph cut, iterated)
-decides the rest along the image's edges. The ordinary retrieval (method.md section 5)
+decides the rest along the image's edges. The ordinary retrieval (docs/method.md §5)
 then chooses among these candidates and the PRM-support ones as among any proposals.
 
 Everything happens on a crop around each map's support, so the cost grows with the

@@ -31,13 +31,14 @@ import base64
 import binascii
 import json
 import os
-import uuid
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 import torch
+
+from prm.files import write_atomic, write_text_atomic
 
 from ..masks import decode_rle, encode_rle
 from .compact import CompactProposals
@@ -163,7 +164,7 @@ def save_proposals(
         doc = {"size": [h, w], "segmentations": encode_rle(dense())}
         if scores is not None:
             doc["scores"] = scores.tolist()
-        _write_atomic(path, lambda f: f.write(json.dumps(doc).encode()))
+        write_text_atomic(path, json.dumps(doc))
     elif format == "base64-rle":
         doc = [encode_base64_rle(m) for m in dense()]
         if not doc:
@@ -171,7 +172,7 @@ def save_proposals(
                 f"{path}: the base64-rle format cannot store an empty set (it has no image "
                 "size); use coco-rle, npz or mcg-mat"
             )
-        _write_atomic(path, lambda f: f.write(json.dumps(doc).encode()))
+        write_text_atomic(path, json.dumps(doc))
     elif format == "npz":
         arrays = {
             "superpixels": compact.superpixels.numpy().astype(np.int32),
@@ -180,7 +181,7 @@ def save_proposals(
         }
         if scores is not None:
             arrays["scores"] = scores.numpy()
-        _write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+        write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
     else:  # mcg-mat
         labels = np.empty((len(compact), 1), dtype=object)
         for p, row in enumerate(compact.membership.numpy()):
@@ -191,22 +192,8 @@ def save_proposals(
         }
         if scores is not None:
             arrays["scores"] = scores.numpy()[:, None]
-        _write_atomic(path, lambda f: scipy.io.savemat(f, arrays, do_compression=True))
+        write_atomic(path, lambda f: scipy.io.savemat(f, arrays, do_compression=True))
     return path
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename it into place, so
-    that an interrupted run never leaves a half-written file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # permissions from the umask, like any new file
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- reading

@@ -80,14 +80,15 @@ def best_overlaps(
 
 
 class ProposalEvaluator:
-    """ABO and recall of the first ``k`` proposals over a dataset (detectron2-style).
+    """ABO and recall of the first ``k`` proposals over a dataset.
 
-    Usage::
+    The protocol of every evaluator in :mod:`prm.evaluation`: ``reset()``,
+    ``process(targets, predictions)`` with one dict per image, ``summarize()``::
 
         evaluator = ProposalEvaluator(top_k=(100, 200, 1000))
         for image, target in dataset:
-            evaluator.process(generator(image), target)
-        evaluator.evaluate()  # {"instances": N, "abo@100": ..., "recall@100": ...}
+            evaluator.process([target], [{"proposals": generator(image)}])
+        evaluator.summarize()  # {"instances": N, "abo@100": ..., "recall@100": ...}
 
     Args:
         top_k: numbers of proposals to evaluate.
@@ -103,14 +104,24 @@ class ProposalEvaluator:
         self._best: dict[int, list[torch.Tensor]] = {k: [] for k in self.top_k}
         self._counts: list[int] = []
 
-    def process(self, proposals: torch.Tensor | CompactProposals, target: dict) -> None:
-        """Add one image.
+    def process(self, targets: Sequence[dict], predictions: Sequence[dict]) -> None:
+        """Add images.
 
         Args:
-            proposals: the image's proposals (``Tensor[P, H, W]`` or CompactProposals).
-            target: a dataset target with ``"masks"`` and optionally ``"iscrowd"`` and
+            targets: dataset targets with ``"masks"`` and optionally ``"iscrowd"`` and
                 ``"ignore_mask"`` (docs/conventions.md).
+            predictions: one ``{"proposals": Tensor[P, H, W] | CompactProposals}`` per
+                target, in the same order.
         """
+        if len(targets) != len(predictions):
+            raise ValueError(
+                f"ProposalEvaluator.process got {len(targets)} targets and "
+                f"{len(predictions)} predictions; they must pair up one per image"
+            )
+        for target, prediction in zip(targets, predictions):
+            self._process_image(prediction["proposals"], target)
+
+    def _process_image(self, proposals: torch.Tensor | CompactProposals, target: dict) -> None:
         if "masks" not in target:
             raise ValueError(
                 f"image {target.get('image_id')!r} has no instance masks to evaluate against"
@@ -123,7 +134,7 @@ class ProposalEvaluator:
             self._best[k].append(best[k])
         self._counts.append(len(proposals))
 
-    def evaluate(self) -> dict:
+    def summarize(self) -> dict:
         """``{"images", "instances", "mean_proposals", "abo@k", "recall@k"}`` (0..1)."""
         out = {
             "images": len(self._counts),

@@ -43,6 +43,8 @@ from scipy import ndimage
 from skimage import color
 from skimage.segmentation import felzenszwalb
 
+from prm.data.images import to_uint8_image
+
 from .compact import CompactProposals
 
 __all__ = ["SelectiveSearch", "as_rgb_array"]
@@ -227,37 +229,13 @@ class SelectiveSearch:
 
 
 def as_rgb_array(image) -> np.ndarray:
-    """An RGB image as ``ndarray[H, W, 3]`` uint8.
+    """An RGB image as ``ndarray[H, W, 3]`` uint8 (see :func:`prm.data.images.to_uint8_image`).
 
     Args:
         image: ``PIL.Image`` (any mode), ``Tensor[3, H, W]`` uint8 or float in 0..1, or
             ``ndarray[H, W, 3]`` uint8.
     """
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
-        array = image.detach().cpu()
-        if array.dtype == torch.uint8:
-            return np.ascontiguousarray(array.permute(1, 2, 0).numpy())
-        if not array.dtype.is_floating_point:
-            raise ValueError(f"image tensor must be uint8 or float, got {array.dtype}")
-        low, high = float(array.min()), float(array.max())
-        if low < -1e-3 or high > 1 + 1e-3:
-            raise ValueError(
-                f"float image values must be in 0..1, got {low:.3g}..{high:.3g} "
-                "(pass the image before mean/std normalisation)"
-            )
-        array = (array.clamp(0, 1) * 255).round().to(torch.uint8)
-        return np.ascontiguousarray(array.permute(1, 2, 0).numpy())
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"image array must be (H, W, 3) uint8, got {image.shape} {image.dtype}"
-            )
-        return np.ascontiguousarray(image)
-    raise ValueError(f"image must be a PIL image, tensor or ndarray, got {type(image).__name__}")
+    return np.ascontiguousarray(to_uint8_image(image).cpu().permute(1, 2, 0).numpy())
 
 
 def _convert(rgb: np.ndarray, space: str) -> np.ndarray:

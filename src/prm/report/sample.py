@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prm.predictor import to_image_tensor
+from prm.data.images import to_image_tensor
 
 from .gallery import GallerySampler
 
