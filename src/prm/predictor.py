@@ -257,24 +257,36 @@ class Predictor:
         for index, raw in enumerate(images):
             image = to_image_tensor(raw)
             props = proposals[index] if proposals is not None else None
-            size = tuple(image.shape[1:])
-            work = working_size(size, self.max_size)
-            if work == size:
-                outputs.append(self._predict_one(image, props, index))
-                continue
-            warnings.warn(
-                f"image {index} is {size[1]}x{size[0]} pixels, larger than max_size "
-                f"{self.max_size}: predicted at {work[1]}x{work[0]} and scaled back",
-                stacklevel=2,
-            )
-            small = F.interpolate(image[None], size=work, mode="bilinear", antialias=True)[0]
-            if isinstance(props, CompactProposals) and props.size == size:
-                props = props.resize(work)  # the label map only
-            elif isinstance(props, torch.Tensor) and props.dim() == 3:
-                if tuple(props.shape[1:]) == size:  # else at the working size already
-                    props = resize_nearest(props, work)
-            outputs.append(_scale_back(self._predict_one(small, props, index), size, work))
+            image, props, size, work = self.working_inputs(image, props, index)
+            output = self._predict_one(image, props, index)
+            outputs.append(output if work == size else scale_back(output, size, work))
         return outputs
+
+    def working_inputs(
+        self, image: torch.Tensor, proposals: Any, index: int = 0
+    ) -> tuple[torch.Tensor, Any, tuple[int, int], tuple[int, int]]:
+        """An image (and its proposals) at the working size bounded by ``max_size``.
+
+        Returns ``(image, proposals, size, work)``: ``size`` is the original ``(H, W)``,
+        ``work`` the working one; when they differ (with a warning) the image has been
+        scaled down and predictions made on it must go through :func:`scale_back`.
+        """
+        size = tuple(image.shape[1:])
+        work = working_size(size, self.max_size)
+        if work == size:
+            return image, proposals, size, work
+        warnings.warn(
+            f"image {index} is {size[1]}x{size[0]} pixels, larger than max_size "
+            f"{self.max_size}: predicted at {work[1]}x{work[0]} and scaled back",
+            stacklevel=3,
+        )
+        small = F.interpolate(image[None], size=work, mode="bilinear", antialias=True)[0]
+        if isinstance(proposals, CompactProposals) and proposals.size == size:
+            proposals = proposals.resize(work)  # the label map only
+        elif isinstance(proposals, torch.Tensor) and proposals.dim() == 3:
+            if tuple(proposals.shape[1:]) == size:  # else at the working size already
+                proposals = resize_nearest(proposals, work)
+        return small, proposals, size, work
 
     def _predict_one(
         self, image: torch.Tensor, proposals: torch.Tensor | None, index: int
@@ -430,7 +442,7 @@ def resize_nearest(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return masks[:, rows][:, :, cols]
 
 
-def _scale_back(result: dict, size: tuple[int, int], work: tuple[int, int]) -> dict:
+def scale_back(result: dict, size: tuple[int, int], work: tuple[int, int]) -> dict:
     """A prediction made at ``work`` size, with masks, boxes and points at ``size``."""
     result = dict(result)
     result["masks"] = resize_nearest(result["masks"], size)

@@ -207,3 +207,28 @@ def test_warns_when_nothing_scores_and_on_the_grid_edge(setup):
     found = _grid_warnings(grid, {"beta": 1e-4, "alpha": 0.5, "tau": 0.9}, [0.1, 0.2])
     assert len(found) == 2 and all("smallest" in f for f in found)
     assert _grid_warnings(grid, {"beta": 1e-3, "alpha": 0.8, "tau": 0.9}, [0.1]) == []
+
+
+def test_oversized_images_are_tuned_at_the_working_size(setup):
+    """Issue 10, item 8: prm tune is bounded by max_size like prediction, same scores."""
+    predictor, _, options = setup
+    dataset = ShapeScenes("val", 2, size=96)  # 96 px images, worked on at 48 px
+    seen = []
+    bounded = Predictor(predictor.model, max_size=48, **options)
+    respond = bounded.respond
+
+    def recording(image, *args, **kwargs):
+        seen.append(tuple(image.shape[1:]))
+        return respond(image, *args, **kwargs)
+
+    bounded.respond = recording
+    grid = {"beta": [0.0, 1e-2]}
+    with pytest.warns(UserWarning, match="larger than max_size 48"):
+        result = tune_retrieval(
+            bounded, dataset, grid, metric="instance/mAP_r@0.25", progress=False
+        )
+    assert seen == [(48, 48), (48, 48)]
+    fresh = Predictor(predictor.model, max_size=48, retrieval=result.best, **options)
+    with pytest.warns(UserWarning, match="larger than max_size 48"):
+        summary = predict_dataset(fresh, dataset, metrics=["instance"], progress=False)
+    assert summary.metrics["instance/mAP_r@0.25"] == pytest.approx(result.value)

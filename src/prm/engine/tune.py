@@ -28,7 +28,7 @@ import torch
 from prm.backprop import PeakSelection, select_peaks
 from prm.engine.inference import dataset_images
 from prm.evaluation import InstanceSegmentationEvaluator
-from prm.predictor import Predictor
+from prm.predictor import Predictor, scale_back
 from prm.retrieval import RetrievalConfig
 
 __all__ = [
@@ -224,11 +224,15 @@ def tune_retrieval(
         dataset, proposals, limit, progress=progress, desc="tune retrieval"
     ):
         fallback = props is None and isinstance(predictor.proposal_fn, str)
+        # Oversized images are tuned at the predictor's working size, as they are predicted.
+        image, props, size, work = loose.working_inputs(image, props, index)
         response, props = loose.respond(image, props, index)
         for config, kept, evaluator in zip(configs, selections, evaluators):
             found = retrieve_filtered(
                 predictor, response, props, kept, config, image if fallback else None
             )
+            if work != size:
+                found = scale_back(found, size, work)
             evaluator.process([target], [found])
 
     key = f"instance/mAP_r@{threshold:g}"
