@@ -154,10 +154,15 @@ def prediction_panel(
     if target is not None and "masks" in target:
         gt = {"masks": target["masks"], "labels": target["labels"]}
         panels.append(draw_instances(image, gt, class_names))
-    width = sum(p.width for p in panels) + 4 * (len(panels) - 1)
+    return side_by_side(panels)
+
+
+def side_by_side(panels: Sequence[Image.Image], gap: int = 4) -> Image.Image:
+    """Pictures of one height in a row on white, ``gap`` pixels apart."""
+    width = sum(p.width for p in panels) + gap * (len(panels) - 1)
     out = Image.new("RGB", (width, panels[0].height), (255, 255, 255))
     x = 0
     for panel in panels:
         out.paste(panel, (x, 0))
-        x += panel.width + 4
+        x += panel.width + gap
     return out

@@ -108,22 +108,14 @@ def _label(panel, text: str):
 
 def explain_panel(image, prediction, cam_maps, class_names):
     """Instances | their PRMs | the class activation maps, side by side (a PIL image)."""
-    from PIL import Image
-
-    from prm.visualize import draw_instances, draw_prms
+    from prm.visualize import draw_instances, draw_prms, side_by_side
 
     panels = [
         _label(draw_instances(image, prediction, class_names), "instances"),
         _label(draw_prms(image, prediction), "PRM: one map per instance"),
         _label(draw_prms(image, {"prms": cam_maps}), "CAM: one map per class"),
     ]
-    width = sum(p.width for p in panels) + 4 * (len(panels) - 1)
-    out = Image.new("RGB", (width, panels[0].height), (255, 255, 255))
-    x = 0
-    for panel in panels:
-        out.paste(panel, (x, 0))
-        x += panel.width + 4
-    return out
+    return side_by_side(panels)
 
 
 def run(args: argparse.Namespace) -> int:
