@@ -32,7 +32,8 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from prm.peaks import PeakFilter, find_peaks, peak_stimulation
+from prm.model import PeakResponseNet
+from prm.peaks import PeakFilter
 
 __all__ = [
     "BUILTIN_MAPS",
@@ -253,19 +254,11 @@ class GroupedResponseNet(nn.Module):
             grouped = grouped - shift[:, None, None, None]
         return grouped
 
-    def aggregate(self, crm: torch.Tensor) -> torch.Tensor:
-        """Class scores ``(B, G)``: global average (or peak stimulation if the base uses it)."""
-        if self.peak_stimulation:
-            return peak_stimulation(crm, self.win_size, self.peak_filter, self.gradient)
-        return crm.mean(dim=(2, 3))
-
-    def find_peaks(self, crm: torch.Tensor) -> torch.Tensor:
-        """Peaks ``(K, 4)`` rows ``(b, c, y, x)`` with this network's window and filter."""
-        return find_peaks(crm, self.win_size, self.peak_filter)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Class scores ``(B, G)``."""
-        return self.aggregate(self.class_response_maps(images))
+    # Scores, peaks and the forward pass work on grouped maps exactly as on a
+    # PeakResponseNet's: they read only win_size, peak_filter, gradient, peak_stimulation.
+    aggregate = PeakResponseNet.aggregate
+    find_peaks = PeakResponseNet.find_peaks
+    forward = PeakResponseNet.forward
 
 
 def log_probability(p: float) -> float:
