@@ -28,14 +28,11 @@ Metric definitions: docs/evaluation.md.
 MASK_METRICS = ("instance", "coco", "semantic")
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="score a results file (mAP^r, ABO, COCO AP, semantic mIoU)",
-        description="Score a COCO-format results file against a dataset's instance masks.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "score a results file (mAP^r, ABO, COCO AP, semantic mIoU)"
+DESCRIPTION = "Score a COCO-format results file against a dataset's instance masks."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_arguments(parser, default_split="the reader's evaluation split")
     parser.add_argument("--predictions", required=True, help="results .json to score")
     parser.add_argument(
@@ -77,9 +74,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="order of tied scores in mAP^r: chainercv's np.argsort(scores)[::-1] (default, "
         "equal to chainercv) or stable (the order in the file)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

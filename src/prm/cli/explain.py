@@ -24,16 +24,25 @@ classes, instances and seconds per photo. Nothing is downloaded unless --weights
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+HELP = "instances in photos with a pretrained ImageNet classifier (no training)"
+DESCRIPTION = "Zero-training instance segmentation of photos with peak response maps."
+
+
+#: PretrainedSettings fields that are flags, with their help (the default is appended).
+SETTINGS_FLAGS = {
+    "input_size": "network input side",
+    "class_probability": "keep classes at least this likely",
+    "peak_threshold": "relative peak threshold in [0, 1]",
+    "win_size": "peak window in CRM cells",
+    "merge": "merge peaks joined by a ridge above this ratio; 1 = off",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from prm.pretrained import DEFAULTS
 
-    parser = subparsers.add_parser(
-        "explain",
-        help="instances in photos with a pretrained ImageNet classifier (no training)",
-        description="Zero-training instance segmentation of photos with peak response maps.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    from .dataset_args import add_settings_arguments
+
     parser.add_argument("photos", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", default="explained", help="output folder (explained/)")
     parser.add_argument(
@@ -56,29 +65,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="selective-search",
         help="segment proposals: built-in selective search, or 'prm' (proposal-free)",
     )
-    parser.add_argument("--input-size", type=int, default=DEFAULTS.input_size)
-    parser.add_argument(
-        "--class-probability",
-        type=float,
-        default=DEFAULTS.class_probability,
-        help=f"keep classes at least this likely ({DEFAULTS.class_probability})",
-    )
-    parser.add_argument(
-        "--peak-threshold",
-        type=float,
-        default=DEFAULTS.peak_threshold,
-        help=f"relative peak threshold in [0, 1] ({DEFAULTS.peak_threshold})",
-    )
-    parser.add_argument("--win-size", type=int, default=DEFAULTS.win_size)
-    parser.add_argument(
-        "--merge",
-        type=float,
-        default=DEFAULTS.merge,
-        help=f"merge peaks joined by a ridge above this ratio ({DEFAULTS.merge}; 1 = off)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
-    return parser
+    add_settings_arguments(parser, DEFAULTS, SETTINGS_FLAGS, default=True)
 
 
 def _groups(spec: str):
@@ -133,13 +120,10 @@ def run(args: argparse.Namespace) -> int:
     from prm.predictor import to_image_tensor
     from prm.pretrained import PretrainedSettings, pretrained_model, pretrained_predictor
 
-    settings = PretrainedSettings(
-        input_size=args.input_size,
-        class_probability=args.class_probability,
-        peak_threshold=args.peak_threshold,
-        win_size=args.win_size,
-        merge=None if args.merge is None or args.merge >= 1.0 else args.merge,
-    )
+    values = {name: getattr(args, name) for name in SETTINGS_FLAGS}
+    if values["merge"] is not None and values["merge"] >= 1.0:
+        values["merge"] = None
+    settings = PretrainedSettings(**values)
     if not 0.0 < settings.class_probability <= 1.0:
         raise ValueError(f"--class-probability must lie in (0, 1], got {args.class_probability}")
     if not 0.0 <= settings.peak_threshold <= 1.0:

@@ -26,14 +26,11 @@ rebuilt by `prm report OUT`).
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "predict",
-        help="instance masks for images, a folder or a dataset split",
-        description="Predict scored instance masks with a trained PRM network.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "instance masks for images, a folder or a dataset split"
+DESCRIPTION = "Predict scored instance masks with a trained PRM network."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", required=True, help="a checkpoint from `prm train` or `prm distill`"
     )
@@ -54,9 +51,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="NAME",
         help="metrics for --evaluate",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
-    return parser
 
 
 #: RetrievalConfig fields that are flags (the others: --retrieval-config), with their help.
@@ -103,9 +97,13 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
     parser.add_argument(
         "--input-size", type=int, help="network input size (default: training size)"
     )
-    for name, text in PEAK_FLAGS.items():
-        many = {"nargs": "+"} if grid else {}
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, help=text, **many)
+    from prm.backprop import PeakSelection
+    from prm.retrieval import RetrievalConfig
+
+    from .dataset_args import add_settings_arguments
+
+    given, many = "default: the checkpoint's, else {}", GRID if grid else ()
+    add_settings_arguments(parser, PeakSelection(), PEAK_FLAGS, given=given, many=many)
     parser.add_argument("--peak-threshold-mode", choices=["absolute", "relative"])
     parser.add_argument("--score", choices=["peak", "retrieval", "class"], default="peak")
     parser.add_argument(
@@ -114,14 +112,7 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
         help="'crm' retrieves with class response maps (the CAM baseline); default: the "
         "checkpoint's kind ('crm' for a network trained without peak stimulation)",
     )
-    from prm.retrieval import RetrievalConfig
-
-    defaults = RetrievalConfig()
-    for name, text in RETRIEVAL_FLAGS.items():
-        default = getattr(defaults, name)
-        many = {"nargs": "+"} if grid and name in GRID else {}
-        help = f"{text} (default: the checkpoint's, else {default})"
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), help=help, **many)
+    add_settings_arguments(parser, RetrievalConfig(), RETRIEVAL_FLAGS, given=given, many=many)
     parser.add_argument("--per-class-nms", action="store_true", help="NMS within each class")
     parser.add_argument(
         "--retrieval-config",

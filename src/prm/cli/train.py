@@ -27,14 +27,11 @@ The run folder gets config.yaml, last.pt (every epoch) and metrics.jsonl.
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "train",
-        help="train a PRM network from image-level labels",
-        description="Train a peak-stimulated fully convolutional classifier.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "train a PRM network from image-level labels"
+DESCRIPTION = "Train a peak-stimulated fully convolutional classifier."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=["voc", "shapes"], help="starting configuration")
     parser.add_argument("--config", help="YAML file of configuration fields")
     parser.add_argument("--dataset", help="voc, coco, folder, shapes or glyphs")
@@ -86,9 +83,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any TrainConfig field, e.g. --set amp=bf16 --set lr_schedule=cosine",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def parse_sets(pairs: list[str]) -> dict:

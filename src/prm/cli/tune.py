@@ -32,20 +32,17 @@ scores 0 and when a best value is the smallest or largest tried (extend the grid
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+HELP = "grid-search the retrieval settings and thresholds on validation data"
+DESCRIPTION = "Tune proposal retrieval on a dataset split with instance masks."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from prm.cli.predict import add_predictor_arguments
 
-    parser = subparsers.add_parser(
-        "tune",
-        help="grid-search the retrieval settings and thresholds on validation data",
-        description="Tune proposal retrieval on a dataset split with instance masks.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    from .dataset_args import add_dataset_arguments
+
     parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
-    parser.add_argument("--dataset", required=True, help="voc, coco, folder, shapes or glyphs")
-    parser.add_argument("--root", help="dataset folder")
-    parser.add_argument("--split", default="val", help="split to tune on (default val)")
+    add_dataset_arguments(parser, default_split="val")
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument(
         "--out",
@@ -61,25 +58,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_predictor_arguments(parser, grid=True)
     parser.add_argument("--metric", default="instance/mAP_r@0.5", help="metric to maximise")
     parser.add_argument("--per-class", action="store_true", help="alpha/beta/tau per class")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from prm.cli.predict import GRID, TUNED_FILE, build_predictor
-    from prm.data import build_dataset
     from prm.engine.inference import proposal_source
     from prm.engine.tune import tune_retrieval
+
+    from .dataset_args import dataset_from_args
 
     if args.retrieval_config is None:
         # The base of the grid is never the settings of an earlier tuning, unless asked.
         args = argparse.Namespace(**{**vars(args), "retrieval_config": "none"})
     model, predictor = build_predictor(args, grid=True)
     grid = {name: getattr(args, name) for name in GRID if getattr(args, name) is not None}
-    dataset = build_dataset(args.dataset, args.root, args.split, evaluation=True, on_error="skip")
+    dataset = dataset_from_args(args, "val", evaluation=True, on_error="skip")
     result = tune_retrieval(
         predictor,
         dataset,
