@@ -37,6 +37,7 @@ from prm.data.build import reader
 from prm.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from prm.engine.config import TrainConfig, save_config
 from prm.evaluation import ClassificationEvaluator
+from prm.files import write_text_atomic
 from prm.model import PeakResponseNet, build_model
 
 __all__ = ["train", "resolve_device", "build_datasets", "model_from_config", "classification_map"]
@@ -538,9 +539,7 @@ def _reconcile_metrics(path: Path, epoch: int, record: dict | None) -> None:
     if record is not None and last < epoch:
         kept.append(json.dumps(record))
     if kept != lines:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _tensorboard(out: Path):
