@@ -46,7 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prm.engine.checkpoint import load_checkpoint, save_checkpoint
-from prm.files import write_text_atomic
+from prm.files import read_yaml
 from prm.masks import masks_to_boxes
 from prm.predictor import to_image_tensor
 
@@ -115,14 +115,9 @@ class DistillConfig:
 
 def load_distill_config(path: str | os.PathLike | None = None, **overrides: Any) -> DistillConfig:
     """A :class:`DistillConfig` from a YAML file (optional) with overrides on top."""
-    import yaml
-
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path, "config") or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a distill config must be a mapping of settings")
     known = {f.name for f in fields(DistillConfig)}
@@ -349,7 +344,8 @@ def distill(
     checkpoint and log line are written.
     """
     from prm.data import build_dataset
-    from prm.engine.train import resolve_device
+    from prm.engine.config import save_config
+    from prm.engine.train import _reconcile_metrics, resolve_device
 
     config.validate()
     out = Path(config.out)
@@ -372,7 +368,7 @@ def distill(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     checkpoint = out / "last.pt"
-    start = 0
+    start, record = 0, None
     if resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint, map_location=device)
         if state.get("config", {}) != _comparable(config):
@@ -382,53 +378,11 @@ def distill(
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start = int(state["epoch"])
-        _truncate_log(out / "metrics.jsonl", start)
-    else:
-        _truncate_log(out / "metrics.jsonl", 0)
-    _save_config(out / "config.yaml", config)
-    steps = math.ceil(len(data) / config.batch_size)
-    if config.max_steps_per_epoch is not None:
-        steps = min(steps, config.max_steps_per_epoch)
+        start, record = int(state["epoch"]), state.get("metrics")
+    _reconcile_metrics(out / "metrics.jsonl", start, record)
+    save_config(config, out / "config.yaml")
     for epoch in range(start, config.epochs):
-        seed = _epoch_seed(config.seed, epoch)
-        generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)  # torchvision's RPN / RoI samplers draw from the global RNG
-        order = torch.randperm(len(data), generator=generator).tolist()
-        flips = torch.rand(len(data), generator=generator) < 0.5
-        model.train()
-        began = time.perf_counter()
-        totals: dict[str, float] = {}
-        bar = tqdm(range(steps), desc=f"distill {epoch + 1}/{config.epochs}", disable=not progress)
-        for step in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = _lr(config, (epoch * steps + step) / (config.epochs * steps))
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            images, targets = [], []
-            for i in batch:
-                image, target = data[i]
-                if config.flip and bool(flips[i]):
-                    image, target = _flip(image, target)
-                images.append(image.to(device))
-                targets.append({k: v.to(device) for k, v in target.items()})
-            losses = model(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise ValueError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for key, value in losses.items():
-                totals[key] = totals.get(key, 0.0) + value.item()
-            totals["loss"] = totals.get("loss", 0.0) + loss.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        seconds = time.perf_counter() - began
-        record = {
-            "epoch": epoch + 1,
-            **{k: v / steps for k, v in totals.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": steps * config.batch_size / max(seconds, 1e-9),
-        }
+        record = _distill_epoch(model, optimizer, data, config, epoch, device, progress)
         save_checkpoint(
             checkpoint,
             {
@@ -448,32 +402,57 @@ def distill(
     return checkpoint
 
 
+def _distill_epoch(model, optimizer, data, config: DistillConfig, epoch, device, progress):
+    """One epoch of Mask R-CNN training (seeded by ``(seed, epoch)``); its log record."""
+    steps = math.ceil(len(data) / config.batch_size)
+    if config.max_steps_per_epoch is not None:
+        steps = min(steps, config.max_steps_per_epoch)
+    seed = _epoch_seed(config.seed, epoch)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # torchvision's RPN / RoI samplers draw from the global RNG
+    order = torch.randperm(len(data), generator=generator).tolist()
+    flips = torch.rand(len(data), generator=generator) < 0.5
+    model.train()
+    began = time.perf_counter()
+    totals: dict[str, float] = {}
+    bar = tqdm(range(steps), desc=f"distill {epoch + 1}/{config.epochs}", disable=not progress)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(config, (epoch * steps + step) / (config.epochs * steps))
+        batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+        images, targets = [], []
+        for i in batch:
+            image, target = data[i]
+            if config.flip and bool(flips[i]):
+                image, target = _flip(image, target)
+            images.append(image.to(device))
+            targets.append({k: v.to(device) for k, v in target.items()})
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise ValueError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for key, value in losses.items():
+            totals[key] = totals.get(key, 0.0) + value.item()
+        totals["loss"] = totals.get("loss", 0.0) + loss.item()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    seconds = time.perf_counter() - began
+    return {
+        "epoch": epoch + 1,
+        **{k: v / steps for k, v in totals.items()},
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_s": steps * config.batch_size / max(seconds, 1e-9),
+    }
+
+
 def _comparable(config: DistillConfig) -> dict[str, Any]:
     """The settings a resumed run must share (not where it runs or how long it goes)."""
     state = asdict(config)
     for key in ("device", "epochs", "out"):
         state.pop(key)
     return state
-
-
-def _save_config(path: Path, config: DistillConfig) -> None:
-    import yaml
-
-    write_text_atomic(path, yaml.safe_dump(asdict(config), sort_keys=False))
-
-
-def _truncate_log(path: Path, epoch: int) -> None:
-    """Keep the log lines of epochs ``<= epoch`` (those of the checkpoint being resumed)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["epoch"] <= epoch:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            break
-    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 # ---------------------------------------------------------------------------- inference
