@@ -551,31 +551,7 @@ def retrieve_instances(
         or no proposals give ``N = 0``.
     """
     config = config or RetrievalConfig()
-    num_classes = crm.shape[0] if crm.dim() == 3 else None
-    config.validate(num_classes)
-    if prms.dim() != 3:
-        raise ValueError(f"prms must be (K, h, w), got shape {tuple(prms.shape)}")
-    if labels.dim() != 1 or len(labels) != len(prms):
-        raise ValueError(f"labels must be ({len(prms)},), got shape {tuple(labels.shape)}")
-    if labels.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
-    if crm.dim() != 3:
-        raise ValueError(f"crm must be (C, h, w), got shape {tuple(crm.shape)}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= crm.shape[0]):
-        raise ValueError(f"labels must lie in [0, {crm.shape[0]}), got {labels.tolist()}")
-    if isinstance(proposals, CompactProposals):
-        pass  # checked when it was made
-    elif not isinstance(proposals, torch.Tensor) or proposals.dim() != 3:
-        shape = tuple(getattr(proposals, "shape", ()))
-        raise ValueError(f"proposals must be (P, H, W) or CompactProposals, got shape {shape}")
-    elif proposals.dtype != torch.bool and proposals.numel():
-        if proposals.is_floating_point() and torch.isnan(proposals).any():
-            raise ValueError("proposals contain NaN")
-        if ((proposals != 0) & (proposals != 1)).any():
-            raise ValueError("proposals must be binary masks (bool or 0/1)")
-    if prms.numel() and (torch.isnan(prms).any() or torch.isnan(crm).any()):
-        raise ValueError("prms or crm contain NaN")
-
+    _check_inputs(prms, labels, crm, proposals, config)
     device = prms.device
     compact = isinstance(proposals, CompactProposals)
     height, width = proposals.size if compact else tuple(proposals.shape[1:])
@@ -643,6 +619,34 @@ def retrieve_instances(
         "proposal_index": chosen.to(device),
         "boxes": masks_to_boxes(masks),
     }
+
+
+def _check_inputs(prms, labels, crm, proposals, config: RetrievalConfig) -> None:
+    """The checks of :func:`retrieve_instances`' arguments (``ValueError`` naming each)."""
+    num_classes = crm.shape[0] if crm.dim() == 3 else None
+    config.validate(num_classes)
+    if prms.dim() != 3:
+        raise ValueError(f"prms must be (K, h, w), got shape {tuple(prms.shape)}")
+    if labels.dim() != 1 or len(labels) != len(prms):
+        raise ValueError(f"labels must be ({len(prms)},), got shape {tuple(labels.shape)}")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
+    if crm.dim() != 3:
+        raise ValueError(f"crm must be (C, h, w), got shape {tuple(crm.shape)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= crm.shape[0]):
+        raise ValueError(f"labels must lie in [0, {crm.shape[0]}), got {labels.tolist()}")
+    if isinstance(proposals, CompactProposals):
+        pass  # checked when it was made
+    elif not isinstance(proposals, torch.Tensor) or proposals.dim() != 3:
+        shape = tuple(getattr(proposals, "shape", ()))
+        raise ValueError(f"proposals must be (P, H, W) or CompactProposals, got shape {shape}")
+    elif proposals.dtype != torch.bool and proposals.numel():
+        if proposals.is_floating_point() and torch.isnan(proposals).any():
+            raise ValueError("proposals contain NaN")
+        if ((proposals != 0) & (proposals != 1)).any():
+            raise ValueError("proposals must be binary masks (bool or 0/1)")
+    if prms.numel() and (torch.isnan(prms).any() or torch.isnan(crm).any()):
+        raise ValueError("prms or crm contain NaN")
 
 
 def _empty_instances(height: int, width: int, device: torch.device) -> dict[str, torch.Tensor]:

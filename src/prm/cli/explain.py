@@ -107,15 +107,13 @@ def explain_panel(image, prediction, cam_maps, class_names):
 
 def run(args: argparse.Namespace) -> int:
     import math
-    import time
     from pathlib import Path
 
     import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
     from prm.cli.predict import _image_paths
-    from prm.data.images import DataError, load_image, to_uint8_image
+    from prm.data.images import DataError, load_image
     from prm.evaluation.results import results_entries
     from prm.predictor import to_image_tensor
     from prm.pretrained import PretrainedSettings, pretrained_model, pretrained_predictor
@@ -160,32 +158,14 @@ def run(args: argparse.Namespace) -> int:
         while stem in used:  # two photos of one name from different folders
             stem = f"{stem}_"
         used.add(stem)
-        t0 = time.perf_counter()
-        proposals = None
-        if proposal_fn is not None:
-            proposals = proposal_fn(to_uint8_image(image))
-        t_proposals = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        response, proposals = predictor.respond(image, proposals)
-        t_prms = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        prediction = predictor.retrieve(response, proposals)
-        t_retrieval = time.perf_counter() - t0
-        if proposal_fn is None:  # the fallback's proposals are made inside respond()
-            t_proposals = None
-
+        response, prediction, seconds = _timed_prediction(predictor, proposal_fn, image)
         scores = response["class_scores"].cpu()
         found = sorted({int(c) for c in response["labels"].cpu()}, key=lambda c: -float(scores[c]))
-        crm = response["crm"].cpu()
         size = tuple(image.shape[1:])
-        if found:
-            cam = F.interpolate(crm[None, found], size=size, mode="bilinear")[0].clamp(min=0)
-        else:
-            cam = torch.zeros((0, *size))
         overlay = overlays / f"{stem}.png"
         if overlay.resolve() in inputs:
             raise ValueError(f"{overlay} is one of the input photos; choose another --out")
-        explain_panel(image, prediction, cam, names).save(overlay)
+        explain_panel(image, prediction, _class_maps(response, found, size), names).save(overlay)
         entries.extend(results_entries(prediction, stem, category_ids))
         instances = [
             {
@@ -196,19 +176,9 @@ def run(args: argparse.Namespace) -> int:
                 "area": int(mask.sum()),
             }
             for label, score, peak, box, mask in zip(
-                prediction["labels"],
-                prediction["scores"],
-                prediction["peaks"],
-                prediction["boxes"],
-                prediction["masks"],
+                *(prediction[k] for k in ("labels", "scores", "peaks", "boxes", "masks"))
             )
         ]
-        seconds = {
-            "prms": round(t_prms, 3),
-            "proposals": None if t_proposals is None else round(t_proposals, 3),
-            "retrieval": round(t_retrieval, 3),
-        }
-        seconds["total"] = round(sum(v for v in seconds.values() if v is not None), 3)
         summary.append(
             {
                 "file": str(path),
@@ -239,6 +209,40 @@ def run(args: argparse.Namespace) -> int:
         + (f"; skipped {len(summary) - len(done)} unreadable" if len(done) < len(summary) else "")
     )
     return 0
+
+
+def _timed_prediction(predictor, proposal_fn, image):
+    """``(response, prediction, seconds)``: seconds of the proposals (``None`` for the
+    fallback's, made inside ``respond``), the PRMs, the retrieval and in total."""
+    import time
+
+    from prm.data.images import to_uint8_image
+
+    t0 = time.perf_counter()
+    proposals = proposal_fn(to_uint8_image(image)) if proposal_fn is not None else None
+    t1 = time.perf_counter()
+    response, proposals = predictor.respond(image, proposals)
+    t2 = time.perf_counter()
+    prediction = predictor.retrieve(response, proposals)
+    t3 = time.perf_counter()
+    seconds = {
+        "prms": round(t2 - t1, 3),
+        "proposals": None if proposal_fn is None else round(t1 - t0, 3),
+        "retrieval": round(t3 - t2, 3),
+    }
+    seconds["total"] = round(sum(v for v in seconds.values() if v is not None), 3)
+    return response, prediction, seconds
+
+
+def _class_maps(response, found: list[int], size: tuple[int, int]):
+    """The class response maps of the ``found`` classes at the image ``size`` (CAMs)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not found:
+        return torch.zeros((0, *size))
+    crm = response["crm"].cpu()
+    return F.interpolate(crm[None, found], size=size, mode="bilinear")[0].clamp(min=0)
 
 
 def _write(path, data) -> None:
