@@ -517,6 +517,7 @@ def retrieve_instances(
     crm: torch.Tensor,
     proposals: torch.Tensor | CompactProposals,
     config: RetrievalConfig | None = None,
+    image_prms: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pick one proposal per peak and de-duplicate the instances (docs/method.md §5).
 
@@ -533,6 +534,9 @@ def retrieve_instances(
         proposals (Tensor[P, H, W] or CompactProposals): class-agnostic segment
             proposals at the image's resolution, ranked best first.
         config: :class:`RetrievalConfig` (the authors' demo values by default).
+        image_prms (Tensor[K, H, W], optional): ``prms`` already resized to the
+            proposals' size (the proposal-free fallback makes them): the output PRMs are
+            taken from them instead of resizing ``prms`` a second time.
 
     Returns:
         A dict of instances, sorted by decreasing ``retrieval_scores``:
@@ -596,14 +600,20 @@ def retrieve_instances(
         keep, owner = _greedy_nms(
             iou, best_score, inst_labels, config.nms_threshold, config.nms_class_agnostic
         )
-        if config.merge_peak_response:
-            merged = torch.zeros_like(inst_prms).index_add_(0, owner.to(device), inst_prms)
-            inst_prms = merged
         order = keep
 
-    size = (height, width)
-    prm_full = F.interpolate(inst_prms[order.to(device)][None], size=size, mode="bilinear")
-    prm_full = normalize_prms(prm_full.transpose(0, 1))  # one "channel" per instance
+    def merged(maps: torch.Tensor) -> torch.Tensor:
+        if config.nms_threshold is None or not config.merge_peak_response:
+            return maps
+        return torch.zeros_like(maps).index_add_(0, owner.to(device), maps)
+
+    if image_prms is None:
+        size = (height, width)
+        prm_full = F.interpolate(merged(inst_prms)[order.to(device)][None], size, mode="bilinear")
+        prm_full = prm_full.transpose(0, 1)
+    else:  # resizing is linear: merging the resized maps is resizing the merged ones
+        prm_full = merged(image_prms.to(device)[found.to(device)].float())[order.to(device), None]
+    prm_full = normalize_prms(prm_full)  # one "channel" per instance
     chosen = best[order]
     if compact:
         masks = candidates.select(chosen).masks()
