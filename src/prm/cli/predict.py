@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .dataset_args import add_dataset_arguments, add_settings_arguments, dataset_from_args
+
 EPILOG = """examples:
   # a folder of photos: COCO results JSON + overlay PNGs (instances, PRMs, peaks)
   prm predict --checkpoint runs/voc/last.pt --images photos/ --out predictions/
@@ -37,8 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", help="image files and/or folders of images")
     source.add_argument("--dataset", help="voc, coco, folder, shapes or glyphs")
-    parser.add_argument("--root", help="dataset folder")
-    parser.add_argument("--split", help="dataset split (default: the reader's evaluation split)")
+    add_dataset_arguments(parser, required=False, default_split="the reader's evaluation split")
     parser.add_argument("--out", required=True, help="output folder")
     add_predictor_arguments(parser)
     parser.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write")
@@ -99,8 +100,6 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
     )
     from prm.backprop import PeakSelection
     from prm.retrieval import RetrievalConfig
-
-    from .dataset_args import add_settings_arguments
 
     given, many = "default: the checkpoint's, else {}", GRID if grid else ()
     add_settings_arguments(parser, PeakSelection(), PEAK_FLAGS, given=given, many=many)
@@ -279,11 +278,7 @@ def run(args: argparse.Namespace) -> int:
     if args.images:
         summary = predict_files(predictor, _image_paths(args.images), names, **common)
     else:
-        from prm.data import build_dataset
-
-        dataset = build_dataset(
-            args.dataset, args.root, args.split, evaluation=True, on_error="skip"
-        )
+        dataset = dataset_from_args(args, evaluation=True, on_error="skip")
         if list(dataset.classes) != list(names):
             raise ValueError(
                 f"checkpoint {args.checkpoint} was trained on classes {names}, "
@@ -315,7 +310,9 @@ def run(args: argparse.Namespace) -> int:
                 classes=names,
                 category_ids=list(dataset.category_ids),
                 results="results.json",
-                dataset=dataset_flags(args.dataset, args.root, args.split),
+                dataset=dataset_flags(
+                    args.dataset, args.root, args.split, args.annotations, args.image_dir
+                ),
                 checkpoint=str(Path(args.checkpoint).resolve()),
             )
             print(f"report: {page}")
