@@ -144,31 +144,8 @@ def run_demo(
         source = None if proposals is None else (lambda image_id, image, p=proposals: p(image_id))
         if val_images > 0:
             tuned[method] = _tune(predictor, val_set, source, progress)
-        run_dir = report_dir / "runs" / slug
-        sampler = GallerySampler(run_dir / "gallery", test_set.classes)
-        summary = predict_dataset(
-            predictor,
-            test_set,
-            proposals=source,
-            results_file=report_dir / f"results-{slug}.json",
-            overlay_dir=report_dir / "overlays" / slug,
-            num_overlays=num_overlays,
-            metrics=_METRICS,
-            report_dir=run_dir,
-            print_table=False,
-            progress=progress,
-            desc=method,
-            on_image=sampler.add,
-        )
-        rows[method] = summary.metrics
-        write_run_report(
-            run_dir,
-            sampler,
-            command="prm demo",
-            name=method,
-            classes=list(test_set.classes),
-            category_ids=list(test_set.category_ids),
-            results=f"../../results-{slug}.json",
+        rows[method] = _test(
+            predictor, source, test_set, report_dir, method, slug, num_overlays, progress
         )
         tick = lap(f"tune + predict + evaluate: {method}", tick)
 
@@ -194,6 +171,37 @@ def run_demo(
         title="prm demo: PRM vs CAM on ShapeScenes",
     )
     return report
+
+
+def _test(predictor, source, test_set, report_dir: Path, method, slug, num_overlays, progress):
+    """Predict and evaluate the test split with one method; its run folder and report are
+    ``report_dir/runs/<slug>``. Returns the metrics."""
+    run_dir = report_dir / "runs" / slug
+    sampler = GallerySampler(run_dir / "gallery", test_set.classes)
+    summary = predict_dataset(
+        predictor,
+        test_set,
+        proposals=source,
+        results_file=report_dir / f"results-{slug}.json",
+        overlay_dir=report_dir / "overlays" / slug,
+        num_overlays=num_overlays,
+        metrics=_METRICS,
+        report_dir=run_dir,
+        print_table=False,
+        progress=progress,
+        desc=method,
+        on_image=sampler.add,
+    )
+    write_run_report(
+        run_dir,
+        sampler,
+        command="prm demo",
+        name=method,
+        classes=list(test_set.classes),
+        category_ids=list(test_set.category_ids),
+        results=f"../../results-{slug}.json",
+    )
+    return summary.metrics
 
 
 def _proposals(folder: Path, splits, workers: int, progress: bool):
