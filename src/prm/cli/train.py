@@ -101,22 +101,11 @@ def parse_sets(pairs: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from prm.engine import load_config, train
 
-    overrides = {
-        "dataset": args.dataset,
-        "root": args.root,
-        "train_split": args.train_split,
-        "backbone": args.backbone,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "image_size": args.image_size,
-        "sub_pixel_factor": args.sub_pixel_factor,
-        "device": args.device,
-        "workers": args.workers,
-        "seed": args.seed,
-        "out": args.out,
-        "val_fraction": args.val_fraction,
-    }
+    keys = (
+        "dataset root train_split backbone epochs batch_size lr image_size sub_pixel_factor "
+        "device workers seed out val_fraction"
+    ).split()
+    overrides = {k: getattr(args, k) for k in keys}
     nulls = {}  # flags that explicitly ask for None ("none")
     for key, value in (("val_split", args.val_split), ("weights", args.weights)):
         if value is not None and value.lower() == "none":
