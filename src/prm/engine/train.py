@@ -154,17 +154,14 @@ def _hold_out(config: TrainConfig, train_set, train_split, train_kwargs, with_va
 
 def model_from_config(config: TrainConfig, class_names: list[str]) -> PeakResponseNet:
     """The network a configuration describes."""
+    keys = "weights sub_pixel_factor peak_stimulation peak_filter win_size gradient".split()
+    settings = {k: getattr(config, k) for k in keys}
     return build_model(
         config.backbone,
         len(class_names),
-        weights=config.weights,
         class_names=class_names,
-        sub_pixel_factor=config.sub_pixel_factor,
-        peak_stimulation=config.peak_stimulation,
-        peak_filter=config.peak_filter,
-        win_size=config.win_size,
-        gradient=config.gradient,
         input_size=config.image_size,
+        **settings,
     )
 
 
