@@ -26,7 +26,7 @@ def add_dataset_arguments(
     """
     if required:
         parser.add_argument(
-            "--dataset", required=True, help="dataset reader: voc, coco, folder, shapes"
+            "--dataset", required=True, help="dataset reader: voc, coco, folder, shapes, glyphs"
         )
     parser.add_argument("--root", help="dataset folder (see `prm.data.build_dataset`)")
     parser.add_argument("--split", help=f"dataset split (default: {default_split})")

@@ -38,6 +38,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="shapes",
         help="shapes: ShapeScenes (default); glyphs: GlyphScenes, grey letters",
     )
+    parser.add_argument(
+        "--preset",
+        choices=["shapes", "lite0-cpu"],
+        default="shapes",
+        help="training recipe: shapes (small CNN from scratch, default) or lite0-cpu "
+        "(EfficientNet-Lite0 ImageNet weights, cut at stride 16; the lite0 extra)",
+    )
     parser.add_argument("--train-images", type=int, default=2000)
     parser.add_argument(
         "--val-images", type=int, default=100, help="images to tune retrieval on (0: don't)"
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_demo(
         out,
         dataset=args.dataset,
+        preset=args.preset,
         train_images=args.train_images,
         val_images=args.val_images,
         test_images=args.test_images,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .dataset_args import add_dataset_arguments, dataset_from_args
+
 EPILOG = """examples:
   # a folder of photos: COCO results JSON + overlay PNGs (instances, PRMs, peaks)
   prm predict --checkpoint runs/voc/last.pt --images photos/ --out predictions/
@@ -40,8 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", help="image files and/or folders of images")
     source.add_argument("--dataset", help="voc, coco, folder, shapes or glyphs")
-    parser.add_argument("--root", help="dataset folder")
-    parser.add_argument("--split", help="dataset split (default: the reader's evaluation split)")
+    add_dataset_arguments(parser, required=False, default_split="the reader's evaluation split")
     parser.add_argument("--out", required=True, help="output folder")
     add_predictor_arguments(parser)
     parser.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write")
@@ -288,11 +289,7 @@ def run(args: argparse.Namespace) -> int:
     if args.images:
         summary = predict_files(predictor, _image_paths(args.images), names, **common)
     else:
-        from prm.data import build_dataset
-
-        dataset = build_dataset(
-            args.dataset, args.root, args.split, evaluation=True, on_error="skip"
-        )
+        dataset = dataset_from_args(args, evaluation=True, on_error="skip")
         if list(dataset.classes) != list(names):
             raise ValueError(
                 f"checkpoint {args.checkpoint} was trained on classes {names}, "

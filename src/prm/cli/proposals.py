@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .dataset_args import add_dataset_arguments, dataset_from_args
+
 EPILOG = """examples:
   prm proposals --images photos/ --cache proposals/
   prm proposals --dataset voc --root VOCdevkit/VOC2012 --split val --cache proposals/ \\
@@ -33,9 +35,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", metavar="DIR", help="a folder of images (ids: file stems)")
-    source.add_argument("--dataset", help="dataset reader: voc, coco, folder, shapes")
-    parser.add_argument("--root", help="dataset folder (see `prm.data.build_dataset`)")
-    parser.add_argument("--split", help="dataset split (default: the reader's evaluation split)")
+    source.add_argument("--dataset", help="dataset reader: voc, coco, folder, shapes, glyphs")
+    add_dataset_arguments(parser, required=False, default_split="the reader's evaluation split")
     parser.add_argument("--cache", required=True, metavar="DIR", help="cache folder")
     parser.add_argument(
         "--preset", choices=PRESETS, default="fast", help="generator settings (default: fast)"
@@ -102,11 +103,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--evaluate needs --dataset (an image folder has no ground truth)")
         source = args.images
     else:
-        from prm.data import build_dataset
-
-        if args.root is None and args.dataset.lower() not in ("shapes", "glyphs"):
-            raise ValueError(f"--dataset {args.dataset} needs --root PATH")
-        source = build_dataset(args.dataset, args.root, args.split, evaluation=True)
+        # build_dataset says which data needs --root.
+        source = dataset_from_args(args, evaluation=True)
     summary = precompute_proposals(
         source,
         cache,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .dataset_args import add_dataset_arguments, dataset_from_args
+
 EPILOG = """examples:
   # ShapeScenes: pseudo ground truth for `prm distill`, proposal-free
   prm pseudo-label --checkpoint runs/shapes/last.pt --dataset shapes --split train \\
@@ -33,9 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
-    parser.add_argument("--dataset", required=True, help="voc, coco, folder or shapes")
-    parser.add_argument("--root", help="dataset folder")
-    parser.add_argument("--split", help="dataset split (a training split)")
+    add_dataset_arguments(parser, default_split="the reader's training split")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--score-threshold", type=float, default=0.0)
     parser.add_argument("--min-area", type=int, default=16, help="minimum mask area (pixels)")
@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from prm.cli.predict import build_predictor
-    from prm.data import build_dataset
     from prm.engine.inference import proposal_source
     from prm.engine.pseudo_label import PseudoLabelFilter, pseudo_label
     from prm.validation import check_number
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, predictor = build_predictor(args)
         extra = {"keep_empty": True} if args.dataset == "coco" else {}
-        dataset = build_dataset(args.dataset, args.root, args.split, on_error="skip", **extra)
+        dataset = dataset_from_args(args, on_error="skip", **extra)
         names = model.class_names or [str(i) for i in range(model.num_classes)]
         if list(dataset.classes) != list(names):
             raise ValueError(

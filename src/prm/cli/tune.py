@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .dataset_args import add_dataset_arguments, dataset_from_args
+
 EPILOG = """examples:
   # beta and the peak threshold on 200 validation images; the choice is saved next to
   # the checkpoint (runs/shapes/retrieval.yaml), where `prm predict` picks it up
@@ -43,9 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
-    parser.add_argument("--dataset", required=True, help="voc, coco, folder, shapes or glyphs")
-    parser.add_argument("--root", help="dataset folder")
-    parser.add_argument("--split", default="val", help="split to tune on (default val)")
+    add_dataset_arguments(parser, default_split="val")
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument(
         "--out",
@@ -70,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from prm.cli.predict import GRID, TUNED_FILE, build_predictor
-    from prm.data import build_dataset
     from prm.engine.inference import proposal_source
     from prm.engine.tune import tune_retrieval
 
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         args = argparse.Namespace(**{**vars(args), "retrieval_config": "none"})
     model, predictor = build_predictor(args, grid=True)
     grid = {name: getattr(args, name) for name in GRID if getattr(args, name) is not None}
-    dataset = build_dataset(args.dataset, args.root, args.split, evaluation=True, on_error="skip")
+    dataset = dataset_from_args(args, split="val", evaluation=True, on_error="skip")
     result = tune_retrieval(
         predictor,
         dataset,
