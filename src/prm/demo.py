@@ -68,6 +68,7 @@ def run_demo(
     out: str | os.PathLike = "prm-demo",
     *,
     dataset: str = "shapes",
+    preset: str = "shapes",
     train_images: int = 2000,
     val_images: int = 100,
     test_images: int = 300,
@@ -86,12 +87,15 @@ def run_demo(
     Args:
         out: working folder (data cache, runs, proposals, report).
         dataset: ``"shapes"`` (ShapeScenes) or ``"glyphs"`` (GlyphScenes); the same
-            recipe (the ``shapes`` preset) and tuning grid for both.
+            recipe and tuning grid for both.
+        preset: the training recipe (``shapes``: the small backbone from scratch;
+            ``lite0-cpu``: EfficientNet-Lite0's ImageNet weights, needs the ``lite0``
+            extra), see :data:`prm.engine.PRESETS`.
         train_images: ShapeScenes training images (2000).
         val_images: validation images the retrieval settings are tuned on (100; 0 keeps
             the authors' values).
         test_images: test images evaluated (300).
-        epochs: training epochs (the ``shapes`` preset's by default).
+        epochs: training epochs (the preset's by default).
         seed: seed of data generation and training.
         workers: processes for proposal generation.
         num_overlays: overlay PNGs per method.
@@ -112,7 +116,7 @@ def run_demo(
     test_set = build_dataset(dataset, data_dir, "test", num_images=test_images, seed=seed)
     overrides = {"dataset": dataset, "root": str(data_dir), "num_train_images": train_images}
     overrides["seed"] = seed
-    base = load_config("shapes", **overrides, **({} if epochs is None else {"epochs": epochs}))
+    base = load_config(preset, **overrides, **({} if epochs is None else {"epochs": epochs}))
     tick = lap("generate data", tick)
 
     checkpoints = {}

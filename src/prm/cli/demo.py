@@ -35,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="shapes",
         help="shapes: ShapeScenes (default); glyphs: GlyphScenes, grey letters",
     )
+    parser.add_argument(
+        "--preset",
+        choices=["shapes", "lite0-cpu"],
+        default="shapes",
+        help="training recipe: shapes (small CNN from scratch, default) or lite0-cpu "
+        "(EfficientNet-Lite0 ImageNet weights, cut at stride 16; the lite0 extra)",
+    )
     parser.add_argument("--train-images", type=int, default=2000)
     parser.add_argument(
         "--val-images", type=int, default=100, help="images to tune retrieval on (0: don't)"
@@ -49,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from prm.demo import DEMO_DATASETS, run_demo
 
     out = args.out or ("prm-demo" if args.dataset == "shapes" else f"prm-demo-{args.dataset}")
-    keys = "dataset train_images val_images test_images epochs seed workers".split()
+    keys = "dataset preset train_images val_images test_images epochs seed workers".split()
     report = run_demo(out, progress=not args.quiet, **{k: getattr(args, k) for k in keys})
     print()
     print(f"{DEMO_DATASETS[args.dataset]} test split, {args.test_images} images (percent):")

@@ -99,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--evaluate needs --dataset (an image folder has no ground truth)")
         source = args.images
     else:
-        if args.root is None and args.dataset.lower() not in ("shapes", "glyphs", "coco"):
-            raise ValueError(f"--dataset {args.dataset} needs --root PATH")
+        # build_dataset says which data needs --root.
         source = dataset_from_args(args, evaluation=True)
     summary = precompute_proposals(
         source,

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from prm.cli.predict import add_predictor_arguments
 
     parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
-    add_dataset_arguments(parser, default_split="the reader's; give a training split")
+    add_dataset_arguments(parser, default_split="the reader's training split")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--score-threshold", type=float, default=0.0)
     parser.add_argument("--min-area", type=int, default=16, help="minimum mask area (pixels)")

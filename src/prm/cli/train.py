@@ -19,6 +19,10 @@ EPILOG = """examples:
   prm train --config my.yaml --set lr=0.005 --out runs/mine
   prm train --config my.yaml --set lr=0.005 --out runs/mine --resume
 
+  # COCO data in its own layout: a training json, its images, 10 % held out to validate
+  prm train --dataset coco --annotations export/train.json --image-dir export/images \
+      --val-fraction 0.1 --backbone timm:efficientnet_lite0 --weights lite0 --out runs/coco
+
   # two processes with PyTorch DDP (gloo on CPU, nccl on GPU)
   torchrun --nproc_per_node 2 -m prm.cli train --preset voc --root VOCdevkit/VOC2012
 
@@ -32,7 +36,9 @@ DESCRIPTION = "Train a peak-stimulated fully convolutional classifier."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=["voc", "shapes"], help="starting configuration")
+    parser.add_argument(
+        "--preset", choices=["voc", "shapes", "lite0-cpu"], help="starting configuration"
+    )
     parser.add_argument("--config", help="YAML file of configuration fields")
     parser.add_argument("--dataset", help="voc, coco, folder, shapes or glyphs")
     parser.add_argument("--root", help="dataset folder")
@@ -44,6 +50,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="validate on this fraction of the training split, held out (seeded by "
         "--seed) instead of --val-split: for labels of one split only, e.g. a COCO "
         "training json",
+    )
+    parser.add_argument(
+        "--annotations",
+        metavar="FILE",
+        help="coco: the training instances json, anywhere (instead of "
+        "root/annotations/instances_<train-split>.json)",
+    )
+    parser.add_argument(
+        "--image-dir",
+        metavar="DIR",
+        help="coco: the folder of the training images (instead of root/<train-split>/)",
+    )
+    parser.add_argument(
+        "--val-annotations", metavar="FILE", help="coco: the validation instances json"
+    )
+    parser.add_argument(
+        "--val-image-dir", metavar="DIR", help="coco: the folder of the validation images"
     )
     parser.add_argument(
         "--backbone",
@@ -106,6 +129,12 @@ def run(args: argparse.Namespace) -> int:
         "device workers seed out val_fraction"
     ).split()
     overrides = {k: getattr(args, k) for k in keys}
+    overrides.update(
+        annotation_file=args.annotations,
+        image_dir=args.image_dir,
+        val_annotation_file=args.val_annotations,
+        val_image_dir=args.val_image_dir,
+    )
     nulls = {}  # flags that explicitly ask for None ("none")
     for key, value in (("val_split", args.val_split), ("weights", args.weights)):
         if value is not None and value.lower() == "none":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .dataset_args import add_dataset_arguments, dataset_from_args
+
 EPILOG = """examples:
   # beta and the peak threshold on 200 validation images; the choice is saved next to
   # the checkpoint (runs/shapes/retrieval.yaml), where `prm predict` picks it up
@@ -39,8 +41,6 @@ DESCRIPTION = "Tune proposal retrieval on a dataset split with instance masks."
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from prm.cli.predict import add_predictor_arguments
 
-    from .dataset_args import add_dataset_arguments
-
     parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
     add_dataset_arguments(parser, default_split="val")
     parser.add_argument("--limit", type=int, help="only the first N images")
@@ -67,14 +67,12 @@ def run(args: argparse.Namespace) -> int:
     from prm.engine.inference import proposal_source
     from prm.engine.tune import tune_retrieval
 
-    from .dataset_args import dataset_from_args
-
     if args.retrieval_config is None:
         # The base of the grid is never the settings of an earlier tuning, unless asked.
         args = argparse.Namespace(**{**vars(args), "retrieval_config": "none"})
     model, predictor = build_predictor(args, grid=True)
     grid = {name: getattr(args, name) for name in GRID if getattr(args, name) is not None}
-    dataset = dataset_from_args(args, "val", evaluation=True, on_error="skip")
+    dataset = dataset_from_args(args, split="val", evaluation=True, on_error="skip")
     result = tune_retrieval(
         predictor,
         dataset,

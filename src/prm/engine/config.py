@@ -34,6 +34,10 @@ class TrainConfig:
         val_fraction: hold out this fraction of the training split (drawn with ``seed``,
             the same images every run) as the validation set, instead of ``val_split``:
             for data with labels for one split only (a COCO training json, a folder CSV).
+        annotation_file / image_dir: COCO data in its own layout: the training json and
+            the folder of its images (instead of ``root/annotations/instances_<split>.json``
+            and ``root/<split>/``; with both, no ``root`` is needed);
+            ``val_annotation_file`` / ``val_image_dir`` the same for the validation split.
         image_size: square training size (448 as the authors; the aspect is not kept).
         flip: random horizontal flips.
         scale_jitter / colour_jitter: random zoom and shift / brightness and contrast
@@ -50,10 +54,13 @@ class TrainConfig:
     batch 16, 20 epochs, constant learning rate 0.01 for the classifier and 0.01 x 0.01
     for the pretrained backbone):
         optimizer (``sgd``, the authors', or ``adamw``), epochs, batch_size, lr,
-        backbone_lr_mult, momentum (SGD), weight_decay, lr_schedule (``constant`` or
-        ``cosine``), warmup_epochs (linear warm-up from 0, may be fractional; the
-        schedule runs over the remaining epochs), early_stopping (stop after this many
-        validations without a better validation mAP; ``None``: never). Whenever
+        backbone_lr_mult, frozen_layers (the backbone's first N layers are not trained
+        and their BatchNorm statistics are kept: a pretrained stem costs no backward
+        pass; see ``prm.engine.train.backbone_layers``), momentum (SGD), weight_decay,
+        lr_schedule (``constant`` or ``cosine``), warmup_epochs (linear warm-up from 0,
+        may be fractional; the schedule runs over the remaining epochs), early_stopping
+        (stop after this many validations without a better validation mAP; ``None``:
+        never). Whenever
         validation runs, the best checkpoint so far is kept as ``best.pt``.
 
     Runtime:
@@ -70,6 +77,10 @@ class TrainConfig:
     num_train_images: int | None = None
     num_val_images: int | None = None
     val_fraction: float | None = None
+    annotation_file: str | None = None
+    image_dir: str | None = None
+    val_annotation_file: str | None = None
+    val_image_dir: str | None = None
     image_size: int = 448
     flip: bool = True
     scale_jitter: float = 0.0
@@ -89,6 +100,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 0.01
     backbone_lr_mult: float = 0.01
+    frozen_layers: int = 0
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_schedule: str = "constant"
@@ -112,6 +124,7 @@ class TrainConfig:
         check_number("batch_size", self.batch_size, minimum=1, integer=True)
         check_number("lr", self.lr, minimum=0, exclusive=True)
         check_number("backbone_lr_mult", self.backbone_lr_mult, minimum=0)
+        check_number("frozen_layers", self.frozen_layers, minimum=0, integer=True)
         check_number("momentum", self.momentum, minimum=0, maximum=1, exclusive_max=True)
         check_number("weight_decay", self.weight_decay, minimum=0)
         check_number("image_size", self.image_size, minimum=32, integer=True)
@@ -176,6 +189,18 @@ PRESETS: dict[str, TrainConfig] = {
         out="runs/shapes",
     ),
 }
+#: ``lite0-cpu``: the ``shapes`` recipe on EfficientNet-Lite0's ImageNet weights (the
+#: ``lite0`` extra), cut at stride 16 with its stem and first two stages frozen: about the
+#: small backbone's cost per image on a CPU, and it learns GlyphScenes, which the small
+#: backbone trained from scratch does not (README, "GlyphScenes").
+PRESETS["lite0-cpu"] = PRESETS["shapes"].replace(
+    backbone="timm:efficientnet_lite0@16",
+    weights="lite0",
+    sub_pixel_factor=2,
+    backbone_lr_mult=0.3,
+    frozen_layers=4,
+    out="runs/lite0-cpu",
+)
 
 
 def load_config(

@@ -40,7 +40,15 @@ from prm.evaluation import ClassificationEvaluator
 from prm.files import write_text_atomic
 from prm.model import PeakResponseNet, build_model
 
-__all__ = ["train", "resolve_device", "build_datasets", "model_from_config", "classification_map"]
+__all__ = [
+    "train",
+    "resolve_device",
+    "build_datasets",
+    "model_from_config",
+    "classification_map",
+    "backbone_layers",
+    "freeze_layers",
+]
 
 StepCallback = Callable[[int, int, float], None]
 #: The embedded, generated datasets (split sizes set by ``num_*_images``).
@@ -72,6 +80,16 @@ def build_datasets(config: TrainConfig, with_val: bool = True):
     if config.dataset == "voc":
         kwargs["use_difficult"] = not config.drop_difficult
     train_kwargs = dict(kwargs)
+    val_kwargs = dict(kwargs)
+    for part, prefix in ((train_kwargs, ""), (val_kwargs, "val_")):
+        for key in ("annotation_file", "image_dir"):
+            value = getattr(config, prefix + key)
+            if value is not None:
+                if config.dataset != "coco":
+                    raise ValueError(
+                        f"{prefix + key} is for the coco dataset, not {config.dataset}"
+                    )
+                part[key] = Path(value)
     if config.dataset in ("voc", "coco"):
         train_kwargs["instance_masks"] = False  # training reads image-level labels only
     defaults = reader(config.dataset).DEFAULT_SPLITS
@@ -96,13 +114,13 @@ def build_datasets(config: TrainConfig, with_val: bool = True):
     val_set = None
     if with_val and val_split:
         if config.dataset in GENERATED:
-            kwargs["num_images"] = config.num_val_images
+            val_kwargs["num_images"] = config.num_val_images
         val_set = build_dataset(
             config.dataset,
             config.root,
             val_split,
             transform=InferenceTransform(config.image_size),
-            **kwargs,
+            **val_kwargs,
         )
     return train_set, val_set
 
@@ -165,11 +183,52 @@ def model_from_config(config: TrainConfig, class_names: list[str]) -> PeakRespon
     )
 
 
+def backbone_layers(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's layers in input-to-output order, as ``frozen_layers`` counts them.
+
+    The top-level modules of the module that holds them: a timm backbone's model, its
+    sequences opened one level (EfficientNet-Lite0: ``conv_stem``, ``bn1``, then its 7
+    stages, whole or cut with ``@16``), a ``features`` sequence (VGG, the small
+    backbones: one layer per convolution, BN or ReLU), or the backbone's own children
+    (ResNet: ``conv1``, ``bn1``, ``relu``, ``maxpool``, ``layer1`` ... ``layer4``).
+    """
+    timm_model = getattr(backbone, "model", None)
+    if timm_model is not None:
+        if getattr(backbone, "cut", False):
+            return list(timm_model.children())  # timm's feature wrapper opened them
+        layers: list[nn.Module] = []
+        for child in timm_model.children():
+            layers.extend(child.children() if isinstance(child, nn.Sequential) else [child])
+        return layers
+    return list(getattr(backbone, "features", backbone).children())
+
+
+def freeze_layers(model: PeakResponseNet, count: int) -> list[nn.Module]:
+    """Freeze the first ``count`` backbone layers: no gradients, BatchNorm in eval mode.
+
+    Call it again after every ``model.train()`` (which puts BatchNorm back in training
+    mode); the frozen layers are returned.
+
+    Raises:
+        ValueError: ``count`` is larger than the number of layers.
+    """
+    layers = backbone_layers(model.backbone)
+    if count > len(layers):
+        raise ValueError(f"frozen_layers={count}, but the backbone has only {len(layers)} layers")
+    for layer in layers[:count]:
+        layer.eval()
+        for parameter in layer.parameters():
+            parameter.requires_grad_(False)
+    return layers[:count]
+
+
 def _optimizer(model: PeakResponseNet, config: TrainConfig) -> torch.optim.Optimizer:
     # Two learning rates as the authors: the 1x1 classifier at lr, the (pretrained)
-    # backbone at lr * backbone_lr_mult; weight decay on all parameters.
+    # backbone at lr * backbone_lr_mult; weight decay on all parameters (frozen ones,
+    # which have no gradient, are left out).
+    trained = [p for p in model.backbone.parameters() if p.requires_grad]
     groups = [
-        {"params": list(model.backbone.parameters()), "lr": config.lr * config.backbone_lr_mult},
+        {"params": trained, "lr": config.lr * config.backbone_lr_mult},
         {"params": list(model.classifier.parameters()), "lr": config.lr},
     ]
     for group in groups:
@@ -337,6 +396,7 @@ class _Run:
         self.model = model_from_config(config, self.classes).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        freeze_layers(self.model, config.frozen_layers)
         self.optimizer = _optimizer(self.model, config)
         self.start_epoch = 0
         # Best validation mAP so far, its epoch, and validations since it improved.
@@ -429,6 +489,7 @@ class _Run:
             else contextlib.nullcontext()
         )
         self.net.train()
+        freeze_layers(self.model, config.frozen_layers)
         total_loss, seen, skipped, began = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(
             total=steps,
