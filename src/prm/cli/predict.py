@@ -19,10 +19,16 @@ EPILOG = """examples:
   # no proposals at all: candidates from the PRMs themselves
   prm predict --checkpoint runs/shapes/last.pt --images scene.png --proposals prm
 
+  # a large split on 8 processes (each predicts every 8th image; rank 0 merges the
+  # parts into results.json); rerun the same command to resume
+  torchrun --nproc_per_node 8 -m prm.cli predict --checkpoint runs/voc/last.pt \
+      --dataset voc --root VOCdevkit/VOC2012 --split train_aug --proposals mcg/ --out pred/
+
 Output folder: results.json (COCO results: RLE masks, category ids, scores),
-overlays/ (one PNG per image for the first --overlays images), and with --evaluate
-metrics.json, table.txt, precision-recall curves and an HTML report (report/index.html,
-rebuilt by `prm report OUT`).
+parts/ (with --resume or under torchrun: one JSON line per finished image), overlays/
+(one PNG per image for the first --overlays images), and with --evaluate metrics.json,
+table.txt, precision-recall curves and an HTML report (report/index.html, rebuilt by
+`prm report OUT`).
 """
 
 
