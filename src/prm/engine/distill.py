@@ -338,12 +338,15 @@ def _model_config(config: DistillConfig, classes: list[str]) -> dict[str, Any]:
 def distill(
     config: DistillConfig,
     *,
+    dataset=None,
     resume: bool = True,
     progress: bool = True,
     on_epoch: Callable[[int], None] | None = None,
 ) -> Path:
     """Train Mask R-CNN on pseudo-labels; returns the final checkpoint (``<out>/last.pt``).
 
+    ``dataset`` is the split the pseudo-labels were made on (a ``prm.data`` dataset
+    without a transform; by default built from ``config.dataset``, ``root`` and ``split``).
     With ``resume=True`` an existing ``<out>/last.pt`` of the same configuration is
     continued from its epoch (a finished run returns at once); one of another
     configuration is refused. ``on_epoch(epoch)`` is called after each epoch's
@@ -357,15 +360,16 @@ def distill(
     ddp = _Distributed(resolve_device(config.device))
     device = ddp.device
     try:
-        return _distill(config, ddp, device, out, resume, progress, on_epoch, build_dataset)
+        if dataset is None:
+            dataset = build_dataset(config.dataset, config.root, config.split)
+        return _distill(config, dataset, ddp, device, out, resume, progress, on_epoch)
     finally:
         ddp.close()
 
 
-def _distill(config, ddp, device, out, resume, progress, on_epoch, build_dataset) -> Path:
+def _distill(config, source, ddp, device, out, resume, progress, on_epoch) -> Path:
     if ddp.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    source = build_dataset(config.dataset, config.root, config.split)
     data = PseudoLabelDataset(config.pseudo_labels, source)
     if len(data) < ddp.world_size:
         raise ValueError(
