@@ -6,28 +6,14 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from prm.backprop import PeakSelection
 from prm.data import ShapeScenes
-from prm.engine import save_checkpoint
 from prm.engine.inference import predict_dataset, predict_shards
-from prm.model import build_model
-from prm.predictor import Predictor
-
-CLASSES = ["circle", "square", "triangle", "star", "ring", "cross"]
 
 
 @pytest.fixture(scope="module")
-def predictor():
-    torch.manual_seed(0)
-    model = build_model("small", 6, class_names=CLASSES)
-    return Predictor(
-        model,
-        input_size=32,
-        peak_selection=PeakSelection(class_threshold=-1e9, peak_threshold=0.0),
-        proposal_fn="prm",
-    )
+def predictor(random_predictor):
+    return random_predictor
 
 
 class Dies:
@@ -76,19 +62,8 @@ def test_shards_and_a_killed_run_give_the_single_process_file(tmp_path, predicto
         predict_shards(predictor, dataset, shards, settings={"beta": 1.0}, progress=False)
 
 
-def test_torchrun_two_processes_equal_one_and_resume(tmp_path):
-    torch.manual_seed(0)
-    model = build_model("small", 6, class_names=CLASSES)
-    checkpoint = tmp_path / "prm.pt"
-    save_checkpoint(
-        checkpoint,
-        {
-            "model": model.state_dict(),
-            "model_config": model.config(),
-            "config": {"image_size": 32},
-            "class_names": CLASSES,
-        },
-    )
+def test_torchrun_two_processes_equal_one_and_resume(tmp_path, random_checkpoint):
+    checkpoint = random_checkpoint
     common = [
         "predict", "--checkpoint", str(checkpoint), "--dataset", "shapes", "--split", "val",
         "--limit", "5", "--proposals", "prm", "--class-threshold=-1e9", "--device", "cpu",
