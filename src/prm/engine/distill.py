@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from torch import nn
+from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from prm.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -337,28 +338,44 @@ def _model_config(config: DistillConfig, classes: list[str]) -> dict[str, Any]:
 def distill(
     config: DistillConfig,
     *,
+    dataset=None,
     resume: bool = True,
     progress: bool = True,
     on_epoch: Callable[[int], None] | None = None,
 ) -> Path:
     """Train Mask R-CNN on pseudo-labels; returns the final checkpoint (``<out>/last.pt``).
 
+    ``dataset`` is the split the pseudo-labels were made on (a ``prm.data`` dataset
+    without a transform; by default built from ``config.dataset``, ``root`` and ``split``).
     With ``resume=True`` an existing ``<out>/last.pt`` of the same configuration is
     continued from its epoch (a finished run returns at once); one of another
     configuration is refused. ``on_epoch(epoch)`` is called after each epoch's
     checkpoint and log line are written.
     """
     from prm.data import build_dataset
-    from prm.engine.train import resolve_device
+    from prm.engine.train import _Distributed, resolve_device
 
     config.validate()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
-    source = build_dataset(config.dataset, config.root, config.split)
+    ddp = _Distributed(resolve_device(config.device))
+    device = ddp.device
+    try:
+        if dataset is None:
+            dataset = build_dataset(config.dataset, config.root, config.split)
+        return _distill(config, dataset, ddp, device, out, resume, progress, on_epoch)
+    finally:
+        ddp.close()
+
+
+def _distill(config, source, ddp, device, out, resume, progress, on_epoch) -> Path:
+    if ddp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     data = PseudoLabelDataset(config.pseudo_labels, source)
-    if len(data) == 0:
-        raise ValueError(f"{config.pseudo_labels} has no images")
+    if len(data) < ddp.world_size:
+        raise ValueError(
+            f"{config.pseudo_labels} has {len(data)} images, fewer than the "
+            f"{ddp.world_size} processes"
+        )
     torch.manual_seed(config.seed)  # the initial weights: the same in every run of a config
     model = build_maskrcnn(
         len(data.classes),
@@ -383,23 +400,39 @@ def distill(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["epoch"])
+    if ddp.is_main:
         _truncate_log(out / "metrics.jsonl", start)
-    else:
-        _truncate_log(out / "metrics.jsonl", 0)
-    _save_config(out / "config.yaml", config)
-    steps = math.ceil(len(data) / config.batch_size)
+        _save_config(out / "config.yaml", config)
+    net: nn.Module = model
+    if ddp.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    shard = len(data) // ddp.world_size  # every rank takes as many images (drop_last)
+    steps = math.ceil(shard / config.batch_size)
     if config.max_steps_per_epoch is not None:
         steps = min(steps, config.max_steps_per_epoch)
     for epoch in range(start, config.epochs):
         seed = _epoch_seed(config.seed, epoch)
         generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)  # torchvision's RPN / RoI samplers draw from the global RNG
-        order = torch.randperm(len(data), generator=generator).tolist()
-        flips = torch.rand(len(data), generator=generator) < 0.5
-        model.train()
+        # torchvision's RPN / RoI samplers draw from the global RNG: seeded per epoch (and
+        # rank) so that a resumed run repeats an uninterrupted one.
+        torch.manual_seed(seed + ddp.rank)
+        if ddp.enabled:
+            sampler = DistributedSampler(data, seed=seed, drop_last=True)
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+        else:
+            order = torch.randperm(len(data), generator=generator).tolist()
+        flips = torch.rand(len(data), generator=generator) < 0.5  # the same on every rank
+        net.train()
         began = time.perf_counter()
         totals: dict[str, float] = {}
-        bar = tqdm(range(steps), desc=f"distill {epoch + 1}/{config.epochs}", disable=not progress)
+        bar = tqdm(
+            range(steps),
+            desc=f"distill {epoch + 1}/{config.epochs}",
+            disable=not (progress and ddp.is_main),
+        )
         for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = _lr(config, (epoch * steps + step) / (config.epochs * steps))
@@ -411,7 +444,7 @@ def distill(
                     image, target = _flip(image, target)
                 images.append(image.to(device))
                 targets.append({k: v.to(device) for k, v in target.items()})
-            losses = model(images, targets)
+            losses = net(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise ValueError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower lr")
@@ -425,24 +458,28 @@ def distill(
         seconds = time.perf_counter() - began
         record = {
             "epoch": epoch + 1,
-            **{k: v / steps for k, v in totals.items()},
+            **{k: ddp.mean(v / steps) for k, v in totals.items()},  # over all ranks
             "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": steps * config.batch_size / max(seconds, 1e-9),
+            "images_per_s": steps * config.batch_size * ddp.world_size / max(seconds, 1e-9),
+            "world_size": ddp.world_size,
+            "ranks_in_sync": ddp.in_sync(model),
         }
-        save_checkpoint(
-            checkpoint,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1,
-                "config": _comparable(config),
-                "model_config": _model_config(config, data.classes),
-                "class_names": data.classes,
-                "metrics": record,
-            },
-        )
-        with open(out / "metrics.jsonl", "a") as log:
-            log.write(json.dumps(record) + "\n")
+        if ddp.is_main:
+            save_checkpoint(
+                checkpoint,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "config": _comparable(config),
+                    "model_config": _model_config(config, data.classes),
+                    "class_names": data.classes,
+                    "metrics": record,
+                },
+            )
+            with open(out / "metrics.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+        ddp.barrier()  # nobody goes on (or returns) before the checkpoint is written
         if on_epoch is not None:
             on_epoch(epoch + 1)
     return checkpoint
