@@ -17,6 +17,7 @@ photos, not what a benchmark would say.
 Usage:
     python benchmarks/real_photos.py --data ../shared/data            # grid + timing
     python benchmarks/real_photos.py --data ../shared/data --no-grid  # timing only
+    python benchmarks/real_photos.py --data ../shared/data --proposal-free  # candidates
 """
 
 from __future__ import annotations
@@ -109,12 +110,14 @@ def sub_response(response: dict, keep) -> dict:
     return out
 
 
-def fallback(predictor, response, size):
+def fallback(predictor, response, size, image=None):
+    """Proposal-free candidates from the response's maps: their support, or with an
+    ``image`` GrabCut seeded by them (``Predictor(proposal_fn="prm"/"grabcut")``)."""
     import torch
     import torch.nn.functional as F
 
     from prm.predictor import crm_to_image_coords
-    from prm.proposals import prm_support_proposals
+    from prm.proposals import grabcut_proposals, prm_support_proposals
 
     prms = response["prms"]
     if len(prms) == 0:
@@ -122,6 +125,8 @@ def fallback(predictor, response, size):
     prms = F.interpolate(prms[None].float(), size=size, mode="bilinear")[0]
     crm_size = tuple(response["crm"].shape[1:])
     peaks = crm_to_image_coords(response["peak_cells"][:, 1:], crm_size, 1, size)
+    if image is not None:
+        return grabcut_proposals(image, prms, peaks)
     return prm_support_proposals(prms, peaks)
 
 
@@ -193,6 +198,7 @@ def photo_responses(name, dataset, map_name, cache_root, threads, input_size=448
                 "target": mapped_target(target, dataset.classes, model.class_names),
                 "size": tuple(tensor.shape[1:]),
                 "proposals": proposals,
+                "image": tensor,
                 "prm": response,
                 "cam": cam,
                 "timing": {
@@ -219,17 +225,24 @@ def run_grid(classes, predictor, by_size, settings_list, combos=None):
         row = {"setting": setting}
         for response_kind, proposals_kind in combos:
             predictions = []
+            cpu = 0.0  # candidates (selective search: cached, so 0) and retrieval
             for photo in photos:
                 response = photo[response_kind]
                 sub = sub_response(response, subset_mask(photo["prm"], setting))
+                start = time.process_time()
                 if proposals_kind == "selective-search":
                     proposals = photo["proposals"]
+                elif proposals_kind == "grabcut":
+                    proposals = fallback(predictor, sub, photo["size"], photo["image"])
                 else:
                     # The fallback segments from the maps' own support (CAM's class maps
                     # for the CAM row).
                     proposals = fallback(predictor, sub, photo["size"])
                 predictions.append(predictor.retrieve(sub, proposals))
-            row[f"{response_kind}/{proposals_kind}"] = evaluate(targets, predictions, classes)
+                cpu += time.process_time() - start
+            metrics = evaluate(targets, predictions, classes)
+            metrics["cpu_s_per_photo"] = cpu / max(len(photos), 1)
+            row[f"{response_kind}/{proposals_kind}"] = metrics
         rows.append(row)
     return rows
 
@@ -301,7 +314,14 @@ def main() -> None:
     parser.add_argument("--samples", nargs="+", default=["coco", "voc"], help="coco, voc")
     parser.add_argument("--out", help="results file (default benchmarks/results/...)")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--proposal-free",
+        action="store_true",
+        help="the default setting only, PRMs with selective search, the PRM-support "
+        "fallback and GrabCut (written to real_photos_proposal_free.json)",
+    )
     args = parser.parse_args()
+    args.no_grid = args.no_grid or args.proposal_free
 
     from prm.pretrained import DEFAULTS
 
@@ -339,6 +359,14 @@ def main() -> None:
             {classes[int(label)] for p in photos for label in p["target"]["labels"]}
         )
         t0 = time.perf_counter()
+        if args.proposal_free:
+            kinds = ("selective-search", "prm-fallback", "grabcut")
+            sample["rows"] = run_grid(
+                classes, predictor, by_size, [default], [("prm", k) for k in kinds]
+            )
+            print(name, json.dumps(sample["rows"][0]), flush=True)
+            out["samples"][name] = sample
+            continue
         rows = run_grid(classes, predictor, by_size, [default])
         if not args.no_grid:
             settings_list = [
@@ -365,6 +393,7 @@ def main() -> None:
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         stem = "real_photos_timing" if args.timing_only else "real_photos"
+        stem = "real_photos_proposal_free" if args.proposal_free else stem
         target = Path(args.out) if args.out else RESULTS / f"{stem}.json"
         target.write_text(json.dumps(out, indent=1, default=str) + "\n")
         print(f"wrote {target}")

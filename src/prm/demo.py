@@ -25,6 +25,7 @@ import torch
 from prm.data import build_dataset
 from prm.engine import load_config, load_model, train
 from prm.engine.inference import predict_dataset
+from prm.engine.pseudo_label import PseudoLabelFilter
 from prm.engine.tune import tune_retrieval
 from prm.files import write_text_atomic
 from prm.predictor import Predictor
@@ -49,6 +50,11 @@ _METRICS = ["instance", "pointwise", "classification", "prm_quality", "semantic"
 #: The retrieval settings tried on the validation images. The authors' beta = 1e-5 was set
 #: for 448 x 448 inputs; the penalty counts pixels, so 128 px images need a larger one.
 TUNING_GRID = {"beta": [1e-5, 1e-4, 3e-4, 1e-3, 3e-3]}
+#: ``--distill``: the pseudo-label filter, chosen on ShapeScenes' validation images
+#: (README, "Self-training"), the Mask R-CNN's epochs and the row's name.
+DISTILL_FILTER = PseudoLabelFilter(score_threshold=5.0, min_area=16)
+DISTILL_EPOCHS = 4
+DISTILL_ROW = "PRM -> Mask R-CNN (distilled)"
 
 
 def format_demo_table(rows: dict[str, dict[str, Any]]) -> str:
@@ -76,6 +82,9 @@ def run_demo(
     seed: int = 0,
     workers: int = 2,
     num_overlays: int = 12,
+    distill: bool = False,
+    distill_images: int | None = None,
+    distill_epochs: int = DISTILL_EPOCHS,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the demo and write ``out/report``; returns the report (also ``report.json``).
@@ -99,6 +108,12 @@ def run_demo(
         seed: seed of data generation and training.
         workers: processes for proposal generation.
         num_overlays: overlay PNGs per method.
+        distill: add a row "PRM -> Mask R-CNN": the tuned PRM + selective search network
+            pseudo-labels the training images (:data:`DISTILL_FILTER`), ``prm distill``'s
+            small Mask R-CNN trains on them (opt-in: it takes longer than the rest of the
+            demo on 2 CPU cores).
+        distill_images: pseudo-label only the first N training images (default: all).
+        distill_epochs: Mask R-CNN training epochs.
         progress: progress bars.
     """
     out = Path(out)
@@ -143,15 +158,56 @@ def run_demo(
     rows: dict[str, dict[str, Any]] = {}
     tuned: dict[str, dict[str, Any]] = {}
     report_dir = out / "report"
+
+    def evaluate(method: str, predictor, source, slug: str) -> None:
+        run_dir = report_dir / "runs" / slug
+        sampler = GallerySampler(run_dir / "gallery", test_set.classes)
+        summary = predict_dataset(
+            predictor,
+            test_set,
+            proposals=source,
+            results_file=report_dir / f"results-{slug}.json",
+            overlay_dir=report_dir / "overlays" / slug,
+            num_overlays=num_overlays,
+            metrics=_METRICS,
+            report_dir=run_dir,
+            print_table=False,
+            progress=progress,
+            desc=method,
+            on_image=sampler.add,
+        )
+        rows[method] = summary.metrics
+        write_run_report(
+            run_dir,
+            sampler,
+            command="prm demo",
+            name=method,
+            classes=list(test_set.classes),
+            category_ids=list(test_set.category_ids),
+            results=f"../../results-{slug}.json",
+        )
+
+    predictors = {}
     for method, (net, proposals, proposal_fn, slug) in runs.items():
         predictor = Predictor(load_model(checkpoints[net]), proposal_fn=proposal_fn)
+        predictors[slug] = predictor
         source = None if proposals is None else (lambda image_id, image, p=proposals: p(image_id))
         if val_images > 0:
             tuned[method] = _tune(predictor, val_set, source, progress)
-        rows[method] = _test(
-            predictor, source, test_set, report_dir, method, slug, num_overlays, progress
-        )
+        evaluate(method, predictor, source, slug)
         tick = lap(f"tune + predict + evaluate: {method}", tick)
+
+    self_training = None
+    if distill:
+        print("== self-training: PRM pseudo-labels -> Mask R-CNN ==")
+        train_set = build_dataset(dataset, data_dir, "train", num_images=train_images, seed=seed)
+        self_training, student = _self_train(
+            out, predictors["prm"], (dataset, train_set), distill_images, distill_epochs,
+            seed, workers, progress,
+        )  # fmt: skip
+        tick = lap("self-training: proposals + pseudo-label + distill", tick)
+        evaluate(DISTILL_ROW, student, None, "distilled")
+        tick = lap(f"predict + evaluate: {DISTILL_ROW}", tick)
 
     timings["total"] = round(time.perf_counter() - began, 1)
     report = {
@@ -165,6 +221,8 @@ def run_demo(
         "test_images": test_images,
         "torch_threads": torch.get_num_threads(),
     }
+    if self_training is not None:
+        report["self_training"] = self_training
     write_text_atomic(report_dir / "report.json", json.dumps(report, indent=2))
     write_text_atomic(report_dir / "table.md", report["table"] + "\n")
     # The page people open: PRM's run, compared with CAM's on the same images.
@@ -177,35 +235,67 @@ def run_demo(
     return report
 
 
-def _test(predictor, source, test_set, report_dir: Path, method, slug, num_overlays, progress):
-    """Predict and evaluate the test split with one method; its run folder and report are
-    ``report_dir/runs/<slug>``. Returns the metrics."""
-    run_dir = report_dir / "runs" / slug
-    sampler = GallerySampler(run_dir / "gallery", test_set.classes)
-    summary = predict_dataset(
-        predictor,
-        test_set,
-        proposals=source,
-        results_file=report_dir / f"results-{slug}.json",
-        overlay_dir=report_dir / "overlays" / slug,
-        num_overlays=num_overlays,
-        metrics=_METRICS,
-        report_dir=run_dir,
-        print_table=False,
+def _self_train(out: Path, teacher, data, images, epochs, seed, workers, progress):
+    """Pseudo-label ``data = (name, train_set)`` with ``teacher`` and distill a Mask R-CNN.
+
+    Returns:
+        ``(what to report, the student's predictor)``.
+    """
+    from prm.engine.distill import DistillConfig, distilled_predictor
+    from prm.engine.distill import distill as train_student
+    from prm.engine.pseudo_label import pseudo_label, pseudo_label_quality
+
+    name, train_set = data
+    count = len(train_set) if images is None else min(images, len(train_set))
+    cache = _proposals(out / "proposals", (Subset(train_set, count),), workers, progress)
+    labels = pseudo_label(
+        teacher,
+        train_set,
+        out / "pseudo-labels",
+        filt=DISTILL_FILTER,
+        proposals=lambda image_id, image: cache.load(image_id),
+        limit=count,
         progress=progress,
-        desc=method,
-        on_image=sampler.add,
     )
-    write_run_report(
-        run_dir,
-        sampler,
-        command="prm demo",
-        name=method,
-        classes=list(test_set.classes),
-        category_ids=list(test_set.category_ids),
-        results=f"../../results-{slug}.json",
+    config = DistillConfig(
+        pseudo_labels=str(labels),
+        dataset=name,
+        split="train",
+        out=str(out / "distill"),
+        epochs=epochs,
+        seed=seed,
+        device="cpu",
     )
-    return summary.metrics
+    checkpoint = train_student(config, dataset=train_set, progress=progress)
+    info = json.loads(Path(labels).read_text())["info"]
+    report = {
+        "images": count,
+        "filter": asdict(DISTILL_FILTER),
+        "epochs": epochs,
+        "kept_instances": info["kept_instances"],
+        # Measured against the ground truth, which the student never sees.
+        "pseudo_label_quality": pseudo_label_quality(labels, train_set),
+    }
+    return report, distilled_predictor(checkpoint)[1]
+
+
+class Subset:
+    """The first ``count`` items of a dataset (ids, classes and items of the dataset)."""
+
+    def __init__(self, dataset, count: int):
+        self.dataset, self.count = dataset, count
+        self.classes, self.category_ids = dataset.classes, dataset.category_ids
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.dataset[index]
+
+    def image_id(self, index: int) -> str:
+        return self.dataset.image_id(index)
 
 
 def _proposals(folder: Path, splits, workers: int, progress: bool):

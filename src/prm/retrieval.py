@@ -12,9 +12,13 @@ The best proposal becomes the peak's mask; instances are then sorted by that sco
 de-duplicated by greedy NMS on mask IoU, merging the suppressed instances' PRMs into the
 survivor's.
 
-Each proposal is resized, and its contour taken, once for all peaks, over its bounding box
-only; the sums of all maps over a mask are read from row-wise prefix sums at the ends of
-the mask's runs, so the cost follows the masks' outlines rather than ``K x P x H x W``.
+Every sum is taken once for all peaks. Dense proposals are resized, and their contours
+taken, over their bounding boxes only, and the sums of all maps over a mask or contour
+are read from row-wise prefix sums at the ends of its runs (one sparse product for all
+proposals). Compact proposals (unions of cells) are never drawn: a mask's sums are its
+cells' sums, and its contour's sums come from the pixels whose window holds several
+cells, grouped by that set of cells. The cost follows the masks' outlines or the cells'
+boundaries rather than ``K x P x H x W``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
+from scipy.sparse import csr_matrix
 
 from prm.backprop import normalize_prms
 from prm.masks import mask_iou, masks_to_boxes
@@ -284,7 +288,7 @@ def _gradient(mask: np.ndarray, width: int) -> np.ndarray:
 
 
 class _Crops:
-    """Proposals at the PRMs' size, one bounding-box crop each, made one at a time.
+    """Dense proposals at the PRMs' size, one bounding-box crop each, made when asked.
 
     A proposal's crop is its bounding box at the network size grown by the contour's
     radius (clipped to the image): every pixel of its contour lies inside, and the part
@@ -293,42 +297,25 @@ class _Crops:
     masks cover, not P x H x W.
     """
 
-    def __init__(self, proposals, size: tuple[int, int], radius: int):
+    def __init__(self, proposals: torch.Tensor, size: tuple[int, int], radius: int):
         self.size, self.radius = size, radius
-        self.compact = isinstance(proposals, CompactProposals)
-        if self.compact:
-            small = proposals.resize(size)
-            self.labels = small.superpixels.cpu().numpy().astype(np.int32)
-            self.members = small.membership.cpu().numpy().view(np.uint8)
-            boxes = _cell_boxes(self.labels, self.members.shape[1])
-            self.boxes = _union_boxes(boxes, self.members.astype(bool))
-        else:
-            self.masks = proposals.detach().cpu().bool().numpy().view(np.uint8)
-            self.rows = nearest_index(proposals.shape[1], size[0]).numpy()
-            self.cols = nearest_index(proposals.shape[2], size[1]).numpy()
-            # Dense proposals are resized once: the crops are kept for NMS.
-            self.cache: dict[int, tuple[int, int, np.ndarray] | None] = {}
+        self.masks = proposals.detach().cpu().bool().numpy().view(np.uint8)
+        self.rows = nearest_index(proposals.shape[1], size[0]).numpy()
+        self.cols = nearest_index(proposals.shape[2], size[1]).numpy()
+        # Each proposal is resized once: the crops are kept for NMS.
+        self.cache: dict[int, tuple[int, int, np.ndarray] | None] = {}
 
     def __len__(self) -> int:
-        return len(self.members) if self.compact else len(self.masks)
+        return len(self.masks)
 
     def crop(self, p: int) -> tuple[int, int, np.ndarray] | None:
         """``(y0, x0, mask)``: proposal ``p`` at the network size over its grown box
         (``uint8`` 0/1), or None when it is empty there."""
-        h, w, r = *self.size, self.radius
-        if self.compact:
-            y0, x0, y1, x1 = (int(v) for v in self.boxes[p])
-            if y1 <= y0:
-                return None
-            top, left = max(y0 - r, 0), max(x0 - r, 0)
-            window = self.labels[top : min(y1 + r, h), left : min(x1 + r, w)]
-            return top, left, self.members[p].take(window)
-        if p in self.cache:
-            return self.cache[p]
-        self.cache[p] = found = self._dense_crop(p)
-        return found
+        if p not in self.cache:
+            self.cache[p] = self._crop(p)
+        return self.cache[p]
 
-    def _dense_crop(self, p: int) -> tuple[int, int, np.ndarray] | None:
+    def _crop(self, p: int) -> tuple[int, int, np.ndarray] | None:
         import cv2
 
         h, w, r = *self.size, self.radius
@@ -345,72 +332,236 @@ class _Crops:
         cols = self.cols[left : min(x1 + r, w)]
         return top, left, self.masks[p].take(rows, axis=0).take(cols, axis=1)
 
-    def dense(self, index: Sequence[int]) -> torch.Tensor:
-        """Proposals ``index`` at the network size, ``Tensor[N, h, w]`` bool."""
-        out = np.zeros((len(index), *self.size), np.uint8)
-        for i, p in enumerate(index):
-            found = self.crop(p)
-            if found is not None:
-                top, left, mask = found
-                out[i, top : top + mask.shape[0], left : left + mask.shape[1]] = mask
-        return torch.from_numpy(out).view(torch.bool)
+    def sums(self, maps: np.ndarray, k: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sums of ``maps`` over every mask and of the first ``k`` maps over every contour.
+
+        A mask's sum of a map is read from the map's row-wise prefix sums ``C`` (``C[y, x]``
+        the sum over columns ``< x``): a run ``[a, b)`` of row ``y`` adds
+        ``C[y, b] - C[y, a]``, so only the ends of the runs are visited. The mask and its
+        contour share one array (bit 0 and bit 1), so one pass finds the run ends of both,
+        and all sums are two sparse products (a row of +-1 at the run ends per proposal).
+
+        Args:
+            maps: ``(M, h, w)`` float64 maps.
+            k: the contour sums are taken of maps ``0 .. k-1``.
+            width: odd side of the contour's square.
+
+        Returns:
+            ``(P, M)`` mask sums and ``(P, k)`` contour sums (float64).
+        """
+        import cv2
+
+        m, h, w = maps.shape
+        prefix = np.zeros((m, h, w + 1))
+        np.cumsum(maps, axis=2, out=prefix[:, :, 1:])
+        # One row of M sums per (y, x): the products read whole rows.
+        prefix = np.ascontiguousarray(prefix.reshape(m, -1).T)
+        found, ends, mask_signs, edge_signs = [], [], [], []
+        for p in range(len(self)):
+            crop = self.crop(p)
+            if crop is None:
+                continue
+            top, left, mask = crop
+            rows, cols = mask.shape
+            code = _gradient(mask, width)
+            code <<= 1
+            code |= mask
+            # One zero column either side, so that every run starts and ends inside and
+            # no run crosses from one row into the next.
+            line = cv2.copyMakeBorder(code, 0, 0, 1, 1, cv2.BORDER_CONSTANT, value=0).ravel()
+            steps = np.flatnonzero(line[1:] != line[:-1]) + 1
+            now, before = line[steps].astype(np.int8), line[steps - 1].astype(np.int8)
+            # A run starts at a step (-C) or ends there (+C), for each bit.
+            mask_signs.append((before & 1) - (now & 1))
+            edge_signs.append((before >> 1) - (now >> 1))
+            ys, xs = np.divmod(steps, cols + 2)
+            ends.append((ys + top) * (w + 1) + xs - 1 + left)
+            found.append(p)
+        if not found:
+            return np.zeros((len(self), m)), np.zeros((len(self), k))
+        # The prefix sums at all run ends are gathered once; then every mask's sum and
+        # every contour's sum is a row of a sparse (2P, ends) matrix of signs times them.
+        columns = np.concatenate(ends)
+        values = prefix.take(columns, axis=0)
+        counts = np.zeros(len(self), np.int64)
+        counts[found] = [len(e) for e in ends]
+        pointers = np.concatenate([[0], np.cumsum(counts)])
+        signs = np.concatenate(mask_signs + edge_signs).astype(np.float64)
+        index = np.arange(len(columns))
+        both = (
+            csr_matrix(
+                (
+                    signs,
+                    np.concatenate([index, index]),
+                    np.concatenate([pointers, pointers[1:] + pointers[-1]]),
+                ),
+                shape=(2 * len(self), len(columns)),
+            )
+            @ values
+        )
+        return both[: len(self)], both[len(self) :, :k]
+
+    def iou(self, index: Sequence[int]) -> torch.Tensor:
+        """Mask IoU of proposals ``index`` at the network size, ``Tensor[N, N]``
+        float64 (from exact pixel counts over the crops' overlaps)."""
+        crops = [self.crop(p) for p in index]
+        area = [0 if c is None else int(c[2].sum()) for c in crops]
+        inter = np.diag(np.array(area, np.float64))
+        for i, a in enumerate(crops):
+            for j in range(i + 1, len(crops)):
+                b = crops[j]
+                if a is None or b is None:
+                    continue
+                top, left = max(a[0], b[0]), max(a[1], b[1])
+                bottom = min(a[0] + a[2].shape[0], b[0] + b[2].shape[0])
+                right = min(a[1] + a[2].shape[1], b[1] + b[2].shape[1])
+                if bottom > top and right > left:
+                    part_a = a[2][top - a[0] : bottom - a[0], left - a[1] : right - a[1]]
+                    part_b = b[2][top - b[0] : bottom - b[0], left - b[1] : right - b[1]]
+                    inter[i, j] = inter[j, i] = np.count_nonzero(part_a & part_b)
+        return _iou_from_counts(inter)
 
 
-def _cell_boxes(labels: np.ndarray, count: int) -> np.ndarray:
-    """``(L, 4)`` boxes ``(y0, x0, y1, x1)`` (ends exclusive) of the cells of a label map;
-    an absent cell gets an empty box that no union notices."""
-    boxes = np.tile(np.array([labels.shape[0], labels.shape[1], 0, 0]), (count, 1))
-    for cell, found in enumerate(ndimage.find_objects(labels + 1, max_label=count)):
-        if found is not None:
-            boxes[cell] = (found[0].start, found[1].start, found[0].stop, found[1].stop)
-    return boxes
+def _iou_from_counts(inter: np.ndarray) -> torch.Tensor:
+    """IoU from a matrix of intersections whose diagonal holds the areas (0 where both
+    masks are empty)."""
+    area = inter.diagonal()
+    union = area[:, None] + area[None, :] - inter
+    return torch.from_numpy(np.where(union > 0, inter / np.maximum(union, 1), 0.0))
 
 
-def _union_boxes(boxes: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """``(P, 4)`` boxes of unions of cells (empty when no member cell is present)."""
-    big = np.iinfo(np.int64).max
-    lo = np.where(members[:, :, None], boxes[None, :, :2], big).min(1)
-    hi = np.where(members[:, :, None], boxes[None, :, 2:], -1).max(1)
-    return np.concatenate([lo, hi], 1)
+class _Cells:
+    """Compact proposals at the PRMs' size: every sum is a sum over cells.
 
-
-def _pair_sums(prms, background, crops: _Crops, width: int):
-    """For every proposal: instance sums ``<R_k, S>`` (P, K), boundary sums
-    ``<R_k, S^>`` (P, K), background sums ``<Q, S>`` (P, C') and areas (P,), float64.
-
-    A mask's sum of a map is read from the map's row-wise prefix sums ``C`` (``C[y, x]``
-    the sum over columns ``< x``): a run ``[a, b)`` of row ``y`` adds
-    ``C[y, b] - C[y, a]``, so only the ends of the runs are visited.
+    A mask's sum of a map is the sum of its cells' sums (one ``bincount`` per map). Its
+    contour, the morphological gradient, is the set of pixels whose window (the
+    ``width x width`` square, clipped to the image) holds a cell of the mask and a cell
+    outside it. Pixels whose window holds one cell are in no contour; the others are
+    grouped by the set of cells their window holds, so the contour sums of all proposals
+    are one product ``mixed (P, G) @ group sums (G, K)`` with ``mixed[p, g]`` true when
+    group ``g``'s set has cells both in and out of proposal ``p``. No mask is ever drawn.
     """
+
+    def __init__(self, proposals: CompactProposals, size: tuple[int, int], radius: int):
+        self.size, self.radius = size, radius
+        small = proposals.resize(size)
+        self.labels = small.superpixels.cpu().numpy()
+        self.members = small.membership.cpu().numpy()
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def iou(self, index: Sequence[int]) -> torch.Tensor:
+        """Mask IoU of proposals ``index`` at the network size, ``Tensor[N, N]``
+        float64 (from cell areas)."""
+        area = np.bincount(self.labels.ravel(), minlength=self.members.shape[1])
+        members = self.members[list(index)].astype(np.float64)
+        return _iou_from_counts((members * area) @ members.T)
+
+    def sums(self, maps: np.ndarray, k: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`_Crops.sums`: ``(P, M)`` mask sums and ``(P, k)`` contour sums."""
+        cells = self.members.shape[1]
+        flat = self.labels.ravel()
+        values = maps.reshape(len(maps), -1)
+        per_cell = np.stack([np.bincount(flat, v, cells) for v in values], 1)
+        members = self.members.astype(np.float64)
+        inside = members @ per_cell
+        edge = np.zeros((len(self), k))
+        # Contour pixels where every PRM is zero add nothing: only the others are grouped.
+        support = (values[:k] != 0).any(0).reshape(self.labels.shape)
+        pixels, groups, sets = _window_cell_sets(self.labels, width // 2, support)
+        if len(pixels):
+            group_sums = np.stack(
+                [np.bincount(groups, v.take(pixels), len(sets)) for v in values[:k]], 1
+            )
+            # A cell index of -1 (a set's padding) reads the appended column of zeros.
+            padded = np.concatenate([self.members, np.zeros((len(self), 1), bool)], 1)
+            count = padded[:, sets].sum(2)  # (P, G): cells of the set inside the proposal
+            size = (sets >= 0).sum(1)
+            mixed = (count > 0) & (count < size)
+            edge = mixed.astype(np.float64) @ group_sums
+        return inside, edge
+
+
+def _window_cell_sets(labels: np.ndarray, radius: int, support: np.ndarray | None = None):
+    """The pixels (of ``support``, all by default) whose ``(2r+1)^2`` window (clipped to
+    the image) holds more than one cell, grouped by the set of cells it holds.
+
+    Returns:
+        ``pixels`` (N,) flat indices, ``groups`` (N,) the group of each, and ``sets``
+        ``(G, D)``: each group's cells in increasing order, padded with -1.
+    """
+    h, w = labels.shape
+    none = np.zeros(0, np.int64)
+    if radius == 0 or labels.size == 0:
+        return none, none, np.zeros((0, 1), np.int64)
+    side = 2 * radius + 1
+    # Replicating the edge adds no cell a clipped window lacks: the copied pixel's source
+    # lies in the same window.
+    padded = np.pad(labels.astype(np.int32), radius, mode="edge")
+    low = high = padded[:, :w]
+    for dx in range(1, side):  # separable: along rows, then along columns
+        low = np.minimum(low, padded[:, dx : dx + w])
+        high = np.maximum(high, padded[:, dx : dx + w])
+    low_w, high_w = low[:h], high[:h]
+    for dy in range(1, side):
+        low_w = np.minimum(low_w, low[dy : dy + h])
+        high_w = np.maximum(high_w, high[dy : dy + h])
+    mixed = low_w != high_w
+    pixels = np.flatnonzero(mixed if support is None else mixed & support)
+    if len(pixels) == 0:
+        return none, none, np.zeros((0, 1), np.int64)
+    ys, xs = np.divmod(pixels, w)
+    corner = (ys * (w + 2 * radius) + xs).astype(np.int32)
+    window = np.empty((side * side, len(pixels)), np.int32)
+    flat = padded.ravel()
+    for i, (dy, dx) in enumerate(np.ndindex(side, side)):
+        np.take(flat, corner + (dy * (w + 2 * radius) + dx), out=window[i])
+    low_p, top = low_w.ravel()[pixels], high_w.ravel()[pixels]
+    columns = [low_p]
+    # The next larger cell of each window, until its largest (every window here holds
+    # at least two cells; few hold more than three).
+    current = np.where(window > low_p, window, top).min(0)
+    columns.append(current)
+    active = np.flatnonzero(current < top)
+    while len(active):
+        sub = window[:, active]
+        current = current.copy()
+        current[active] = np.where(sub > current[active], sub, top[active]).min(0)
+        column = np.full(len(pixels), -1, np.int32)
+        column[active] = current[active]
+        columns.append(column)
+        active = active[current[active] < top[active]]
+    # Group equal sets: the columns folded into one integer key (renumbered whenever the
+    # next column could overflow it), which sorts far faster than rows.
+    base = int(labels.max()) + 2
+    key, span = np.zeros(len(pixels), np.int64), 1
+    for column in columns:
+        if span * base >= 2**62:
+            key = np.unique(key, return_inverse=True)[1].ravel()
+            span = int(key.max()) + 1
+        key = key * base + (column + 1)
+        span *= base
+    _, first, groups = np.unique(key, return_index=True, return_inverse=True)
+    sets = np.stack(columns, 1)[first].astype(np.int64)
+    return pixels, groups.ravel(), sets
+
+
+def _candidates(proposals, size: tuple[int, int], width: int) -> _Crops | _Cells:
+    if isinstance(proposals, CompactProposals):
+        return _Cells(proposals, size, width // 2)
+    return _Crops(proposals, size, width // 2)
+
+
+def _pair_sums(prms, background, candidates: _Crops | _Cells, width: int):
+    """For every proposal: instance sums ``<R_k, S>`` (P, K), boundary sums
+    ``<R_k, S^>`` (P, K), background sums ``<Q, S>`` (P, C') and areas (P,), float64."""
     k, h, w = prms.shape
-    num_maps = k + len(background) + 1
-    cumulative = np.zeros((num_maps, h, w + 1))
-    for first, maps in ((0, prms.float()), (k, background)):  # background: bool
-        maps = maps.detach().cpu().numpy()
-        np.cumsum(maps, axis=2, dtype=np.float64, out=cumulative[first : first + len(maps), :, 1:])
-    cumulative[-1, :, 1:] = np.arange(1, w + 1)  # a map of ones: the area
-    cumulative = cumulative.reshape(num_maps, -1)
-    inside = np.zeros((len(crops), num_maps))
-    edge = np.zeros((len(crops), k))
-    for p in range(len(crops)):
-        found = crops.crop(p)
-        if found is None:
-            continue
-        top, left, mask = found
-        rows, cols = mask.shape
-        # The mask over its contour, one zero column either side so that every run
-        # starts and ends inside: one comparison and one search serve both.
-        both = np.zeros((2 * rows, cols + 2), np.uint8)
-        both[:rows, 1:-1] = mask
-        both[rows:, 1:-1] = _gradient(mask, width)
-        line = both.ravel()  # rows end and start with zeros: no step across rows
-        steps = np.flatnonzero(line[1:] != line[:-1]) + 1
-        sign = np.where(line[steps], -1.0, 1.0)  # a run starts here (-C) or ends (+C)
-        ys, xs = np.divmod(steps, cols + 2)
-        flat = (ys % rows + top) * (w + 1) + xs - 1 + left
-        split = np.searchsorted(steps, rows * (cols + 2))
-        inside[p] = cumulative[:, flat[:split]] @ sign[:split]
-        edge[p] = cumulative[:k, flat[split:]] @ sign[split:]
+    maps = np.empty((k + len(background) + 1, h, w))
+    maps[:k] = prms.detach().float().cpu().numpy()
+    maps[k:-1] = background.detach().cpu().numpy()
+    maps[-1] = 1  # a map of ones: the area
+    inside, edge = candidates.sums(maps, k, width)
     return inside[:, :k], edge, inside[:, k:-1], inside[:, -1]
 
 
@@ -429,10 +580,10 @@ def score_proposals(
     ``score[k, p] = alpha_k * <R_k, S_p> + <R_k, S^_p> - beta_k * <Q_{c_k}, S_p>``
 
     with ``S_p`` the proposal resized (nearest, pixel centres) to the PRMs' size and
-    ``S^_p`` its contour (:func:`proposal_contours`). Each proposal is handled over its
-    bounding box only, and sums over a mask are read from row-wise prefix sums of the
-    maps at the ends of the mask's runs (float64): the cost follows the masks' boxes and
-    outlines, not ``K x P x H x W``.
+    ``S^_p`` its contour (:func:`proposal_contours`), all sums in float64. Dense proposals
+    are handled over their bounding boxes, their sums read from row-wise prefix sums at
+    the ends of their runs; compact ones as sums over cells and over groups of boundary
+    pixels (see the module's docstring): the cost is not ``K x P x H x W``.
 
     Args:
         prms (Tensor[K, h, w]): peak response maps ``R``.
@@ -447,8 +598,10 @@ def score_proposals(
     Returns:
         Tensor[K, P] (float64, on ``prms``' device).
     """
-    crops = _Crops(proposals, tuple(prms.shape[1:]), contour_width // 2)
-    return _scores(prms, background, peak_background, alpha, beta, crops, contour_width, size_limit)
+    candidates = _candidates(proposals, tuple(prms.shape[1:]), contour_width)
+    return _scores(
+        prms, background, peak_background, alpha, beta, candidates, contour_width, size_limit
+    )
 
 
 def _scores(prms, background, peak_background, alpha, beta, crops, width, size_limit):
@@ -566,7 +719,7 @@ def retrieve_instances(
 
     count = min(config.proposal_count, len(proposals))
     candidates = proposals.select(slice(0, count)) if compact else proposals[:count]
-    crops = _Crops(candidates, net_size, config.contour_width // 2)
+    crops = _candidates(candidates, net_size, config.contour_width)
     classes, inverse = torch.unique(labels, return_inverse=True)
     tau = config.per_peak("tau", classes).to(device)
     background = class_background(crm[classes].to(device), net_size, tau)  # (C', h, w)
@@ -595,8 +748,7 @@ def retrieve_instances(
     if config.nms_threshold is not None:
         # Peaks often choose the same proposal: IoUs among the distinct ones only.
         distinct, inverse = torch.unique(best, return_inverse=True)
-        masks = crops.dense(distinct.tolist())
-        iou = mask_iou(masks, masks)[inverse][:, inverse]
+        iou = crops.iou(distinct.tolist())[inverse][:, inverse]
         keep, owner = _greedy_nms(
             iou, best_score, inst_labels, config.nms_threshold, config.nms_class_agnostic
         )
@@ -655,7 +807,8 @@ def _check_inputs(prms, labels, crm, proposals, config: RetrievalConfig) -> None
             raise ValueError("proposals contain NaN")
         if ((proposals != 0) & (proposals != 1)).any():
             raise ValueError("proposals must be binary masks (bool or 0/1)")
-    if prms.numel() and (torch.isnan(prms).any() or torch.isnan(crm).any()):
+    # A NaN anywhere makes the sum NaN: one reduction instead of a mask of the maps.
+    if prms.numel() and (torch.isnan(prms.sum()) or torch.isnan(crm.sum())):
         raise ValueError("prms or crm contain NaN")
 
 

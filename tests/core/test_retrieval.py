@@ -211,7 +211,7 @@ def straightforward_scores(prms, proposals, background, alpha, beta, width, size
     return scores.masked_fill(~valid[None], float("-inf"))
 
 
-@pytest.mark.parametrize("width", [3, 5])
+@pytest.mark.parametrize("width", [1, 3, 5, 9])
 def test_score_proposals_equal_dense_sums(width):
     # Crops and run ends against whole masks: proposals at the border, one that vanishes
     # at the network size (a single pixel between the sampled ones), empty, too large.
@@ -225,6 +225,7 @@ def test_score_proposals_equal_dense_sums(width):
     proposals[19] = False
     proposals[19, :, -3:] = True  # a band along the right border
     prms = torch.rand(4, *net_size, generator=g)
+    prms[:, :, :10] = 0  # no response on the left: compact contours skip those pixels
     background = torch.rand(2, *net_size, generator=g) > 0.5
     alpha, beta = torch.tensor([0.8, 1.0, 0.5, 2.0]), torch.tensor([0.1, 0.0, 0.2, 0.05])
     limit = (5e-4, 0.85)
@@ -264,3 +265,48 @@ def test_compact_proposals_retrieve_as_dense_ones_and_the_authors_loop(seed):
         assert torch.equal(ours[key], from_dense[key])
     assert torch.allclose(ours["retrieval_scores"], from_dense["retrieval_scores"])
     assert torch.allclose(ours["prms"], from_dense["prms"])
+
+
+@pytest.mark.parametrize("cells", [3, 40, 3000])
+def test_compact_contour_sums_equal_dense_ones_for_any_cells(cells):
+    # Cells of every size: 3 large ones, 40 Voronoi-like ones, and pixel noise (3000
+    # labels: windows of up to 25 cells, whose sets need the key to be renumbered).
+    g = torch.Generator().manual_seed(cells)
+    size = (33, 29)
+    if cells == 3000:
+        labels = torch.randint(0, cells, size, generator=g)
+    else:
+        labels = random_regions(g, 1, size, cells=cells).superpixels
+    num_cells = int(labels.max()) + 1
+    members = torch.rand(25, num_cells, generator=g) < 0.4
+    members[0] = True  # the whole image: no contour at all
+    compact = CompactProposals(labels, members)
+    prms = torch.rand(3, *size, generator=g) ** 3
+    background = torch.rand(1, *size, generator=g) > 0.3
+    alpha, beta = torch.tensor([0.8, 0.5, 1.0]), torch.tensor([0.1, 0.3, 0.0])
+    peak_background = torch.zeros(3, dtype=torch.long)
+    for width in (3, 5):
+        expected = straightforward_scores(
+            prms, compact.masks(), background[[0, 0, 0]], alpha, beta, width, (0.0, 2.0)
+        )
+        got = score_proposals(prms, compact, background, peak_background, alpha, beta, width)
+        assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_nms_overlaps_from_crops_and_cells_equal_mask_iou():
+    from prm.masks import mask_iou
+    from prm.retrieval import _candidates
+
+    g = torch.Generator().manual_seed(3)
+    compact = random_regions(g, 12, (50, 41), cells=30)
+    dense = compact.masks()
+    dense[3] = False  # an empty one
+    dense[4, :, :2] = True  # one on the border
+    compact = CompactProposals.from_masks(dense)
+    index = [0, 3, 4, 5, 7, 11, 4]
+    small = resize_masks(dense[index], (37, 44))
+    expected = mask_iou(small, small).double()
+    for form in (dense, compact):
+        got = _candidates(form, (37, 44), 5).iou(index)
+        assert torch.allclose(got, expected, atol=1e-6)
+        assert got[1].tolist() == [0.0] * len(index)  # the empty mask overlaps nothing

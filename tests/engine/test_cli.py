@@ -192,7 +192,7 @@ def test_demo_smoke_run(tmp_path, capsys):
             [
                 "demo", "--out", str(tmp_path / "demo"), "--train-images", "32",
                 "--val-images", "3", "--test-images", "4", "--epochs", "1", "--workers", "1",
-                "--quiet",
+                "--quiet", "--distill", "--distill-images", "6", "--distill-epochs", "1",
             ]
         )  # fmt: skip
     finally:
@@ -203,7 +203,13 @@ def test_demo_smoke_run(tmp_path, capsys):
         "CAM + selective search",
         "PRM + selective search",
         "PRM, no proposals (fallback)",
+        "PRM -> Mask R-CNN (distilled)",
     }
+    assert "instance/mAP_r@0.5" in report["metrics"]["PRM -> Mask R-CNN (distilled)"]
+    assert report["self_training"]["images"] == 6
+    labels = json.loads((tmp_path / "demo" / "pseudo-labels" / "instances.json").read_text())
+    assert len(labels["images"]) == 6
+    assert (tmp_path / "demo" / "distill" / "last.pt").is_file()
     assert "| PRM + selective search |" in capsys.readouterr().out
     assert (tmp_path / "demo" / "report" / "overlays" / "prm").is_dir()
     page = (tmp_path / "demo" / "report" / "index.html").read_text()

@@ -1,6 +1,10 @@
 """`prm distill`: Mask R-CNN on pseudo-labels, exact resume, Predictor-compatible output."""
 
 import json
+import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -135,3 +139,28 @@ def test_yaml_config_is_checked(tmp_path):
         load_distill_config(bad)
     with pytest.raises(ValueError, match="backbone"):
         load_distill_config(good, backbone="resnet9")
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    labels = ground_truth_json(tmp_path / "labels.json", ShapeScenes("train", 8))
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", "29547", "-m", "prm.cli", "distill", "--pseudo-labels", str(labels),
+        "--dataset", "shapes", "--split", "train", "--out", str(out), "--epochs", "2",
+        "--batch-size", "2", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]  # one log, written by rank 0 only
+    for record in records:
+        assert record["world_size"] == 2
+        assert record["ranks_in_sync"] is True  # DDP kept both replicas identical
+        assert math.isfinite(record["loss"]) and record["loss"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl"]
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 2 and state["metrics"]["world_size"] == 2
+    assert not any(key.startswith("module.") for key in state["model"])  # loads without DDP
+    distilled_predictor(out / "last.pt")

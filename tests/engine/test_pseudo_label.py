@@ -9,14 +9,8 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from prm.backprop import PeakSelection
 from prm.data import ShapeScenes
-from prm.engine import save_checkpoint
 from prm.engine.pseudo_label import PseudoLabelFilter, filter_instances, pseudo_label
-from prm.model import build_model
-from prm.predictor import Predictor
-
-CLASSES = ["circle", "square", "triangle", "star", "ring", "cross"]
 
 
 def square(y, x, side, size=16):
@@ -46,15 +40,8 @@ def test_filter_applies_each_documented_rule():
 
 
 @pytest.fixture(scope="module")
-def predictor():
-    torch.manual_seed(0)
-    model = build_model("small", 6, class_names=CLASSES)
-    return Predictor(
-        model,
-        input_size=32,
-        peak_selection=PeakSelection(class_threshold=-1e9, peak_threshold=0.0),
-        proposal_fn="prm",
-    )
+def predictor(random_predictor):
+    return random_predictor
 
 
 def data(n=6):
@@ -112,23 +99,8 @@ def test_a_rerun_with_other_filters_is_refused(tmp_path, predictor):
         pseudo_label(predictor, data(2), tmp_path, filt=PseudoLabelFilter(1.0), progress=False)
 
 
-def prm_checkpoint(path):
-    torch.manual_seed(0)
-    model = build_model("small", 6, class_names=CLASSES)
-    save_checkpoint(
-        path,
-        {
-            "model": model.state_dict(),
-            "model_config": model.config(),
-            "config": {"image_size": 32},
-            "class_names": CLASSES,
-        },
-    )
-    return path
-
-
-def test_torchrun_two_processes_equal_one(tmp_path):
-    checkpoint = prm_checkpoint(tmp_path / "prm.pt")
+def test_torchrun_two_processes_equal_one(tmp_path, random_checkpoint):
+    checkpoint = random_checkpoint
     common = [
         "pseudo-label", "--checkpoint", str(checkpoint), "--dataset", "shapes",
         "--split", "val", "--limit", "5", "--proposals", "prm", "--class-threshold=-1e9",

@@ -8,6 +8,7 @@ EPILOG = """examples:
   prm demo                          # the full demo (a few minutes on 2 CPU cores)
   prm demo --out /tmp/demo --train-images 500 --test-images 50 --epochs 2   # a smoke run
   prm demo --dataset glyphs --out prm-demo-glyphs   # grey glyphs: shape is the only cue
+  prm demo --distill                # + PRM pseudo-labels -> Mask R-CNN (self-training)
 
 It generates an embedded dataset (ShapeScenes, or GlyphScenes with --dataset glyphs:
 synthetic scenes with exact instance masks), trains a PRM
@@ -50,13 +51,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="training epochs (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="proposal processes")
+    parser.add_argument(
+        "--distill",
+        action="store_true",
+        help="add the row 'PRM -> Mask R-CNN': pseudo-label the training images with the "
+        "tuned PRM network and train `prm distill`'s small Mask R-CNN on them (longer than "
+        "the rest of the demo on 2 CPU cores)",
+    )
+    parser.add_argument(
+        "--distill-images", type=int, help="with --distill: only the first N training images"
+    )
+    parser.add_argument(
+        "--distill-epochs", type=int, default=4, help="with --distill: Mask R-CNN epochs (4)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from prm.demo import DEMO_DATASETS, run_demo
 
     out = args.out or ("prm-demo" if args.dataset == "shapes" else f"prm-demo-{args.dataset}")
-    keys = "dataset preset train_images val_images test_images epochs seed workers".split()
+    keys = (
+        "dataset preset train_images val_images test_images epochs seed workers distill "
+        "distill_images distill_epochs"
+    ).split()
     report = run_demo(out, progress=not args.quiet, **{k: getattr(args, k) for k in keys})
     print()
     print(f"{DEMO_DATASETS[args.dataset]} test split, {args.test_images} images (percent):")

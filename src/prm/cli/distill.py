@@ -16,8 +16,12 @@ EPILOG = """examples:
   # GPU users: torchvision's maskrcnn_resnet50_fpn_v2 with ImageNet backbone weights
   prm distill --config distill.yaml --backbone resnet50_fpn_v2 --backbone-weights imagenet
 
-Output folder: last.pt (atomic, every epoch; a rerun resumes it), metrics.jsonl (one
-line per epoch), config.yaml (the settings used). Flags override --config's values.
+  # PyTorch DDP on 4 GPUs (gloo on CPU): each process takes a quarter of every epoch
+  torchrun --nproc_per_node 4 -m prm.cli distill --config distill.yaml
+
+Output folder (written by rank 0): last.pt (atomic, every epoch; a rerun resumes it),
+metrics.jsonl (one line per epoch), config.yaml (the settings used). Flags override
+--config's values.
 """
 
 

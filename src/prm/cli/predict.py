@@ -21,10 +21,16 @@ EPILOG = """examples:
   # no proposals at all: candidates from the PRMs themselves
   prm predict --checkpoint runs/shapes/last.pt --images scene.png --proposals prm
 
+  # a large split on 8 processes (each predicts every 8th image; rank 0 merges the
+  # parts into results.json); rerun the same command to resume
+  torchrun --nproc_per_node 8 -m prm.cli predict --checkpoint runs/voc/last.pt \
+      --dataset voc --root VOCdevkit/VOC2012 --split train_aug --proposals mcg/ --out pred/
+
 Output folder: results.json (COCO results: RLE masks, category ids, scores),
-overlays/ (one PNG per image for the first --overlays images), and with --evaluate
-metrics.json, table.txt, precision-recall curves and an HTML report (report/index.html,
-rebuilt by `prm report OUT`).
+parts/ (with --resume or under torchrun: one JSON line per finished image), overlays/
+(one PNG per image for the first --overlays images), and with --evaluate metrics.json,
+table.txt, precision-recall curves and an HTML report (report/index.html, rebuilt by
+`prm report OUT`).
 """
 
 
@@ -51,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=["instance", "coco", "semantic", "pointwise", "classification", "prm_quality"],
         metavar="NAME",
         help="metrics for --evaluate",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --dataset: keep one JSON line per finished image in OUT/parts/ and "
+        "skip the images already there on a rerun (always on under torchrun, where each "
+        "process takes every N-th image and rank 0 merges the parts into results.json)",
     )
 
 
@@ -232,6 +245,78 @@ def read_tuned_settings(path, retrieval, selection):
     return retrieval, selection
 
 
+#: Flags that do not change the predictions (left out of a resumable run's settings).
+_NOT_SETTINGS = {"func", "command", "out", "quiet", "threads", "overlays", "limit", "device"}
+_NOT_SETTINGS |= {"evaluate", "metrics", "resume", "proposal_cache"}
+
+
+def predictor_settings(args: argparse.Namespace) -> dict:
+    """The flags a resumable run's predictions depend on (a rerun must repeat them)."""
+    import os
+
+    settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    settings["checkpoint"] = os.path.abspath(args.checkpoint)
+    return dict(sorted(settings.items()))
+
+
+def checked_dataset(args: argparse.Namespace, model, **kwargs):
+    """``build_dataset`` of the flags, refused if its classes are not the checkpoint's."""
+    dataset = dataset_from_args(args, on_error="skip", **kwargs)
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    if list(dataset.classes) != list(names):
+        raise ValueError(
+            f"checkpoint {args.checkpoint} was trained on classes {names}, "
+            f"the dataset has {list(dataset.classes)}"
+        )
+    return dataset
+
+
+def _run_sharded(args: argparse.Namespace, out) -> int:
+    """``prm predict --dataset`` as a resumable pass, sharded under torchrun."""
+    from prm.engine.inference import predict_shards, proposal_source
+    from prm.engine.shards import process_group
+
+    if args.evaluate:
+        raise ValueError(
+            "--evaluate does not run with --resume or under torchrun: evaluate the merged "
+            f"results with `prm evaluate --predictions {out / 'results.json'}`"
+        )
+    with process_group() as (rank, world_size, barrier):
+        model, predictor = build_predictor(args)
+        source = None
+        if getattr(predictor, "needs_proposals", True):
+            source = proposal_source(args.proposals, args.proposal_cache)
+        summary = predict_shards(
+            predictor,
+            checked_dataset(args, model, evaluation=True),
+            out,
+            proposals=source,
+            overlay_dir=out / "overlays" if args.overlays > 0 else None,
+            num_overlays=args.overlays,
+            limit=args.limit,
+            rank=rank,
+            world_size=world_size,
+            barrier=barrier,
+            settings=predictor_settings(args),
+            progress=not args.quiet,
+        )
+    if summary is not None:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary) -> None:
+    print(
+        f"{summary.images} images, {summary.instances} instances -> {summary.results_file}"
+        + (f"; skipped {len(summary.skipped)} unreadable images" if summary.skipped else "")
+    )
+    if summary.images == 0:  # an empty results file is not a success
+        first = (
+            f" (first: {summary.skipped[0][0]}: {summary.skipped[0][1]})" if summary.skipped else ""
+        )
+        raise ValueError(f"no image could be read{first}")
+
+
 def _image_paths(items: list[str]) -> list:
     from pathlib import Path
 
@@ -250,6 +335,7 @@ def _image_paths(items: list[str]) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from prm.engine.inference import predict_dataset, predict_files, proposal_source
@@ -263,6 +349,13 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.evaluate and args.images:
         raise ValueError("--evaluate needs --dataset (images alone have no ground truth)")
+    if args.dataset and (args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        return _run_sharded(args, out)
+    if args.images and (args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        raise ValueError(
+            "--resume and torchrun work on a --dataset; for image files use "
+            "--dataset folder --root FOLDER"
+        )
     model, predictor = build_predictor(args)
     source = None
     if getattr(predictor, "needs_proposals", True):
@@ -278,12 +371,7 @@ def run(args: argparse.Namespace) -> int:
     if args.images:
         summary = predict_files(predictor, _image_paths(args.images), names, **common)
     else:
-        dataset = dataset_from_args(args, evaluation=True, on_error="skip")
-        if list(dataset.classes) != list(names):
-            raise ValueError(
-                f"checkpoint {args.checkpoint} was trained on classes {names}, "
-                f"the dataset has {list(dataset.classes)}"
-            )
+        dataset = checked_dataset(args, model, evaluation=True)
         sampler = None
         if args.evaluate:
             from prm.report import GallerySampler
@@ -316,13 +404,5 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint=str(Path(args.checkpoint).resolve()),
             )
             print(f"report: {page}")
-    print(
-        f"{summary.images} images, {summary.instances} instances -> {summary.results_file}"
-        + (f"; skipped {len(summary.skipped)} unreadable images" if summary.skipped else "")
-    )
-    if summary.images == 0:  # an empty results file is not a success
-        first = (
-            f" (first: {summary.skipped[0][0]}: {summary.skipped[0][1]})" if summary.skipped else ""
-        )
-        raise ValueError(f"no image could be read{first}")
+    _print_summary(summary)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .dataset_args import add_dataset_arguments, dataset_from_args
+from .dataset_args import add_dataset_arguments
 
 EPILOG = """examples:
   # ShapeScenes: pseudo ground truth for `prm distill`, proposal-free
@@ -48,41 +48,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    import torch.distributed as dist
-
-    from prm.cli.predict import build_predictor
+    from prm.cli.predict import build_predictor, checked_dataset, predictor_settings
     from prm.engine.inference import proposal_source
     from prm.engine.pseudo_label import PseudoLabelFilter, pseudo_label
+    from prm.engine.shards import process_group
     from prm.validation import check_number
 
     check_number("--min-area", args.min_area, minimum=0, integer=True)
     if args.limit is not None:
         check_number("--limit", args.limit, minimum=1, integer=True)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    started = False
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")  # only barriers: gloo works for CPU and GPU runs
-        started = True
-    try:
+    with process_group() as (rank, world_size, barrier):
         model, predictor = build_predictor(args)
         extra = {"keep_empty": True} if args.dataset == "coco" else {}
-        dataset = dataset_from_args(args, on_error="skip", **extra)
-        names = model.class_names or [str(i) for i in range(model.num_classes)]
-        if list(dataset.classes) != list(names):
-            raise ValueError(
-                f"checkpoint {args.checkpoint} was trained on classes {names}, "
-                f"the dataset has {list(dataset.classes)}"
-            )
+        dataset = checked_dataset(args, model, **extra)
         filt = PseudoLabelFilter(args.score_threshold, args.min_area, not args.all_per_peak)
-        settings = {
-            "checkpoint": os.path.abspath(args.checkpoint),
-            "dataset": args.dataset,
-            "split": args.split,
-            "proposals": args.proposals,
-        }
+        # The filter is recorded by pseudo_label itself.
+        filter_flags = {"score_threshold", "min_area", "all_per_peak"}
+        settings = {k: v for k, v in predictor_settings(args).items() if k not in filter_flags}
         path = pseudo_label(
             predictor,
             dataset,
@@ -92,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             limit=args.limit,
             rank=rank,
             world_size=world_size,
-            barrier=dist.barrier if world_size > 1 else None,
+            barrier=barrier,
             settings=settings,
             progress=not args.quiet,
         )
@@ -104,7 +86,4 @@ def run(args: argparse.Namespace) -> int:
                 f"{info['kept_instances']} of {info['predicted_instances']} instances kept "
                 f"(dropped: {info['dropped']}) -> {path}"
             )
-    finally:
-        if started:
-            dist.destroy_process_group()
     return 0

@@ -43,10 +43,11 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from torch import nn
+from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from prm.engine.checkpoint import load_checkpoint, save_checkpoint
-from prm.files import read_yaml
+from prm.files import write_text_atomic
 from prm.masks import masks_to_boxes
 from prm.predictor import to_image_tensor
 
@@ -115,9 +116,14 @@ class DistillConfig:
 
 def load_distill_config(path: str | os.PathLike | None = None, **overrides: Any) -> DistillConfig:
     """A :class:`DistillConfig` from a YAML file (optional) with overrides on top."""
+    import yaml
+
     data: dict[str, Any] = {}
     if path is not None:
-        data = read_yaml(path, "config") or {}
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a distill config must be a mapping of settings")
     known = {f.name for f in fields(DistillConfig)}
@@ -332,29 +338,44 @@ def _model_config(config: DistillConfig, classes: list[str]) -> dict[str, Any]:
 def distill(
     config: DistillConfig,
     *,
+    dataset=None,
     resume: bool = True,
     progress: bool = True,
     on_epoch: Callable[[int], None] | None = None,
 ) -> Path:
     """Train Mask R-CNN on pseudo-labels; returns the final checkpoint (``<out>/last.pt``).
 
+    ``dataset`` is the split the pseudo-labels were made on (a ``prm.data`` dataset
+    without a transform; by default built from ``config.dataset``, ``root`` and ``split``).
     With ``resume=True`` an existing ``<out>/last.pt`` of the same configuration is
     continued from its epoch (a finished run returns at once); one of another
     configuration is refused. ``on_epoch(epoch)`` is called after each epoch's
     checkpoint and log line are written.
     """
     from prm.data import build_dataset
-    from prm.engine.config import save_config
-    from prm.engine.train import _reconcile_metrics, resolve_device
+    from prm.engine.train import _Distributed, resolve_device
 
     config.validate()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
-    source = build_dataset(config.dataset, config.root, config.split)
+    ddp = _Distributed(resolve_device(config.device))
+    device = ddp.device
+    try:
+        if dataset is None:
+            dataset = build_dataset(config.dataset, config.root, config.split)
+        return _distill(config, dataset, ddp, device, out, resume, progress, on_epoch)
+    finally:
+        ddp.close()
+
+
+def _distill(config, source, ddp, device, out, resume, progress, on_epoch) -> Path:
+    if ddp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     data = PseudoLabelDataset(config.pseudo_labels, source)
-    if len(data) == 0:
-        raise ValueError(f"{config.pseudo_labels} has no images")
+    if len(data) < ddp.world_size:
+        raise ValueError(
+            f"{config.pseudo_labels} has {len(data)} images, fewer than the "
+            f"{ddp.world_size} processes"
+        )
     torch.manual_seed(config.seed)  # the initial weights: the same in every run of a config
     model = build_maskrcnn(
         len(data.classes),
@@ -368,7 +389,7 @@ def distill(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     checkpoint = out / "last.pt"
-    start, record = 0, None
+    start = 0
     if resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint, map_location=device)
         if state.get("config", {}) != _comparable(config):
@@ -378,73 +399,90 @@ def distill(
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start, record = int(state["epoch"]), state.get("metrics")
-    _reconcile_metrics(out / "metrics.jsonl", start, record)
-    save_config(config, out / "config.yaml")
-    for epoch in range(start, config.epochs):
-        record = _distill_epoch(model, optimizer, data, config, epoch, device, progress)
-        save_checkpoint(
-            checkpoint,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1,
-                "config": _comparable(config),
-                "model_config": _model_config(config, data.classes),
-                "class_names": data.classes,
-                "metrics": record,
-            },
+        start = int(state["epoch"])
+    if ddp.is_main:
+        _truncate_log(out / "metrics.jsonl", start)
+        _save_config(out / "config.yaml", config)
+    net: nn.Module = model
+    if ddp.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
         )
-        with open(out / "metrics.jsonl", "a") as log:
-            log.write(json.dumps(record) + "\n")
+    shard = len(data) // ddp.world_size  # every rank takes as many images (drop_last)
+    steps = math.ceil(shard / config.batch_size)
+    if config.max_steps_per_epoch is not None:
+        steps = min(steps, config.max_steps_per_epoch)
+    for epoch in range(start, config.epochs):
+        seed = _epoch_seed(config.seed, epoch)
+        generator = torch.Generator().manual_seed(seed)
+        # torchvision's RPN / RoI samplers draw from the global RNG: seeded per epoch (and
+        # rank) so that a resumed run repeats an uninterrupted one.
+        torch.manual_seed(seed + ddp.rank)
+        if ddp.enabled:
+            sampler = DistributedSampler(data, seed=seed, drop_last=True)
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+        else:
+            order = torch.randperm(len(data), generator=generator).tolist()
+        flips = torch.rand(len(data), generator=generator) < 0.5  # the same on every rank
+        net.train()
+        began = time.perf_counter()
+        totals: dict[str, float] = {}
+        bar = tqdm(
+            range(steps),
+            desc=f"distill {epoch + 1}/{config.epochs}",
+            disable=not (progress and ddp.is_main),
+        )
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(config, (epoch * steps + step) / (config.epochs * steps))
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            images, targets = [], []
+            for i in batch:
+                image, target = data[i]
+                if config.flip and bool(flips[i]):
+                    image, target = _flip(image, target)
+                images.append(image.to(device))
+                targets.append({k: v.to(device) for k, v in target.items()})
+            losses = net(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise ValueError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + value.item()
+            totals["loss"] = totals.get("loss", 0.0) + loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        seconds = time.perf_counter() - began
+        record = {
+            "epoch": epoch + 1,
+            **{k: ddp.mean(v / steps) for k, v in totals.items()},  # over all ranks
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": steps * config.batch_size * ddp.world_size / max(seconds, 1e-9),
+            "world_size": ddp.world_size,
+            "ranks_in_sync": ddp.in_sync(model),
+        }
+        if ddp.is_main:
+            save_checkpoint(
+                checkpoint,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "config": _comparable(config),
+                    "model_config": _model_config(config, data.classes),
+                    "class_names": data.classes,
+                    "metrics": record,
+                },
+            )
+            with open(out / "metrics.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+        ddp.barrier()  # nobody goes on (or returns) before the checkpoint is written
         if on_epoch is not None:
             on_epoch(epoch + 1)
     return checkpoint
-
-
-def _distill_epoch(model, optimizer, data, config: DistillConfig, epoch, device, progress):
-    """One epoch of Mask R-CNN training (seeded by ``(seed, epoch)``); its log record."""
-    steps = math.ceil(len(data) / config.batch_size)
-    if config.max_steps_per_epoch is not None:
-        steps = min(steps, config.max_steps_per_epoch)
-    seed = _epoch_seed(config.seed, epoch)
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # torchvision's RPN / RoI samplers draw from the global RNG
-    order = torch.randperm(len(data), generator=generator).tolist()
-    flips = torch.rand(len(data), generator=generator) < 0.5
-    model.train()
-    began = time.perf_counter()
-    totals: dict[str, float] = {}
-    bar = tqdm(range(steps), desc=f"distill {epoch + 1}/{config.epochs}", disable=not progress)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(config, (epoch * steps + step) / (config.epochs * steps))
-        batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-        images, targets = [], []
-        for i in batch:
-            image, target = data[i]
-            if config.flip and bool(flips[i]):
-                image, target = _flip(image, target)
-            images.append(image.to(device))
-            targets.append({k: v.to(device) for k, v in target.items()})
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise ValueError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for key, value in losses.items():
-            totals[key] = totals.get(key, 0.0) + value.item()
-        totals["loss"] = totals.get("loss", 0.0) + loss.item()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    seconds = time.perf_counter() - began
-    return {
-        "epoch": epoch + 1,
-        **{k: v / steps for k, v in totals.items()},
-        "lr": optimizer.param_groups[0]["lr"],
-        "images_per_s": steps * config.batch_size / max(seconds, 1e-9),
-    }
 
 
 def _comparable(config: DistillConfig) -> dict[str, Any]:
@@ -453,6 +491,26 @@ def _comparable(config: DistillConfig) -> dict[str, Any]:
     for key in ("device", "epochs", "out"):
         state.pop(key)
     return state
+
+
+def _save_config(path: Path, config: DistillConfig) -> None:
+    import yaml
+
+    write_text_atomic(path, yaml.safe_dump(asdict(config), sort_keys=False))
+
+
+def _truncate_log(path: Path, epoch: int) -> None:
+    """Keep the log lines of epochs ``<= epoch`` (those of the checkpoint being resumed)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= epoch:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 # ---------------------------------------------------------------------------- inference

@@ -35,6 +35,7 @@ __all__ = [
     "dataset_images",
     "predict_dataset",
     "predict_files",
+    "predict_shards",
     "proposal_source",
     "unique_image_ids",
 ]
@@ -256,6 +257,85 @@ def predict_dataset(
         else:
             for _ in pairs():
                 pass
+    return summary
+
+
+def predict_shards(
+    predictor: Predictor,
+    dataset,
+    out_dir: str | os.PathLike,
+    *,
+    proposals: ProposalSource | None = None,
+    results_file: str | os.PathLike | None = None,
+    overlay_dir: str | os.PathLike | None = None,
+    num_overlays: int = 8,
+    limit: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] | None = None,
+    settings: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> PredictionSummary | None:
+    """:func:`predict_dataset` as a resumable pass, sharded across ``torchrun`` processes.
+
+    Each rank predicts the images ``index % world_size == rank`` not done yet and appends
+    their COCO results to ``<out_dir>/parts/part-<rank>.jsonl`` (see
+    :mod:`prm.engine.shards`); once every rank is done, rank 0 writes ``results_file``
+    (default ``<out_dir>/results.json``) with the images in dataset order: the same
+    file as :func:`predict_dataset` writes in one process. Overlays are drawn for the
+    images of index ``< num_overlays`` by the rank that predicts them.
+
+    Args:
+        settings: what the predictions depend on (checkpoint, predictor flags); a rerun
+            with other settings is refused, since the parts would mix.
+        Other arguments: as :func:`predict_dataset` (no evaluation here: evaluate the
+            merged file with ``prm evaluate``).
+
+    Returns:
+        On rank 0 a :class:`PredictionSummary` (``images``, ``instances`` and ``skipped``
+        of the whole pass, this rank's ``overlays``); ``None`` on the other ranks.
+    """
+    from prm.engine.shards import run_shard
+
+    category_ids = list(dataset.category_ids)
+    names = list(dataset.classes)
+    coco = isinstance(dataset, COCODataset)
+    inputs = _input_files(dataset) if overlay_dir is not None else None
+    summary = PredictionSummary()
+
+    def work(index: int, image: torch.Tensor, target: dict, props) -> dict[str, Any]:
+        prediction = predictor([image], [props])[0]
+        image_id = int(target["image_id"]) if coco else target["image_id"]
+        if overlay_dir is not None and index < num_overlays:
+            panel = (image, prediction, names, target)
+            _write_overlay(summary, overlay_dir, target["image_id"], panel, inputs)
+        return {"results": results_entries(prediction, image_id, category_ids)}
+
+    records = run_shard(
+        dataset,
+        out_dir,
+        work,
+        settings=settings or {},
+        proposals=proposals,
+        max_size=_max_size(predictor),
+        limit=limit,
+        rank=rank,
+        world_size=world_size,
+        barrier=barrier,
+        progress=progress,
+        desc="predict",
+    )
+    if records is None:
+        return None
+    writer = _ResultsWriter(results_file or Path(out_dir) / "results.json")
+    for index, record in records.items():
+        if "skipped" in record:
+            summary.skipped.append((dataset.image_id(index), record["skipped"]))
+            continue
+        summary.images += 1
+        summary.instances += len(record["results"])
+        writer.add(record["results"])
+    summary.results_file = writer.close()
     return summary
 
 

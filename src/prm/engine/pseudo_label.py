@@ -16,13 +16,12 @@ Filtering (:class:`PseudoLabelFilter`), in this order, per image:
 4. **one instance per peak**: of instances whose peaks fall on the same image pixel,
    only the highest-scoring one is kept.
 
-Resumable and shardable: each process (``rank`` of ``world_size`` under ``torchrun``)
-takes images ``index % world_size == rank`` and appends one JSON line per finished
-image to ``<out_dir>/parts/part-<rank>.jsonl`` (flushed). A rerun reads every part,
-skips the images already there (whatever world size wrote them), drops a line cut by a
-kill, and the merge (rank 0, after all ranks finish) orders images by dataset index
-and drops duplicates, so the merged file does not depend on the number of processes or
-on interruptions.
+Resumable and shardable (:mod:`prm.engine.shards`): each process (``rank`` of
+``world_size`` under ``torchrun``) takes images ``index % world_size == rank`` and
+appends one JSON line per finished image to ``<out_dir>/parts/part-<rank>.jsonl``; a
+rerun skips the images already there, and rank 0 merges the parts ordered by dataset
+index, so the merged file does not depend on the number of processes or on
+interruptions.
 """
 
 from __future__ import annotations
@@ -35,11 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from prm.engine.shards import read_records, run_shard
 from prm.files import write_text_atomic
 from prm.masks import encode_rle
-from prm.predictor import to_image_tensor
 
 __all__ = [
     "PseudoLabelFilter",
@@ -50,7 +48,6 @@ __all__ = [
 ]
 
 INSTANCES_FILE = "instances.json"
-PARTS_DIR = "parts"
 
 
 @dataclass
@@ -154,61 +151,6 @@ def _annotations(prediction: dict, kept: list[int], category_ids: Sequence[int])
     return out
 
 
-def _read_part(path: Path) -> list[dict]:
-    """The complete lines of a part file (a line cut by a kill is ignored)."""
-    records = []
-    with open(path) as handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                break  # the last write was cut: that image is redone
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return records
-
-
-def _repair_part(path: Path) -> None:
-    """Cut a part file after its last complete line, so that appending stays valid."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    good = 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            json.loads(line)
-        except json.JSONDecodeError:
-            break
-        good += len(line)
-    if good != len(data):
-        with open(path, "r+b") as handle:
-            handle.truncate(good)
-
-
-def _done_indices(parts: Path) -> set[int]:
-    done: set[int] = set()
-    for path in sorted(parts.glob("part-*.jsonl")):
-        done.update(int(r["index"]) for r in _read_part(path))
-    return done
-
-
-def _check_settings(parts: Path, settings: dict[str, Any]) -> None:
-    """A rerun must use the settings of the run it resumes (else the parts would mix)."""
-    path = parts / "settings.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != settings:
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise ValueError(
-                f"{parts} holds a pseudo-labelling run with other settings ({', '.join(changed)}); "
-                "use another --out folder or delete it"
-            )
-        return
-    write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True))
-
-
 def pseudo_label(
     predictor,
     dataset,
@@ -244,61 +186,44 @@ def pseudo_label(
     """
     filt = filt or PseudoLabelFilter()
     filt.validate()
-    out = Path(out_dir)
-    parts = out / PARTS_DIR
-    parts.mkdir(parents=True, exist_ok=True)
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    record = {"filter": asdict(filt), "images": count, **(settings or {})}
-    if rank == 0:
-        _check_settings(parts, record)
-    if barrier is not None:
-        barrier()  # the settings check happens before anyone appends
-    if rank != 0:
-        _check_settings(parts, record)
-    part = parts / f"part-{rank}.jsonl"
-    _repair_part(part)
-    done = _done_indices(parts)
-    todo = [i for i in range(rank, count, world_size) if i not in done]
+    record = {"filter": asdict(filt), **(settings or {})}
     category_ids = list(dataset.category_ids)
-    from prm.engine.inference import _proposal_image
 
-    with open(part, "a") as handle:
-        for index in tqdm(todo, desc=f"pseudo-label[{rank}]", disable=not progress):
-            item = dataset[index]
-            entry: dict[str, Any] = {"index": index}
-            if item is None:
-                entry["skipped"] = str(dataset.skipped[-1][1]) if dataset.skipped else "unreadable"
-            else:
-                pil, target = item
-                if "image_labels" not in target:
-                    raise ValueError(
-                        f"image {target.get('image_id')} has no image-level labels: "
-                        "pseudo-labelling needs a labelled training split"
-                    )
-                image = to_image_tensor(pil)
-                props = None
-                if proposals is not None:
-                    props = proposals(
-                        target["image_id"],
-                        _proposal_image(image, getattr(predictor, "max_size", None)),
-                    )
-                prediction = predictor([image], [props])[0]
-                kept, dropped = filter_instances(prediction, target["image_labels"], filt)
-                entry.update(
-                    image_id=str(target["image_id"]),
-                    height=int(image.shape[1]),
-                    width=int(image.shape[2]),
-                    predicted=len(prediction["scores"]),
-                    dropped=dropped,
-                    annotations=_annotations(prediction, kept, category_ids),
-                )
-            handle.write(json.dumps(entry) + "\n")
-            handle.flush()
-    if barrier is not None:
-        barrier()
-    if rank != 0:
+    def work(index: int, image: torch.Tensor, target: dict, props) -> dict[str, Any]:
+        if "image_labels" not in target:
+            raise ValueError(
+                f"image {target.get('image_id')} has no image-level labels: "
+                "pseudo-labelling needs a labelled training split"
+            )
+        prediction = predictor([image], [props])[0]
+        kept, dropped = filter_instances(prediction, target["image_labels"], filt)
+        return {
+            "image_id": str(target["image_id"]),
+            "height": int(image.shape[1]),
+            "width": int(image.shape[2]),
+            "predicted": len(prediction["scores"]),
+            "dropped": dropped,
+            "annotations": _annotations(prediction, kept, category_ids),
+        }
+
+    records = run_shard(
+        dataset,
+        out_dir,
+        work,
+        settings=record,
+        proposals=proposals,
+        max_size=getattr(predictor, "max_size", None),
+        limit=limit,
+        rank=rank,
+        world_size=world_size,
+        barrier=barrier,
+        progress=progress,
+        desc="pseudo-label",
+    )
+    if records is None:
         return None
-    return merge_parts(out, dataset.classes, category_ids, record)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    return merge_parts(out_dir, dataset.classes, category_ids, {"images": count, **record})
 
 
 def merge_parts(
@@ -313,15 +238,11 @@ def merge_parts(
     are ``index + 1`` and the string id is kept as ``prm_image_id`` (``file_name`` too).
     """
     out = Path(out_dir)
-    records: dict[int, dict] = {}
-    for path in sorted((out / PARTS_DIR).glob("part-*.jsonl")):
-        for r in _read_part(path):
-            records.setdefault(int(r["index"]), r)
+    records = read_records(out)
     images, annotations, skipped = [], [], []
     dropped = {"label": 0, "score": 0, "area": 0, "peak": 0}
     predicted = 0
-    for index in sorted(records):
-        r = records[index]
+    for index, r in records.items():
         if "skipped" in r:
             skipped.append([index, r["skipped"]])
             continue
