@@ -213,3 +213,71 @@ def pretrained_predictor(
 def with_settings(settings: PretrainedSettings = DEFAULTS, **changes: Any) -> PretrainedSettings:
     """A copy of ``settings`` with some fields changed."""
     return replace(settings, **changes)
+
+
+def blur_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian-blurred maps, each renormalised to its own sum.
+
+    Peak response maps of a classifier with strided (depthwise) convolutions carry a
+    checkerboard of the stride's period; a blur of about that period removes it.
+
+    Args:
+        maps (Tensor[K, H, W]): non-negative maps.
+        sigma: standard deviation in pixels (0: the maps unchanged).
+
+    Returns:
+        Tensor[K, H, W]: non-negative, each with the sum of its input.
+    """
+    if sigma < 0 or not math.isfinite(sigma):
+        raise ValueError(f"blur sigma must be finite and >= 0, got {sigma}")
+    if sigma == 0 or len(maps) == 0:
+        return maps
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    x = maps[:, None]
+    # Reflect padding keeps mass near the border; it needs radius < side.
+    mode = "reflect" if radius < min(maps.shape[1:]) else "replicate"
+    x = torch.nn.functional.pad(x, (radius, radius, 0, 0), mode=mode)
+    x = torch.nn.functional.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = torch.nn.functional.pad(x, (0, 0, radius, radius), mode=mode)
+    x = torch.nn.functional.conv2d(x, kernel.view(1, 1, -1, 1))[:, 0].clamp(min=0)
+    before, after = maps.flatten(1).sum(1), x.flatten(1).sum(1)
+    scale = torch.where(after > 0, before / after.clamp(min=1e-30), torch.zeros_like(after))
+    return x * scale[:, None, None]
+
+
+def prm_overlap_duplicates(
+    prms: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, ratio: float
+) -> torch.Tensor:
+    """Which peaks repeat a stronger peak of their class, judged by their PRMs.
+
+    Within each class, peaks are visited from the highest value down; a peak is a
+    duplicate when its PRM and a stronger kept one's share at least ``ratio`` of their
+    mass (``sum(min(P_i, P_j))``, the histogram intersection of two maps that sum to 1):
+    two peaks of one object back-propagate to the same pixels.
+
+    Args:
+        prms (Tensor[K, H, W]): peak response maps, each summing to 1.
+        labels (Tensor[K]): class of each peak.
+        values (Tensor[K]): CRM value of each peak (the order of the visit).
+        ratio: in ``[0, 1]``.
+
+    Returns:
+        Tensor[K] (bool): True for the duplicates (the strongest of a class never is).
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"overlap ratio must lie in [0, 1], got {ratio}")
+    drop = torch.zeros(len(prms), dtype=torch.bool)
+    flat = prms.flatten(1)
+    for cls in labels.unique().tolist():
+        index = torch.nonzero(labels == cls).flatten()
+        index = index[torch.argsort(values[index], descending=True, stable=True)]
+        kept: list[int] = []
+        for i in index.tolist():
+            if any(float(torch.minimum(flat[i], flat[j]).sum()) >= ratio for j in kept):
+                drop[i] = True
+            else:
+                kept.append(i)
+    return drop

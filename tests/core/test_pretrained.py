@@ -45,3 +45,38 @@ def test_pretrained_model_finds_the_cat_in_a_real_photo():
     assert out["masks"].shape[1:] == (300, 451) and out["masks"].flatten(1).any(1).all()
     # Class scores are log-probabilities: at most 0, the best member's at least.
     assert (out["class_scores"] <= 0.0 + 1e-4).all() or out["class_scores"].max() < 1.0
+
+
+def test_blur_maps_evens_out_a_checkerboard_and_keeps_each_maps_mass():
+    from prm.pretrained import blur_maps
+
+    yy, xx = torch.meshgrid(torch.arange(24), torch.arange(24), indexing="ij")
+    board = 1.0 + ((yy + xx) % 2).float() * 3.0  # 1 and 4, alternating
+    maps = torch.stack([board / board.sum(), torch.zeros(24, 24)])
+    blurred = blur_maps(maps, 2.0)
+    assert blurred.shape == maps.shape and (blurred >= 0).all()
+    assert torch.allclose(blurred.flatten(1).sum(1), torch.tensor([1.0, 0.0]))
+    inner = blurred[0, 6:18, 6:18]
+    assert inner.max() / inner.min() < 1.01  # was 4
+    assert torch.equal(blur_maps(maps, 0.0), maps)
+    with pytest.raises(ValueError, match="sigma"):
+        blur_maps(maps, -1.0)
+
+
+def test_prm_overlap_duplicates_drops_the_weaker_of_two_maps_of_one_object():
+    from prm.pretrained import prm_overlap_duplicates
+
+    def spot(y0, x0):
+        m = torch.zeros(10, 10)
+        m[y0 : y0 + 4, x0 : x0 + 4] = 1.0
+        return m / m.sum()
+
+    prms = torch.stack([spot(0, 0), spot(1, 1), spot(6, 6), spot(1, 1)])
+    labels = torch.tensor([0, 0, 0, 1])
+    values = torch.tensor([3.0, 5.0, 2.0, 1.0])
+    # Peak 1 (strongest of class 0) keeps; peak 0 shares 9/16 of its mass with it;
+    # peak 2 shares nothing; peak 3 is another class.
+    assert prm_overlap_duplicates(prms, labels, values, 0.5).tolist() == [True, False, False, False]
+    assert prm_overlap_duplicates(prms, labels, values, 0.6).tolist() == [False] * 4
+    with pytest.raises(ValueError, match="overlap ratio"):
+        prm_overlap_duplicates(prms, labels, values, 2.0)
