@@ -49,8 +49,8 @@ VOC_TO_COCO = {
 }
 
 # The loosest setting whose PRMs are computed (every setting keeps a subset of them).
-LOOSE = {"class_probability": 0.01, "peak_threshold": 0.2, "win_size": 3}
-SIZES = (256, 320, 384)
+LOOSE = {"class_probability": 0.02, "peak_threshold": 0.3, "win_size": 3}
+SIZES = (320,)
 
 # Where the descent starts: the defaults before this measurement.
 START = {
@@ -71,29 +71,18 @@ START = {
 
 # Each lever's values (the start value first, so that ties keep it).
 LEVERS = {
-    "input_size": [320, 256, 384],
-    "class_probability": [0.05, 0.01, 0.02, 0.1, 0.2],
-    "class_relative": [None, 0.5, 0.25, 0.1],
-    "peak_threshold": [0.5, 0.2, 0.3, 0.7, 0.9, 1.0],
-    "peak_filter": ["median", "none", "mean"],
-    "win_size": [3, 5, 7],
-    "merge": [
-        "ridge:0.4",
-        None,
-        "ridge:0.2",
-        "ridge:0.6",
-        "ridge:0.8",
-        "component:0.3",
-        "component:0.5",
-        "overlap:0.2",
-        "overlap:0.4",
-    ],
+    "class_probability": [0.05, 0.02, 0.1],
+    "class_relative": [None, 0.5, 0.1],
+    "peak_threshold": [0.5, 0.3, 0.8, 1.0],
+    "peak_filter": ["median", "none"],
+    "win_size": [3, 5],
+    "merge": ["ridge:0.4", None, "ridge:0.7", "component:0.5", "overlap:0.3"],
     "backprop": ["rule", "smooth"],
     "prm_blur": [0.0, 2.0, 4.0, 8.0],
     "proposals": ["ss", "ss-opencv", "prm", "grabcut"],
-    "beta": [1e-5, 0.0, 1e-6, 3e-5, 1e-4],
-    "alpha": [0.8, 0.4, 1.6, 3.2],
-    "proposal_count": [100, 50, 200, 500],
+    "beta": [1e-5, 0.0, 1e-4],
+    "alpha": [0.8, 3.2],
+    "proposal_count": [100, 300],
 }
 
 
@@ -555,7 +544,10 @@ def main() -> None:
             for half in ("A", "B"):
                 print(f"choosing {kind} settings on half {half}", flush=True)
                 log = []
-                chosen[kind][half], _ = descend(bench, halves[half], kind, START, log=log)
+                passes = 2 if kind == "prm" else 1
+                chosen[kind][half], _ = descend(
+                    bench, halves[half], kind, START, passes=passes, log=log
+                )
                 logs[f"{kind}/{half}"] = log
         out["chosen"] = chosen
         out["descent"] = logs
@@ -573,7 +565,10 @@ def main() -> None:
         default = {k: v for k, v in asdict(DEFAULTS).items() if k in START}
         default = dict(START, **default)
         out["defaults"] = default
-        out["lever_table"] = lever_table(bench, halves, default)
+        everything = halves["A"] + halves["B"]
+        out["defaults_all_photos"] = {
+            kind: bench.evaluate(everything, default, kind) for kind in ("prm", "cam")
+        }
     if not args.no_timing:
         from prm.pretrained import DEFAULTS
 

@@ -80,3 +80,58 @@ def test_prm_overlap_duplicates_drops_the_weaker_of_two_maps_of_one_object():
     assert prm_overlap_duplicates(prms, labels, values, 0.6).tolist() == [False] * 4
     with pytest.raises(ValueError, match="overlap ratio"):
         prm_overlap_duplicates(prms, labels, values, 2.0)
+
+
+def _grouped_net(**options):
+    from prm.class_groups import ClassGroups
+    from prm.model import PeakResponseNet, SmallBackbone
+    from prm.pretrained import _MergingGroupedNet
+
+    base = PeakResponseNet(SmallBackbone(), num_classes=3, peak_stimulation=False).eval()
+    groups = ClassGroups(("a", "b", "c"), ((0,), (1,), (2,)), 3)
+    return _MergingGroupedNet(base, groups, win_size=3, peak_filter=None, **options).eval()
+
+
+def test_class_relative_keeps_only_classes_near_the_photos_best():
+    crm = torch.zeros(1, 3, 9, 9)
+    for c, (level, y, x) in enumerate([(0.0, 2, 2), (-0.5, 4, 4), (-3.0, 6, 6)]):
+        crm[0, c] += level
+        crm[0, c, y, x] += 1.0  # one peak per class
+
+    def classes(**options):
+        return sorted(set(_grouped_net(**options).find_peaks(crm)[:, 1].tolist()))
+
+    assert classes() == [0, 1, 2]
+    # Scores are the maps' means: about 0, -0.5 and -3; log(0.5) = -0.69 below the best.
+    assert classes(class_relative=0.5) == [0, 1]
+    assert classes(class_relative=0.9) == [0]
+    assert classes(class_relative=0.01) == [0, 1, 2]
+
+
+def test_pretrained_predictor_blurs_and_deduplicates_prms_before_retrieval():
+    from prm.pretrained import PretrainedSettings, pretrained_predictor
+
+    net = _grouped_net()
+    prms = torch.zeros(3, 8, 8)
+    prms[0, 2, 2] = prms[1, 2, 3] = prms[2, 6, 6] = 1.0
+    prms[1] = prms[1] * 0.5 + prms[0] * 0.5  # peak 1 shares half its mass with peak 0
+    response = {
+        "peak_cells": torch.tensor([[0, 1, 1], [0, 1, 2], [0, 3, 3]]),
+        "labels": torch.tensor([0, 0, 0]),
+        "peak_values": torch.tensor([2.0, 1.0, 0.5]),
+        "prms": prms,
+        "class_scores": torch.zeros(3),
+        "crm": torch.zeros(3, 4, 4),
+    }
+    plain = pretrained_predictor(net, proposal_fn="prm")
+    # The converted classifier scores by average pooling, yet the predictor makes PRMs.
+    assert not net.peak_stimulation and plain.response == "prm"
+    assert plain.refine_response(response) is response
+    settings = PretrainedSettings(prm_blur=1.0, merge_overlap=0.3)
+    out = pretrained_predictor(net, settings=settings, proposal_fn="prm").refine_response(response)
+    assert out["labels"].tolist() == [0, 0] and out["peak_values"].tolist() == [2.0, 0.5]
+    assert (out["prms"] > 0).sum() > 9 and torch.allclose(out["prms"].sum((1, 2)), torch.ones(2))
+    cam = pretrained_predictor(net, settings=settings, proposal_fn="prm", response="crm")
+    assert torch.equal(cam.refine_response(response)["prms"][0], prms[0])  # CAMs unblurred
+    with pytest.raises(ValueError, match="prm_blur"):
+        PretrainedSettings(prm_blur=-1.0)

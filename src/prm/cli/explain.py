@@ -52,9 +52,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--proposals",
-        choices=["selective-search", "prm"],
+        choices=["selective-search", "prm", "grabcut"],
         default="selective-search",
-        help="segment proposals: built-in selective search, or 'prm' (proposal-free)",
+        help="segment proposals: built-in selective search, 'prm' (proposal-free, from "
+        "the thresholded PRMs) or 'grabcut' (GrabCut seeded by each PRM)",
+    )
+    parser.add_argument(
+        "--segmenter",
+        choices=["skimage", "opencv"],
+        default=DEFAULTS.segmenter,
+        help=f"selective search's superpixels ({DEFAULTS.segmenter}; opencv is ~4x faster)",
     )
     parser.add_argument("--input-size", type=int, default=DEFAULTS.input_size)
     parser.add_argument(
@@ -62,6 +69,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=float,
         default=DEFAULTS.class_probability,
         help=f"keep classes at least this likely ({DEFAULTS.class_probability})",
+    )
+    parser.add_argument(
+        "--class-relative",
+        type=float,
+        default=DEFAULTS.class_relative,
+        help="keep only classes at least this fraction as likely as the photo's most likely "
+        f"one ({DEFAULTS.class_relative})",
     )
     parser.add_argument(
         "--peak-threshold",
@@ -75,6 +89,37 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=float,
         default=DEFAULTS.merge,
         help=f"merge peaks joined by a ridge above this ratio ({DEFAULTS.merge}; 1 = off)",
+    )
+    parser.add_argument(
+        "--merge-overlap",
+        type=float,
+        default=DEFAULTS.merge_overlap,
+        help="drop a peak whose PRM shares this much mass with a stronger one's "
+        f"({DEFAULTS.merge_overlap})",
+    )
+    parser.add_argument(
+        "--smooth-strided",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.smooth_strided,
+        help="smooth the back-propagation through strided convolutions (no checkerboard)",
+    )
+    parser.add_argument(
+        "--prm-blur",
+        type=float,
+        default=DEFAULTS.prm_blur,
+        help=f"Gaussian blur of each PRM, sigma in input pixels ({DEFAULTS.prm_blur})",
+    )
+    parser.add_argument(
+        "--beta",
+        type=float,
+        default=DEFAULTS.beta,
+        help=f"retrieval's background penalty ({DEFAULTS.beta})",
+    )
+    parser.add_argument(
+        "--proposal-count",
+        type=int,
+        default=DEFAULTS.proposal_count,
+        help=f"proposals retrieval considers ({DEFAULTS.proposal_count})",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -118,6 +163,25 @@ def explain_panel(image, prediction, cam_maps, class_names):
     return side_by_side(panels)
 
 
+def _settings(args: argparse.Namespace):
+    from prm.pretrained import PretrainedSettings
+
+    return PretrainedSettings(
+        input_size=args.input_size,
+        class_probability=args.class_probability,
+        class_relative=args.class_relative,
+        peak_threshold=args.peak_threshold,
+        win_size=args.win_size,
+        merge=None if args.merge is None or args.merge >= 1.0 else args.merge,
+        merge_overlap=args.merge_overlap,
+        smooth_strided=args.smooth_strided,
+        prm_blur=args.prm_blur,
+        segmenter=args.segmenter,
+        beta=args.beta,
+        proposal_count=args.proposal_count,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import math
     import time
@@ -131,19 +195,15 @@ def run(args: argparse.Namespace) -> int:
     from prm.data.images import DataError, load_image, to_uint8_image
     from prm.evaluation.results import results_entries
     from prm.predictor import to_image_tensor
-    from prm.pretrained import PretrainedSettings, pretrained_model, pretrained_predictor
+    from prm.pretrained import pretrained_model, pretrained_predictor
 
-    settings = PretrainedSettings(
-        input_size=args.input_size,
-        class_probability=args.class_probability,
-        peak_threshold=args.peak_threshold,
-        win_size=args.win_size,
-        merge=None if args.merge is None or args.merge >= 1.0 else args.merge,
-    )
-    if not 0.0 < settings.class_probability <= 1.0:
-        raise ValueError(f"--class-probability must lie in (0, 1], got {args.class_probability}")
-    if not 0.0 <= settings.peak_threshold <= 1.0:
-        raise ValueError(f"--peak-threshold must lie in [0, 1], got {args.peak_threshold}")
+    try:
+        settings = _settings(args)
+    except ValueError as exc:
+        # The settings name their field first; the user typed it as a flag.
+        field, _, rest = str(exc).partition(" ")
+        raise ValueError(f"--{field.replace('_', '-')} {rest}") from None
+
     paths = _image_paths(args.photos)
     out = Path(args.out)
     overlays = out / "overlays"
@@ -153,14 +213,10 @@ def run(args: argparse.Namespace) -> int:
     model = pretrained_model(
         _groups(args.classes), arch=args.arch, weights=args.weights, settings=settings
     )
-    proposal_fn = None
-    if args.proposals == "selective-search":
-        from prm.proposals import SelectiveSearch
-
-        proposal_fn = SelectiveSearch()
     predictor = pretrained_predictor(
-        model, settings=settings, proposal_fn=proposal_fn or "prm", keep_prms=True
+        model, settings=settings, proposal_fn=args.proposals, keep_prms=True
     )
+    proposal_fn = predictor.proposal_fn if callable(predictor.proposal_fn) else None
     names = model.class_names
     category_ids = list(range(1, len(names) + 1))
     entries, summary, used = [], [], set()
@@ -179,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         proposals = None
         if proposal_fn is not None:
-            proposals = proposal_fn(to_uint8_image(image))
+            proposals = proposal_fn.propose(to_uint8_image(image))
         t_proposals = time.perf_counter() - t0
         t0 = time.perf_counter()
         response, proposals = predictor.respond(image, proposals)
