@@ -34,7 +34,6 @@ import math
 import os
 import subprocess
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -401,6 +400,30 @@ def overlap_duplicates(prms, labels, values, ratio):
     return prm_overlap_duplicates(prms, labels, values, ratio)
 
 
+def bench_setting(settings) -> dict:
+    """A :class:`prm.pretrained.PretrainedSettings` as a setting of this benchmark."""
+    merge = None
+    if settings.merge_overlap is not None:
+        merge = f"overlap:{settings.merge_overlap}"
+    elif settings.merge is not None:
+        merge = f"ridge:{settings.merge}"
+    return {
+        "input_size": settings.input_size,
+        "class_probability": settings.class_probability,
+        "class_relative": settings.class_relative,
+        "peak_threshold": settings.peak_threshold,
+        "peak_filter": settings.peak_filter or "none",
+        "win_size": settings.win_size,
+        "merge": merge,
+        "backprop": "smooth" if settings.smooth_strided else "rule",
+        "prm_blur": settings.prm_blur,
+        "proposals": "ss-opencv" if settings.segmenter == "opencv" else "ss",
+        "beta": settings.beta,
+        "alpha": settings.alpha,
+        "proposal_count": settings.proposal_count,
+    }
+
+
 def _rank(metrics: dict) -> tuple:
     return (metrics["mAP_r@0.5"], metrics["mAP_r@0.25"], metrics["ABO"])
 
@@ -428,26 +451,6 @@ def descend(bench, ids, kind, start, passes=2, log=None):
         if not changed:
             break
     return current, best
-
-
-def lever_table(bench, halves, setting):
-    """Each lever's values around ``setting``, PRM and CAM on both halves and all photos."""
-    everything = halves["A"] + halves["B"]
-    table = []
-    for lever, values in LEVERS.items():
-        for value in values:
-            s = dict(setting, **{lever: value})
-            row = {"lever": lever, "value": value}
-            for kind in ("prm", "cam"):
-                predictions = {i: bench.predict(i, s, kind) for i in everything}
-                row[kind] = {
-                    "A": bench.evaluate(halves["A"], s, kind, predictions),
-                    "B": bench.evaluate(halves["B"], s, kind, predictions),
-                    "all": bench.evaluate(everything, s, kind, predictions),
-                }
-            table.append(row)
-            print(f"  lever {lever}={value}: {row['prm']['all']} {row['cam']['all']}", flush=True)
-    return table
 
 
 def held_out(bench, halves, chosen, kind):
@@ -516,11 +519,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="*", default=[1, 2], help="timing runs")
     parser.add_argument("--timing-only", action="store_true", help="skip the metrics")
     parser.add_argument("--no-timing", action="store_true", help="skip the timing")
-    parser.add_argument("--timing-proposals", default="ss-opencv", help="ss, ss-opencv, none")
+    parser.add_argument(
+        "--timing-proposals", nargs="+", default=["ss", "ss-opencv"], help="ss, ss-opencv, none"
+    )
+    parser.add_argument("--timing-photos", type=int, help="time only the first N photos")
+    parser.add_argument("--kinds", nargs="+", default=["prm", "cam"], help="whose settings")
+    parser.add_argument("--defaults-only", action="store_true", help="no choosing")
     parser.add_argument("--out", help="results file (default benchmarks/results/...)")
     args = parser.parse_args()
 
     import torch
+
+    from prm.pretrained import DEFAULTS
 
     torch.set_num_threads(1)
     data = Path(args.data)
@@ -538,43 +548,45 @@ def main() -> None:
     if not args.timing_only:
         bench = Bench(photos, Path(args.cache))
         bench.prepare()
+        everything = halves["A"] + halves["B"]
+        default = bench_setting(DEFAULTS)
+        out["defaults"] = default
+        out["defaults_metrics"] = {
+            kind: {
+                "A": bench.evaluate(halves["A"], default, kind),
+                "B": bench.evaluate(halves["B"], default, kind),
+                "all": bench.evaluate(everything, default, kind),
+            }
+            for kind in ("prm", "cam")
+        }
+        print("defaults:", json.dumps(out["defaults_metrics"]), flush=True)
+    if not args.timing_only and not args.defaults_only:
         chosen, logs = {}, {}
-        for kind in ("prm", "cam"):
+        for kind in args.kinds:
             chosen[kind] = {}
             for half in ("A", "B"):
                 print(f"choosing {kind} settings on half {half}", flush=True)
                 log = []
-                passes = 2 if kind == "prm" else 1
-                chosen[kind][half], _ = descend(
-                    bench, halves[half], kind, START, passes=passes, log=log
-                )
+                # A second pass changed nothing on either half (2026-12-01): one pass.
+                chosen[kind][half], _ = descend(bench, halves[half], kind, START, 1, log)
                 logs[f"{kind}/{half}"] = log
         out["chosen"] = chosen
         out["descent"] = logs
-        out["held_out"] = {
-            "prm": held_out(bench, halves, chosen["prm"], "prm"),
-            "cam_same_peaks": held_out(bench, halves, chosen["prm"], "cam"),
-            "cam_own_settings": held_out(bench, halves, chosen["cam"], "cam"),
-        }
-        out["start_setting"] = {
-            kind: bench.evaluate(halves["A"] + halves["B"], START, kind) for kind in ("prm", "cam")
-        }
+        out["held_out"] = {}
+        if "prm" in chosen:
+            out["held_out"]["prm"] = held_out(bench, halves, chosen["prm"], "prm")
+            out["held_out"]["cam_same_peaks"] = held_out(bench, halves, chosen["prm"], "cam")
+        if "cam" in chosen:
+            out["held_out"]["cam_own_settings"] = held_out(bench, halves, chosen["cam"], "cam")
         print(json.dumps(out["held_out"], indent=1), flush=True)
-        from prm.pretrained import DEFAULTS
-
-        default = {k: v for k, v in asdict(DEFAULTS).items() if k in START}
-        default = dict(START, **default)
-        out["defaults"] = default
-        everything = halves["A"] + halves["B"]
-        out["defaults_all_photos"] = {
-            kind: bench.evaluate(everything, default, kind) for kind in ("prm", "cam")
-        }
     if not args.no_timing:
         from prm.pretrained import DEFAULTS
 
+        timed = photos[: args.timing_photos]
         out["timing"] = [
-            time_pipeline(photos, t, DEFAULTS.input_size, args.timing_proposals)
+            time_pipeline(timed, t, DEFAULTS.input_size, kind)
             for t in args.threads
+            for kind in args.timing_proposals
         ]
     out["load_after"] = os.getloadavg()
     out["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
