@@ -24,6 +24,21 @@ classes, instances and seconds per photo. Nothing is downloaded unless --weights
 """
 
 
+# The numeric settings of prm.pretrained.PretrainedSettings, one flag each.
+_SETTING_FLAGS = [
+    ("input-size", int, "network input side in pixels"),
+    ("class-probability", float, "keep classes at least this likely"),
+    ("class-relative", float, "keep only classes this fraction as likely as the photo's best"),
+    ("peak-threshold", float, "relative peak threshold in [0, 1]"),
+    ("win-size", int, "peak window in CRM cells"),
+    ("merge", float, "merge peaks joined by a ridge above this ratio (1 = off)"),
+    ("merge-overlap", float, "drop a peak whose PRM shares this much mass with a stronger one's"),
+    ("prm-blur", float, "Gaussian blur of each PRM, sigma in input pixels"),
+    ("beta", float, "retrieval's background penalty"),
+    ("proposal-count", int, "proposals retrieval considers"),
+]
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from prm.pretrained import DEFAULTS
 
@@ -61,65 +76,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--segmenter",
         choices=["skimage", "opencv"],
         default=DEFAULTS.segmenter,
-        help=f"selective search's superpixels ({DEFAULTS.segmenter}; opencv is ~4x faster)",
+        help=f"selective search's superpixels ({DEFAULTS.segmenter}; opencv: ~2x faster)",
     )
-    parser.add_argument("--input-size", type=int, default=DEFAULTS.input_size)
-    parser.add_argument(
-        "--class-probability",
-        type=float,
-        default=DEFAULTS.class_probability,
-        help=f"keep classes at least this likely ({DEFAULTS.class_probability})",
-    )
-    parser.add_argument(
-        "--class-relative",
-        type=float,
-        default=DEFAULTS.class_relative,
-        help="keep only classes at least this fraction as likely as the photo's most likely "
-        f"one ({DEFAULTS.class_relative})",
-    )
-    parser.add_argument(
-        "--peak-threshold",
-        type=float,
-        default=DEFAULTS.peak_threshold,
-        help=f"relative peak threshold in [0, 1] ({DEFAULTS.peak_threshold})",
-    )
-    parser.add_argument("--win-size", type=int, default=DEFAULTS.win_size)
-    parser.add_argument(
-        "--merge",
-        type=float,
-        default=DEFAULTS.merge,
-        help=f"merge peaks joined by a ridge above this ratio ({DEFAULTS.merge}; 1 = off)",
-    )
-    parser.add_argument(
-        "--merge-overlap",
-        type=float,
-        default=DEFAULTS.merge_overlap,
-        help="drop a peak whose PRM shares this much mass with a stronger one's "
-        f"({DEFAULTS.merge_overlap})",
-    )
+    for flag, kind, text in _SETTING_FLAGS:
+        default = getattr(DEFAULTS, flag.replace("-", "_"))
+        parser.add_argument(f"--{flag}", type=kind, default=default, help=f"{text} ({default})")
     parser.add_argument(
         "--smooth-strided",
         action=argparse.BooleanOptionalAction,
         default=DEFAULTS.smooth_strided,
         help="smooth the back-propagation through strided convolutions (no checkerboard)",
-    )
-    parser.add_argument(
-        "--prm-blur",
-        type=float,
-        default=DEFAULTS.prm_blur,
-        help=f"Gaussian blur of each PRM, sigma in input pixels ({DEFAULTS.prm_blur})",
-    )
-    parser.add_argument(
-        "--beta",
-        type=float,
-        default=DEFAULTS.beta,
-        help=f"retrieval's background penalty ({DEFAULTS.beta})",
-    )
-    parser.add_argument(
-        "--proposal-count",
-        type=int,
-        default=DEFAULTS.proposal_count,
-        help=f"proposals retrieval considers ({DEFAULTS.proposal_count})",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -164,22 +130,14 @@ def explain_panel(image, prediction, cam_maps, class_names):
 
 
 def _settings(args: argparse.Namespace):
+    from dataclasses import fields
+
     from prm.pretrained import PretrainedSettings
 
-    return PretrainedSettings(
-        input_size=args.input_size,
-        class_probability=args.class_probability,
-        class_relative=args.class_relative,
-        peak_threshold=args.peak_threshold,
-        win_size=args.win_size,
-        merge=None if args.merge is None or args.merge >= 1.0 else args.merge,
-        merge_overlap=args.merge_overlap,
-        smooth_strided=args.smooth_strided,
-        prm_blur=args.prm_blur,
-        segmenter=args.segmenter,
-        beta=args.beta,
-        proposal_count=args.proposal_count,
-    )
+    values = {f.name: getattr(args, f.name) for f in fields(PretrainedSettings) if f.name in args}
+    if values["merge"] is not None and values["merge"] >= 1.0:
+        values["merge"] = None
+    return PretrainedSettings(**values)
 
 
 def run(args: argparse.Namespace) -> int:
