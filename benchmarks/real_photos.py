@@ -535,8 +535,16 @@ def main() -> None:
     parser.add_argument("--timing-photos", type=int, help="time only the first N photos")
     parser.add_argument("--kinds", nargs="+", default=["prm", "cam"], help="whose settings")
     parser.add_argument("--defaults-only", action="store_true", help="no choosing")
+    parser.add_argument(
+        "--proposal-free",
+        action="store_true",
+        help="the defaults only, with selective search, the PRM-support fallback and GrabCut "
+        "(written to real_photos_proposal_free.json)",
+    )
     parser.add_argument("--out", help="results file (default benchmarks/results/...)")
     args = parser.parse_args()
+    args.defaults_only = args.defaults_only or args.proposal_free
+    args.no_timing = args.no_timing or args.proposal_free
 
     import torch
 
@@ -562,14 +570,18 @@ def main() -> None:
         default = bench_setting(DEFAULTS)
         out["defaults"] = default
         out["defaults_metrics"] = {}
-        for proposals in ("ss", "ss-opencv", "prm"):
+        kinds = ("ss", "prm", "grabcut") if args.proposal_free else ("ss", "ss-opencv", "prm")
+        for proposals in kinds:
             s = dict(default, proposals=proposals)
             for kind in ("prm", "cam"):
+                start = time.process_time()  # candidates (selective search: cached) + retrieval
                 predictions = {i: bench.predict(i, s, kind) for i in everything}
+                cpu = (time.process_time() - start) / len(everything)
                 out["defaults_metrics"][f"{kind}/{proposals}"] = {
                     half: bench.evaluate(ids, None, kind, predictions)
                     for half, ids in (("A", halves["A"]), ("B", halves["B"]), ("all", everything))
                 }
+                out["defaults_metrics"][f"{kind}/{proposals}"]["cpu_s_per_photo"] = cpu
         print("defaults:", json.dumps(out["defaults_metrics"]), flush=True)
     if not args.timing_only and not args.defaults_only:
         chosen, logs = {}, {}
@@ -603,6 +615,7 @@ def main() -> None:
     out["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     RESULTS.mkdir(exist_ok=True)
     stem = "real_photos_timing" if args.timing_only else "real_photos"
+    stem = "real_photos_proposal_free" if args.proposal_free else stem
     target = Path(args.out) if args.out else RESULTS / f"{stem}.json"
     target.write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(f"wrote {target}")
