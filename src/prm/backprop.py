@@ -61,12 +61,12 @@ class _ProbConv2d(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(input, weight, bias, stride, padding, dilation, groups):
+    def forward(input, weight, bias, stride, padding, dilation, groups, smooth=False):
         return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, weight, _, stride, padding, dilation, groups = inputs
+        input, weight, _, stride, padding, dilation, groups, smooth = inputs
         with torch.no_grad():
             # m = min(U) per image (see the module docstring), U' = U - m >= 0.
             shifted = input - input.amin(dim=(1, 2, 3), keepdim=True)
@@ -84,6 +84,7 @@ class _ProbConv2d(torch.autograd.Function):
             )
         )
         ctx.conv = (stride, padding, output_padding, groups, dilation)
+        ctx.smooth = bool(smooth) and max(stride) > 1
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -92,7 +93,32 @@ class _ProbConv2d(torch.autograd.Function):
         spread = F.conv_transpose2d(
             grad_output * inv_z, positive, None, stride, padding, output_padding, groups, dilation
         )
-        return shifted * spread, None, None, None, None, None, None
+        grad = shifted * spread
+        if ctx.smooth:
+            grad = _tent_blur(grad, stride)
+        return grad, None, None, None, None, None, None, None
+
+
+def _tent_blur(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """``x`` blurred per channel by a tent of the stride's period (mass kept inside).
+
+    A strided convolution covers its input unevenly (with a 3x3 kernel and stride 2,
+    every other row is read by two output rows, the rest by one), which the rule turns
+    into a checkerboard of the stride's period; the tent ``[1, 2, ..., s, ..., 2, 1] / s^2``
+    (a box of ``s`` convolved with itself) evens it out.
+    """
+    channels = x.shape[-3]
+    for axis, s in enumerate(stride):
+        if s <= 1:
+            continue
+        t = torch.cat([torch.arange(1, s + 1), torch.arange(s - 1, 0, -1)]).to(x) / s**2
+        shape = (1, 1, 1, len(t)) if axis == 1 else (1, 1, len(t), 1)
+        pad = (s - 1, s - 1, 0, 0) if axis == 1 else (0, 0, s - 1, s - 1)
+        flat = x.reshape(-1, *x.shape[-3:])
+        kernel = t.view(shape).expand(channels, -1, -1, -1)
+        flat = F.conv2d(F.pad(flat, pad, mode="replicate"), kernel, groups=channels)
+        x = flat.reshape(x.shape)
+    return x
 
 
 class _ProbLinear(torch.autograd.Function):
@@ -180,6 +206,10 @@ def _numeric_padding(padding: Any, weight: torch.Tensor, dilation: Any) -> Any:
 
 
 class _PeakBackpropMode(TorchFunctionMode):
+    def __init__(self, smooth_strided: bool = False):
+        super().__init__()
+        self.smooth_strided = smooth_strided
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.conv2d or func is torch.conv2d:
@@ -196,6 +226,7 @@ class _PeakBackpropMode(TorchFunctionMode):
                 _numeric_padding(a["padding"], a["weight"], a["dilation"]),
                 a["dilation"],
                 a["groups"],
+                self.smooth_strided,
             )
         if func is F.linear:
             a = _bind(("input", "weight", "bias"), {"bias": None}, args, kwargs)
@@ -217,8 +248,14 @@ class _PeakBackpropMode(TorchFunctionMode):
 
 
 @contextmanager
-def peak_backprop_rule() -> Iterator[None]:
+def peak_backprop_rule(smooth_strided: bool = False) -> Iterator[None]:
     """Context manager: inside it, every ``conv2d`` back-propagates by the PRM rule.
+
+    With ``smooth_strided=True`` (not the paper's rule: an option for off-the-shelf
+    networks) the input share of every strided convolution is blurred by a tent of the
+    stride's period, which removes the checkerboard that strided (depthwise)
+    convolutions leave in the maps; the mass each channel receives is unchanged up to
+    the image border.
 
     ``linear`` layers too (pointwise convolutions written as ``nn.Linear`` on
     channels-last maps, as in ConvNeXt). Grouped and depthwise convolutions follow the
@@ -237,7 +274,7 @@ def peak_backprop_rule() -> Iterator[None]:
             crm = model.class_response_maps(x)
         crm[0, c, y, x0].backward()        # x.grad is the (unnormalised) peak response
     """
-    with _PeakBackpropMode():
+    with _PeakBackpropMode(smooth_strided):
         yield
 
 
@@ -343,6 +380,7 @@ def peak_response_maps(
     *,
     selection: PeakSelection = PeakSelection(),
     chunk_size: int | None = None,
+    smooth_strided: bool | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Peak response maps of every kept peak of every image.
 
@@ -359,6 +397,8 @@ def peak_response_maps(
             with a non-negative score, without a peak threshold).
         chunk_size: peaks back-propagated at once (bounds memory to about ``chunk_size``
             times one backward pass). ``None``: 1 on CPU, 16 on GPU.
+        smooth_strided: the smoothed rule of :func:`peak_backprop_rule`; ``None`` takes
+            the model's ``smooth_strided`` attribute (False when it has none).
 
     Returns:
         One dict per image:
@@ -380,13 +420,15 @@ def peak_response_maps(
         chunk_size = _default_chunk_size(images.device)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if smooth_strided is None:
+        smooth_strided = bool(getattr(model, "smooth_strided", False))
 
     results = []
     for image in images.detach():
         # Plain autograd, one forward per image: measured no slower than the authors'
         # loop (benchmarks/backprop.py), where ``torch.func.vjp`` cost up to 1.5x on a CPU.
         x = image[None].clone().requires_grad_()
-        with torch.enable_grad(), peak_backprop_rule():
+        with torch.enable_grad(), peak_backprop_rule(smooth_strided):
             crm_graph = model.class_response_maps(x)
         crm = crm_graph.detach()
         scores, peaks = _kept_peaks(model, crm, selection)

@@ -337,10 +337,15 @@ class Predictor:
             )
         else:
             response = class_response_peak_maps(self.model, x[None], selection=self.peak_selection)
-        response = response[0]
+        response = self.refine_response(response[0])
         if proposals is None:
             proposals = self._fallback_proposals(response, image)
         return response, proposals
+
+    def refine_response(self, response: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A hook between the maps and the proposals: the response as it is here
+        (:class:`prm.pretrained.PretrainedPredictor` blurs and de-duplicates PRMs)."""
+        return response
 
     @torch.no_grad()
     def retrieve(

@@ -30,13 +30,18 @@ import torch
 
 from prm.class_groups import ClassGroups, GroupedResponseNet, load_class_groups
 from prm.peaks import find_peaks
+from prm.predictor import Predictor
+from prm.validation import check_number
 
 __all__ = [
     "DEFAULTS",
+    "PretrainedPredictor",
     "PretrainedSettings",
+    "blur_maps",
     "merge_peaks",
     "pretrained_model",
     "pretrained_predictor",
+    "prm_overlap_duplicates",
 ]
 
 
@@ -48,20 +53,61 @@ class PretrainedSettings:
         input_size: network input side in pixels (photos are resized to a square).
         class_probability: a class is kept when its score (a log-probability) is at least
             ``log`` of this.
+        class_relative: a class is kept only when it is at least this fraction as likely
+            as the photo's most likely class (of the map); ``None``: no such test.
         peak_threshold: relative peak threshold in ``[0, 1]`` of the map's range.
         win_size: odd peak window in CRM cells.
         peak_filter: the peak filter (see :func:`prm.peaks.find_peaks`).
         merge: ridge ratio of :func:`merge_peaks`; ``None`` keeps every peak.
+        merge_overlap: after back-propagation, drop a peak whose PRM shares at least this
+            much mass with a stronger peak's of its class (:func:`prm_overlap_duplicates`);
+            ``None``: no such merging.
+        smooth_strided: back-propagate with the smoothed rule for strided convolutions
+            (:func:`prm.backprop.peak_backprop_rule`), against the checkerboard.
+        prm_blur: Gaussian blur of each PRM, sigma in input pixels (:func:`blur_maps`).
+        segmenter: the selective search's Felzenszwalb implementation (``"skimage"`` or
+            ``"opencv"``, :class:`prm.proposals.SelectiveSearch`).
+        alpha, beta, proposal_count: retrieval settings (:class:`prm.retrieval.RetrievalConfig`).
     """
 
-    # Chosen on the COCO fixture (10 photos; README "Real photos"): at 448 px Lite0 (trained
-    # at 224) found almost nothing; 320 px was best.
+    # Chosen on real photos with instance masks (README "Real photos",
+    # benchmarks/real_photos.py): 320 px on the COCO fixture (at 448 Lite0, trained at
+    # 224, found almost nothing). Of the 14 photos' two halves, class_probability 0.02,
+    # smooth_strided and proposal_count 300 were better on one and no worse on the other;
+    # every other lever stayed as it was.
     input_size: int = 320
-    class_probability: float = 0.05
+    class_probability: float = 0.02
+    class_relative: float | None = None
     peak_threshold: float = 0.5
     win_size: int = 3
     peak_filter: Any = "median"
     merge: float | None = 0.4
+    merge_overlap: float | None = None
+    smooth_strided: bool = True
+    prm_blur: float = 0.0
+    segmenter: str = "skimage"
+    alpha: float = 0.8
+    beta: float = 1e-5
+    proposal_count: int = 300
+
+    def __post_init__(self) -> None:
+        check_number("input_size", self.input_size, minimum=1, integer=True)
+        if not 0.0 < self.class_probability <= 1.0:
+            raise ValueError(f"class_probability must lie in (0, 1], got {self.class_probability}")
+        if self.class_relative is not None and not 0.0 < self.class_relative <= 1.0:
+            raise ValueError(f"class_relative must lie in (0, 1], got {self.class_relative}")
+        if not 0.0 <= self.peak_threshold <= 1.0:
+            raise ValueError(f"peak_threshold must lie in [0, 1], got {self.peak_threshold}")
+        for name in ("merge", "merge_overlap"):
+            value = getattr(self, name)
+            if value is not None:
+                check_number(name, value, minimum=0, maximum=1)
+        check_number("prm_blur", self.prm_blur, minimum=0)
+        check_number("alpha", self.alpha, minimum=0)
+        check_number("beta", self.beta, minimum=0)
+        check_number("proposal_count", self.proposal_count, minimum=1, integer=True)
+        if self.segmenter not in ("skimage", "opencv"):
+            raise ValueError(f"segmenter must be 'skimage' or 'opencv', got {self.segmenter!r}")
 
 
 #: The defaults of :func:`pretrained_model`, :func:`pretrained_predictor` and ``prm explain``.
@@ -122,15 +168,30 @@ def merge_peaks(crm: torch.Tensor, peaks: torch.Tensor, ratio: float) -> torch.T
 
 
 class _MergingGroupedNet(GroupedResponseNet):
-    """:class:`GroupedResponseNet` whose peaks of one object are merged."""
+    """:class:`GroupedResponseNet` whose peaks of one object are merged, and whose
+    peaks of classes much less likely than the photo's best one are dropped."""
 
-    def __init__(self, *args, merge: float | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        merge: float | None = None,
+        class_relative: float | None = None,
+        smooth_strided: bool = False,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.merge = merge
+        self.class_relative = class_relative
+        self.smooth_strided = smooth_strided
 
     @torch.no_grad()
     def find_peaks(self, crm: torch.Tensor) -> torch.Tensor:
         peaks = find_peaks(crm, self.win_size, self.peak_filter)
+        if self.class_relative is not None and len(peaks):
+            scores = self.aggregate(crm)
+            best = scores.amax(1)
+            b, c = peaks[:, 0], peaks[:, 1]
+            peaks = peaks[scores[b, c] >= best[b] + math.log(self.class_relative)]
         if self.merge is None:
             return peaks
         return peaks[merge_peaks(crm, peaks, self.merge)]
@@ -151,7 +212,8 @@ def pretrained_model(
         arch: a timm model with a pooling + linear head (``efficientnet_lite0``).
         weights: ``"lite0"`` (from the ``lite0`` extra, no download), ``"timm"`` (timm's
             hub weights: a download) or the path of a timm state dict.
-        settings: peak settings (``win_size``, ``peak_filter``, ``merge``).
+        settings: peak settings (``win_size``, ``peak_filter``, ``merge``,
+            ``class_relative``, ``smooth_strided``).
 
     Returns:
         A :class:`~prm.class_groups.GroupedResponseNet` in eval mode whose class scores
@@ -168,7 +230,39 @@ def pretrained_model(
         win_size=settings.win_size,
         peak_filter=settings.peak_filter,
         merge=settings.merge,
+        class_relative=settings.class_relative,
+        smooth_strided=settings.smooth_strided,
     ).eval()
+
+
+class PretrainedPredictor(Predictor):
+    """A :class:`~prm.predictor.Predictor` whose PRMs are blurred and de-duplicated.
+
+    Between back-propagation and retrieval (and before the proposal-free fallback reads
+    them) each PRM is blurred (:func:`blur_maps`) and peaks whose PRMs repeat a stronger
+    peak's of their class are dropped (:func:`prm_overlap_duplicates`).
+
+    Args:
+        prm_blur: blur sigma in input pixels (0: none).
+        merge_overlap: shared-mass ratio (``None``: none).
+        **kwargs: :class:`~prm.predictor.Predictor`'s.
+    """
+
+    def __init__(self, model, *, prm_blur: float = 0.0, merge_overlap=None, **kwargs):
+        super().__init__(model, **kwargs)
+        self.prm_blur = prm_blur
+        self.merge_overlap = merge_overlap
+
+    def refine_response(self, response: dict) -> dict:
+        if self.response == "prm" and self.prm_blur:
+            response = dict(response, prms=blur_maps(response["prms"], self.prm_blur))
+        if self.merge_overlap is not None and len(response["labels"]) > 1:
+            drop = prm_overlap_duplicates(
+                response["prms"], response["labels"], response["peak_values"], self.merge_overlap
+            )
+            keys = ("peak_cells", "labels", "peak_values", "prms")
+            response = {k: v[~drop] if k in keys else v for k, v in response.items()}
+        return response
 
 
 def pretrained_predictor(
@@ -177,28 +271,40 @@ def pretrained_predictor(
     settings: PretrainedSettings = DEFAULTS,
     proposal_fn: Any = "selective-search",
     **kwargs: Any,
-):
-    """A :class:`~prm.predictor.Predictor` with the zero-training thresholds.
+) -> PretrainedPredictor:
+    """A predictor with the zero-training thresholds, PRM refinements and retrieval.
 
     Args:
         model: from :func:`pretrained_model` (built with the defaults when omitted).
-        settings: thresholds and input size.
+        settings: thresholds, input size, refinements, segmenter and retrieval.
         proposal_fn: ``"selective-search"`` (:class:`prm.proposals.SelectiveSearch`
-            with its defaults), ``"prm"`` (the proposal-free fallback), or a callable.
+            with ``settings.segmenter``), ``"prm"`` (the proposal-free fallback),
+            ``"grabcut"``, or a callable.
         **kwargs: other :class:`~prm.predictor.Predictor` arguments (``response="crm"``
-            for the CAM baseline, ``retrieval``, ``score``, ...).
+            for the CAM baseline, ``retrieval`` to replace the settings', ``score``, ...).
     """
     from prm.backprop import PeakSelection
-    from prm.predictor import Predictor
+    from prm.retrieval import RetrievalConfig
 
     if model is None:
         model = pretrained_model(settings=settings)
     if proposal_fn == "selective-search":
         from prm.proposals import SelectiveSearch
 
-        proposal_fn = SelectiveSearch()
-    return Predictor(
+        proposal_fn = SelectiveSearch(segmenter=settings.segmenter)
+    # The converted classifier scores by average pooling (peak_stimulation=False), which
+    # would make Predictor default to the CAM baseline: PRMs are what this is for.
+    kwargs.setdefault("response", "prm")
+    kwargs.setdefault(
+        "retrieval",
+        RetrievalConfig(
+            alpha=settings.alpha, beta=settings.beta, proposal_count=settings.proposal_count
+        ),
+    )
+    return PretrainedPredictor(
         model,
+        prm_blur=settings.prm_blur,
+        merge_overlap=settings.merge_overlap,
         input_size=settings.input_size,
         peak_selection=PeakSelection(
             class_threshold=math.log(settings.class_probability),
@@ -213,3 +319,71 @@ def pretrained_predictor(
 def with_settings(settings: PretrainedSettings = DEFAULTS, **changes: Any) -> PretrainedSettings:
     """A copy of ``settings`` with some fields changed."""
     return replace(settings, **changes)
+
+
+def blur_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian-blurred maps, each renormalised to its own sum.
+
+    Peak response maps of a classifier with strided (depthwise) convolutions carry a
+    checkerboard of the stride's period; a blur of about that period removes it.
+
+    Args:
+        maps (Tensor[K, H, W]): non-negative maps.
+        sigma: standard deviation in pixels (0: the maps unchanged).
+
+    Returns:
+        Tensor[K, H, W]: non-negative, each with the sum of its input.
+    """
+    if sigma < 0 or not math.isfinite(sigma):
+        raise ValueError(f"blur sigma must be finite and >= 0, got {sigma}")
+    if sigma == 0 or len(maps) == 0:
+        return maps
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    x = maps[:, None]
+    # Reflect padding keeps mass near the border; it needs radius < side.
+    mode = "reflect" if radius < min(maps.shape[1:]) else "replicate"
+    x = torch.nn.functional.pad(x, (radius, radius, 0, 0), mode=mode)
+    x = torch.nn.functional.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = torch.nn.functional.pad(x, (0, 0, radius, radius), mode=mode)
+    x = torch.nn.functional.conv2d(x, kernel.view(1, 1, -1, 1))[:, 0].clamp(min=0)
+    before, after = maps.flatten(1).sum(1), x.flatten(1).sum(1)
+    scale = torch.where(after > 0, before / after.clamp(min=1e-30), torch.zeros_like(after))
+    return x * scale[:, None, None]
+
+
+def prm_overlap_duplicates(
+    prms: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, ratio: float
+) -> torch.Tensor:
+    """Which peaks repeat a stronger peak of their class, judged by their PRMs.
+
+    Within each class, peaks are visited from the highest value down; a peak is a
+    duplicate when its PRM and a stronger kept one's share at least ``ratio`` of their
+    mass (``sum(min(P_i, P_j))``, the histogram intersection of two maps that sum to 1):
+    two peaks of one object back-propagate to the same pixels.
+
+    Args:
+        prms (Tensor[K, H, W]): peak response maps, each summing to 1.
+        labels (Tensor[K]): class of each peak.
+        values (Tensor[K]): CRM value of each peak (the order of the visit).
+        ratio: in ``[0, 1]``.
+
+    Returns:
+        Tensor[K] (bool): True for the duplicates (the strongest of a class never is).
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"overlap ratio must lie in [0, 1], got {ratio}")
+    drop = torch.zeros(len(prms), dtype=torch.bool)
+    flat = prms.flatten(1)
+    for cls in labels.unique().tolist():
+        index = torch.nonzero(labels == cls).flatten()
+        index = index[torch.argsort(values[index], descending=True, stable=True)]
+        kept: list[int] = []
+        for i in index.tolist():
+            if any(float(torch.minimum(flat[i], flat[j]).sum()) >= ratio for j in kept):
+                drop[i] = True
+            else:
+                kept.append(i)
+    return drop

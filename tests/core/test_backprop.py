@@ -231,3 +231,53 @@ def test_bad_inputs():
     model.train()
     with pytest.raises(ValueError, match="eval"):
         peak_response_maps(model, torch.randn(1, 3, 32, 32))
+
+
+def _strided_share(smooth: bool) -> torch.Tensor:
+    """Input share of a 3x3 stride-2 all-ones convolution on a flat image."""
+    conv = nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    x = torch.ones(1, 1, 17, 17)
+    x[0, 0, 0, 0] = 0.0  # m = 0, so U' = 1 everywhere else
+    x.requires_grad_()
+    with peak_backprop_rule(smooth_strided=smooth):
+        out = conv(x)
+    out.sum().backward()
+    return x.grad[0, 0]
+
+
+def test_smoothed_rule_removes_the_checkerboard_of_a_strided_convolution():
+    # Each output shares its unit among its 9 inputs (1/9 each); odd rows/columns are
+    # read by two outputs, even ones by one: 4/9, 2/9 and 1/9, a checkerboard of ratio 4.
+    rule = _strided_share(False)[4:12, 4:12]
+    assert rule.max() / rule.min() == pytest.approx(4.0, rel=1e-5)
+    # The tent [1, 2, 1] / 4 evens the alternation out: flat inside, same mass.
+    smooth = _strided_share(True)
+    inner = smooth[4:12, 4:12]
+    assert inner.max() / inner.min() == pytest.approx(1.0, abs=1e-5)
+    assert inner.mean() == pytest.approx(float(rule.mean()), rel=1e-5)
+    assert smooth.sum() == pytest.approx(float(_strided_share(False).sum()), rel=0.05)
+
+
+def test_smoothed_rule_is_taken_from_the_model_and_leaves_stride_1_alone():
+    torch.manual_seed(0)
+    model = PeakResponseNet(SmallBackbone(), num_classes=2).eval()
+    x = torch.randn(1, 3, 32, 32)
+    select = PeakSelection(class_threshold=-1e9)
+    plain = peak_response_maps(model, x, selection=select)[0]["prms"]
+    model.smooth_strided = True
+    smooth = peak_response_maps(model, x, selection=select)[0]["prms"]
+    assert not torch.allclose(plain, smooth)
+    assert torch.allclose(smooth.flatten(1).sum(1), torch.ones(len(smooth)))
+    off = peak_response_maps(model, x, selection=select, smooth_strided=False)[0]["prms"]
+    assert torch.equal(off, plain)
+    # Without a strided convolution the option changes nothing.
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    y = torch.rand(1, 1, 8, 8, requires_grad=True)
+    grads = []
+    for smooth_strided in (False, True):
+        with peak_backprop_rule(smooth_strided):
+            (g,) = torch.autograd.grad(conv(y).sum(), y)
+        grads.append(g)
+    assert torch.equal(*grads)

@@ -45,3 +45,93 @@ def test_pretrained_model_finds_the_cat_in_a_real_photo():
     assert out["masks"].shape[1:] == (300, 451) and out["masks"].flatten(1).any(1).all()
     # Class scores are log-probabilities: at most 0, the best member's at least.
     assert (out["class_scores"] <= 0.0 + 1e-4).all() or out["class_scores"].max() < 1.0
+
+
+def test_blur_maps_evens_out_a_checkerboard_and_keeps_each_maps_mass():
+    from prm.pretrained import blur_maps
+
+    yy, xx = torch.meshgrid(torch.arange(24), torch.arange(24), indexing="ij")
+    board = 1.0 + ((yy + xx) % 2).float() * 3.0  # 1 and 4, alternating
+    maps = torch.stack([board / board.sum(), torch.zeros(24, 24)])
+    blurred = blur_maps(maps, 2.0)
+    assert blurred.shape == maps.shape and (blurred >= 0).all()
+    assert torch.allclose(blurred.flatten(1).sum(1), torch.tensor([1.0, 0.0]))
+    inner = blurred[0, 6:18, 6:18]
+    assert inner.max() / inner.min() < 1.01  # was 4
+    assert torch.equal(blur_maps(maps, 0.0), maps)
+    with pytest.raises(ValueError, match="sigma"):
+        blur_maps(maps, -1.0)
+
+
+def test_prm_overlap_duplicates_drops_the_weaker_of_two_maps_of_one_object():
+    from prm.pretrained import prm_overlap_duplicates
+
+    def spot(y0, x0):
+        m = torch.zeros(10, 10)
+        m[y0 : y0 + 4, x0 : x0 + 4] = 1.0
+        return m / m.sum()
+
+    prms = torch.stack([spot(0, 0), spot(1, 1), spot(6, 6), spot(1, 1)])
+    labels = torch.tensor([0, 0, 0, 1])
+    values = torch.tensor([3.0, 5.0, 2.0, 1.0])
+    # Peak 1 (strongest of class 0) keeps; peak 0 shares 9/16 of its mass with it;
+    # peak 2 shares nothing; peak 3 is another class.
+    assert prm_overlap_duplicates(prms, labels, values, 0.5).tolist() == [True, False, False, False]
+    assert prm_overlap_duplicates(prms, labels, values, 0.6).tolist() == [False] * 4
+    with pytest.raises(ValueError, match="overlap ratio"):
+        prm_overlap_duplicates(prms, labels, values, 2.0)
+
+
+def _grouped_net(**options):
+    from prm.class_groups import ClassGroups
+    from prm.model import PeakResponseNet, SmallBackbone
+    from prm.pretrained import _MergingGroupedNet
+
+    base = PeakResponseNet(SmallBackbone(), num_classes=3, peak_stimulation=False).eval()
+    groups = ClassGroups(("a", "b", "c"), ((0,), (1,), (2,)), 3)
+    return _MergingGroupedNet(base, groups, win_size=3, peak_filter=None, **options).eval()
+
+
+def test_class_relative_keeps_only_classes_near_the_photos_best():
+    crm = torch.zeros(1, 3, 9, 9)
+    for c, (level, y, x) in enumerate([(0.0, 2, 2), (-0.5, 4, 4), (-3.0, 6, 6)]):
+        crm[0, c] += level
+        crm[0, c, y, x] += 1.0  # one peak per class
+
+    def classes(**options):
+        return sorted(set(_grouped_net(**options).find_peaks(crm)[:, 1].tolist()))
+
+    assert classes() == [0, 1, 2]
+    # Scores are the maps' means: about 0, -0.5 and -3; log(0.5) = -0.69 below the best.
+    assert classes(class_relative=0.5) == [0, 1]
+    assert classes(class_relative=0.9) == [0]
+    assert classes(class_relative=0.01) == [0, 1, 2]
+
+
+def test_pretrained_predictor_blurs_and_deduplicates_prms_before_retrieval():
+    from prm.pretrained import PretrainedSettings, pretrained_predictor
+
+    net = _grouped_net()
+    prms = torch.zeros(3, 8, 8)
+    prms[0, 2, 2] = prms[1, 2, 3] = prms[2, 6, 6] = 1.0
+    prms[1] = prms[1] * 0.5 + prms[0] * 0.5  # peak 1 shares half its mass with peak 0
+    response = {
+        "peak_cells": torch.tensor([[0, 1, 1], [0, 1, 2], [0, 3, 3]]),
+        "labels": torch.tensor([0, 0, 0]),
+        "peak_values": torch.tensor([2.0, 1.0, 0.5]),
+        "prms": prms,
+        "class_scores": torch.zeros(3),
+        "crm": torch.zeros(3, 4, 4),
+    }
+    plain = pretrained_predictor(net, proposal_fn="prm")
+    # The converted classifier scores by average pooling, yet the predictor makes PRMs.
+    assert not net.peak_stimulation and plain.response == "prm"
+    assert plain.refine_response(response) is response
+    settings = PretrainedSettings(prm_blur=1.0, merge_overlap=0.3)
+    out = pretrained_predictor(net, settings=settings, proposal_fn="prm").refine_response(response)
+    assert out["labels"].tolist() == [0, 0] and out["peak_values"].tolist() == [2.0, 0.5]
+    assert (out["prms"] > 0).sum() > 9 and torch.allclose(out["prms"].sum((1, 2)), torch.ones(2))
+    cam = pretrained_predictor(net, settings=settings, proposal_fn="prm", response="crm")
+    assert torch.equal(cam.refine_response(response)["prms"][0], prms[0])  # CAMs unblurred
+    with pytest.raises(ValueError, match="prm_blur"):
+        PretrainedSettings(prm_blur=-1.0)

@@ -27,21 +27,23 @@ classes, instances and seconds per photo. Nothing is downloaded unless --weights
 HELP = "instances in photos with a pretrained ImageNet classifier (no training)"
 DESCRIPTION = "Zero-training instance segmentation of photos with peak response maps."
 
-
-#: PretrainedSettings fields that are flags, with their help (the default is appended).
-SETTINGS_FLAGS = {
-    "input_size": "network input side",
-    "class_probability": "keep classes at least this likely",
-    "peak_threshold": "relative peak threshold in [0, 1]",
-    "win_size": "peak window in CRM cells",
-    "merge": "merge peaks joined by a ridge above this ratio; 1 = off",
-}
+# The numeric settings of prm.pretrained.PretrainedSettings, one flag each.
+_SETTING_FLAGS = [
+    ("input-size", int, "network input side in pixels"),
+    ("class-probability", float, "keep classes at least this likely"),
+    ("class-relative", float, "keep only classes this fraction as likely as the photo's best"),
+    ("peak-threshold", float, "relative peak threshold in [0, 1]"),
+    ("win-size", int, "peak window in CRM cells"),
+    ("merge", float, "merge peaks joined by a ridge above this ratio (1 = off)"),
+    ("merge-overlap", float, "drop a peak whose PRM shares this much mass with a stronger one's"),
+    ("prm-blur", float, "Gaussian blur of each PRM, sigma in input pixels"),
+    ("beta", float, "retrieval's background penalty"),
+    ("proposal-count", int, "proposals retrieval considers"),
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from prm.pretrained import DEFAULTS
-
-    from .dataset_args import add_settings_arguments
 
     parser.add_argument("photos", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", default="explained", help="output folder (explained/)")
@@ -61,11 +63,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--proposals",
-        choices=["selective-search", "prm"],
+        choices=["selective-search", "prm", "grabcut"],
         default="selective-search",
-        help="segment proposals: built-in selective search, or 'prm' (proposal-free)",
+        help="segment proposals: built-in selective search, 'prm' (proposal-free, from "
+        "the thresholded PRMs) or 'grabcut' (GrabCut seeded by each PRM)",
     )
-    add_settings_arguments(parser, DEFAULTS, SETTINGS_FLAGS, default=True)
+    parser.add_argument(
+        "--segmenter",
+        choices=["skimage", "opencv"],
+        default=DEFAULTS.segmenter,
+        help=f"selective search's superpixels ({DEFAULTS.segmenter}; opencv: ~2x faster)",
+    )
+    for flag, kind, text in _SETTING_FLAGS:
+        default = getattr(DEFAULTS, flag.replace("-", "_"))
+        parser.add_argument(f"--{flag}", type=kind, default=default, help=f"{text} ({default})")
+    parser.add_argument(
+        "--smooth-strided",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.smooth_strided,
+        help="smooth the back-propagation through strided convolutions (no checkerboard)",
+    )
 
 
 def _groups(spec: str):
@@ -105,6 +122,17 @@ def explain_panel(image, prediction, cam_maps, class_names):
     return side_by_side(panels)
 
 
+def _settings(args: argparse.Namespace):
+    from dataclasses import fields
+
+    from prm.pretrained import PretrainedSettings
+
+    values = {f.name: getattr(args, f.name) for f in fields(PretrainedSettings) if f.name in args}
+    if values["merge"] is not None and values["merge"] >= 1.0:
+        values["merge"] = None
+    return PretrainedSettings(**values)
+
+
 def run(args: argparse.Namespace) -> int:
     import math
     from pathlib import Path
@@ -116,16 +144,15 @@ def run(args: argparse.Namespace) -> int:
     from prm.data.images import DataError, load_image
     from prm.evaluation.results import results_entries
     from prm.predictor import to_image_tensor
-    from prm.pretrained import PretrainedSettings, pretrained_model, pretrained_predictor
+    from prm.pretrained import pretrained_model, pretrained_predictor
 
-    values = {name: getattr(args, name) for name in SETTINGS_FLAGS}
-    if values["merge"] is not None and values["merge"] >= 1.0:
-        values["merge"] = None
-    settings = PretrainedSettings(**values)
-    if not 0.0 < settings.class_probability <= 1.0:
-        raise ValueError(f"--class-probability must lie in (0, 1], got {args.class_probability}")
-    if not 0.0 <= settings.peak_threshold <= 1.0:
-        raise ValueError(f"--peak-threshold must lie in [0, 1], got {args.peak_threshold}")
+    try:
+        settings = _settings(args)
+    except ValueError as exc:
+        # The settings name their field first; the user typed it as a flag.
+        field, _, rest = str(exc).partition(" ")
+        raise ValueError(f"--{field.replace('_', '-')} {rest}") from None
+
     paths = _image_paths(args.photos)
     out = Path(args.out)
     overlays = out / "overlays"
@@ -135,14 +162,10 @@ def run(args: argparse.Namespace) -> int:
     model = pretrained_model(
         _groups(args.classes), arch=args.arch, weights=args.weights, settings=settings
     )
-    proposal_fn = None
-    if args.proposals == "selective-search":
-        from prm.proposals import SelectiveSearch
-
-        proposal_fn = SelectiveSearch()
     predictor = pretrained_predictor(
-        model, settings=settings, proposal_fn=proposal_fn or "prm", keep_prms=True
+        model, settings=settings, proposal_fn=args.proposals, keep_prms=True
     )
+    proposal_fn = predictor.proposal_fn if callable(predictor.proposal_fn) else None
     names = model.class_names
     category_ids = list(range(1, len(names) + 1))
     entries, summary, used = [], [], set()
@@ -219,7 +242,7 @@ def _timed_prediction(predictor, proposal_fn, image):
     from prm.data.images import to_uint8_image
 
     t0 = time.perf_counter()
-    proposals = proposal_fn(to_uint8_image(image)) if proposal_fn is not None else None
+    proposals = None if proposal_fn is None else proposal_fn.propose(to_uint8_image(image))
     t1 = time.perf_counter()
     response, proposals = predictor.respond(image, proposals)
     t2 = time.perf_counter()
