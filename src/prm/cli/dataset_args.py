@@ -1,7 +1,6 @@
-"""Flags shared by several commands.
+"""The flags that name a dataset, shared by the commands that read one.
 
-``add_settings_arguments`` adds one flag per field of a settings dataclass, typed and
-described by its default; ``add_dataset_arguments`` adds ``--dataset``, ``--root``,
+``add_dataset_arguments`` adds ``--dataset``, ``--root``,
 ``--split`` and, for COCO data that is not laid out as
 ``root/annotations/instances_<split>.json`` + ``root/<split>/`` (a user's own COCO export
 rarely is), ``--annotations FILE`` and ``--image-dir DIR``;
@@ -12,39 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_dataset_arguments", "add_settings_arguments", "dataset_from_args"]
-
-
-def add_settings_arguments(
-    parser: argparse.ArgumentParser,
-    defaults,
-    helps: dict[str, str],
-    *,
-    given: str = "{}",
-    many: tuple[str, ...] = (),
-    default: bool = False,
-) -> None:
-    """Add ``--field-name`` for each field of ``helps``, typed by ``defaults``' value.
-
-    Args:
-        parser: the sub-command's parser.
-        defaults: a settings object (a dataclass instance) holding each field's default.
-        helps: field name -> help text (the default is appended as ``given`` says).
-        given: how the help shows the default, ``{}`` standing for it.
-        many: fields that take several values (``nargs="+"``, a grid to search).
-        default: the flag's default is the field's (else ``None``: left to the caller).
-    """
-    for name, text in helps.items():
-        value = getattr(defaults, name)
-        kind = float if isinstance(value, float) or value is None else type(value)
-        extra = {"nargs": "+"} if name in many else {}
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=kind,
-            default=value if default else None,
-            help=f"{text} ({given.format(value)})".lstrip(" "),
-            **extra,
-        )
+__all__ = ["add_dataset_arguments", "dataset_from_args"]
 
 
 def add_dataset_arguments(

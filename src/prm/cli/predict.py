@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .dataset_args import add_dataset_arguments, add_settings_arguments, dataset_from_args
+from .dataset_args import add_dataset_arguments, dataset_from_args
 
 EPILOG = """examples:
   # a folder of photos: COCO results JSON + overlay PNGs (instances, PRMs, peaks)
@@ -114,8 +114,6 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
     from prm.backprop import PeakSelection
     from prm.retrieval import RetrievalConfig
 
-    given, many = "default: the checkpoint's, else {}", GRID if grid else ()
-    add_settings_arguments(parser, PeakSelection(), PEAK_FLAGS, given=given, many=many)
     parser.add_argument("--peak-threshold-mode", choices=["absolute", "relative"])
     parser.add_argument("--score", choices=["peak", "retrieval", "class"], default="peak")
     parser.add_argument(
@@ -124,7 +122,16 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
         help="'crm' retrieves with class response maps (the CAM baseline); default: the "
         "checkpoint's kind ('crm' for a network trained without peak stimulation)",
     )
-    add_settings_arguments(parser, RetrievalConfig(), RETRIEVAL_FLAGS, given=given, many=many)
+    # Types and defaults from the settings classes; the grid's flags take several values.
+    for settings, flags in ((PeakSelection(), PEAK_FLAGS), (RetrievalConfig(), RETRIEVAL_FLAGS)):
+        for name, text in flags.items():
+            default = getattr(settings, name)
+            parser.add_argument(
+                f"--{name.replace('_', '-')}",
+                type=float if default is None else type(default),
+                help=f"{text} (default: the checkpoint's, else {default})",
+                **({"nargs": "+"} if grid and name in GRID else {}),
+            )
     parser.add_argument("--per-class-nms", action="store_true", help="NMS within each class")
     parser.add_argument(
         "--retrieval-config",
