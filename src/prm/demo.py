@@ -100,7 +100,7 @@ def run_demo(
         preset: the training recipe (``shapes``: the small backbone from scratch;
             ``lite0-cpu``: EfficientNet-Lite0's ImageNet weights, needs the ``lite0``
             extra), see :data:`prm.engine.PRESETS`.
-        train_images: ShapeScenes training images (2000).
+        train_images: training images of the generated dataset (2000).
         val_images: validation images the retrieval settings are tuned on (100; 0 keeps
             the authors' values).
         test_images: test images evaluated (300).
@@ -230,7 +230,7 @@ def run_demo(
         report_dir / "runs" / "prm",
         report_dir,
         compare=report_dir / "runs" / "cam",
-        title="prm demo: PRM vs CAM on ShapeScenes",
+        title=f"prm demo: PRM vs CAM on {DEMO_DATASETS[dataset]}",
     )
     return report
 
