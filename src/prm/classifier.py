@@ -157,31 +157,15 @@ def lite0_state_dict() -> dict[str, torch.Tensor]:
 
 def _load_timm_file(model: nn.Module, path: Path) -> None:
     """A timm state dict from a file (its classifier ignored), loaded with weights_only."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, ...
-        raise ValueError(f"cannot read weights file {path}: {exc}") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"weights file {path} does not hold a state dict")
+    from prm.model import load_weights_file
+
     expected = model.state_dict()
-    cleaned = {k.removeprefix("module."): v for k, v in state.items()}
-    cleaned = {k: v for k, v in cleaned.items() if k in expected or not _is_head_key(model, k)}
-    missing = sorted(set(expected) - set(cleaned))
-    unexpected = sorted(set(cleaned) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"weights file {path} does not match the timm model: {len(missing)} missing "
-            f"keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
-    for key, value in cleaned.items():
-        if value.shape != expected[key].shape:
-            raise ValueError(
-                f"weights file {path}: {key} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(expected[key].shape)}"
-            )
-    model.load_state_dict(cleaned)
+
+    def keep(key: str) -> str | None:
+        key = key.removeprefix("module.")
+        return key if key in expected or not _is_head_key(model, key) else None
+
+    load_weights_file(model, path, "the timm model", "state_dict", keep)
 
 
 def _is_head_key(model: nn.Module, key: str) -> bool:

@@ -15,7 +15,7 @@ come from torchvision's weights API (cached under
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,18 +68,32 @@ class ResNetFeatures(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-class VGGFeatures(nn.Module):
-    """A torchvision VGG's ``features`` block (13 convolutions, 5 max-pools, stride 32)."""
+class _Features(nn.Module):
+    """A backbone that is one ``features`` module with ``out_channels`` output channels;
+    ``he_init`` re-initialises its convolutions (Kaiming, fan-out) for training from scratch.
+    """
 
-    def __init__(self, vgg: torchvision.models.VGG):
+    def __init__(self, features: nn.Module, out_channels: int | None = None, he_init=False):
         super().__init__()
-        self.features = vgg.features
+        self.features = features
+        if out_channels is not None:
+            self.out_channels = out_channels
+        for m in self.modules() if he_init else ():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
 
-class SmallBackbone(nn.Module):
+class VGGFeatures(_Features):
+    """A torchvision VGG's ``features`` block (13 convolutions, 5 max-pools, stride 32)."""
+
+    def __init__(self, vgg: torchvision.models.VGG):
+        super().__init__(vgg.features)
+
+
+class SmallBackbone(_Features):
     """A small VGG-style CNN (stride 8) that trains from scratch on 2 CPU cores in minutes.
 
     Seven ``conv3x3-BN-ReLU`` layers; the 1st, 3rd and 5th have stride 2 (strided
@@ -91,8 +105,6 @@ class SmallBackbone(nn.Module):
     """
 
     def __init__(self, widths: Sequence[int] = (32, 64, 128)):
-        super().__init__()
-
         def conv(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
             return [
                 nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
@@ -101,7 +113,7 @@ class SmallBackbone(nn.Module):
             ]
 
         w0, w1, w2 = widths
-        self.features = nn.Sequential(
+        features = nn.Sequential(
             *conv(3, w0, stride=2),
             *conv(w0, w0),
             *conv(w0, w1, stride=2),
@@ -110,13 +122,7 @@ class SmallBackbone(nn.Module):
             *conv(w2, w2),
             *conv(w2, w2),
         )
-        self.out_channels = w2
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        super().__init__(features, w2, he_init=True)
 
 
 class _BasicBlock(nn.Module):
@@ -142,7 +148,7 @@ class _BasicBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
 
 
-class SmallResBackbone(nn.Module):
+class SmallResBackbone(_Features):
     """A small residual CNN (stride 8) for training from scratch on a CPU.
 
     A ``conv3x3-BN-ReLU`` stem with stride 2, a basic residual block down to 1/4, one
@@ -155,9 +161,8 @@ class SmallResBackbone(nn.Module):
     """
 
     def __init__(self, widths: Sequence[int] = (32, 64, 128)):
-        super().__init__()
         w0, w1, w2 = widths
-        self.features = nn.Sequential(
+        features = nn.Sequential(
             nn.Conv2d(3, w0, 3, 2, 1, bias=False),
             nn.BatchNorm2d(w0),
             nn.ReLU(inplace=True),
@@ -165,13 +170,7 @@ class SmallResBackbone(nn.Module):
             _BasicBlock(w1, w2, stride=2),
             _BasicBlock(w2, w2),
         )
-        self.out_channels = w2
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        super().__init__(features, w2, he_init=True)
 
 
 def _resolve_weights(name: str, weights: Any) -> tuple[Any, Path | None]:
@@ -207,29 +206,38 @@ def _resolve_weights(name: str, weights: Any) -> tuple[Any, Path | None]:
     )
 
 
-def _load_local_weights(features: nn.Module, path: Path) -> None:
-    """Load a torchvision classification state dict (or a backbone-only one) from a file."""
+def load_weights_file(
+    module: nn.Module, path: Path, what: str, container: str, keep: Callable[[str], str | None]
+) -> None:
+    """Load a state dict from a file (``weights_only``) into ``module``, checked key by key.
+
+    Args:
+        module: where the weights go.
+        path: the file: a state dict, or a dict holding one under ``container``.
+        what: how errors name ``module`` ("the backbone", "the timm model").
+        container: the key of a wrapped state dict (``"model"``, ``"state_dict"``).
+        keep: maps a key of the file to the module's key, or ``None`` to drop it (a head).
+
+    Raises:
+        ValueError: naming the file, when it is unreadable, not a state dict, or its keys
+            or shapes do not match ``module``.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, ...
         raise ValueError(f"cannot read weights file {path}: {exc}") from exc
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+    if isinstance(state, dict) and isinstance(state.get(container), dict):
+        state = state[container]
     if not isinstance(state, dict):
         raise ValueError(f"weights file {path} does not hold a state dict")
-    # Drop the ImageNet head (fc / classifier) and a possible "backbone." prefix.
-    cleaned = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.").removeprefix("backbone.")
-        if key.startswith(("fc.", "classifier.")):
-            continue
-        cleaned[key] = value
-    expected = features.state_dict()
+    cleaned = {keep(key): value for key, value in state.items()}
+    cleaned.pop(None, None)
+    expected = module.state_dict()
     missing = sorted(set(expected) - set(cleaned))
     unexpected = sorted(set(cleaned) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"weights file {path} does not match the backbone: "
+            f"weights file {path} does not match {what}: "
             f"{len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
         )
@@ -237,9 +245,20 @@ def _load_local_weights(features: nn.Module, path: Path) -> None:
         if value.shape != expected[key].shape:
             raise ValueError(
                 f"weights file {path}: {key} has shape {tuple(value.shape)}, "
-                f"the backbone expects {tuple(expected[key].shape)}"
+                f"{what} expects {tuple(expected[key].shape)}"
             )
-    features.load_state_dict(cleaned)
+    module.load_state_dict(cleaned)
+
+
+def _load_local_weights(features: nn.Module, path: Path) -> None:
+    """Load a torchvision classification state dict (or a backbone-only one) from a file."""
+
+    def keep(key: str) -> str | None:
+        # Drop the ImageNet head (fc / classifier) and a possible "backbone." prefix.
+        key = key.removeprefix("module.").removeprefix("backbone.")
+        return None if key.startswith(("fc.", "classifier.")) else key
+
+    load_weights_file(features, path, "the backbone", "model", keep)
 
 
 def build_backbone(name: str, weights: Any = None, progress: bool = True) -> nn.Module:

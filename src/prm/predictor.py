@@ -369,18 +369,25 @@ class Predictor:
             response["crm"],
             proposals,
             retrieval or self.retrieval,
+            image_prms=_at_size(response.get("image_prms"), _proposal_size(proposals)),
         )
         return self._assemble(response, found, _proposal_size(proposals))
 
     def _fallback_proposals(self, response: dict, image: torch.Tensor) -> torch.Tensor:
-        """Proposal-free candidates from the PRMs, at the image's resolution."""
+        """Proposal-free candidates from the PRMs, at the image's resolution.
+
+        The PRMs are resized to the image once: the resized maps go into
+        ``response["image_prms"]``, from which :meth:`retrieve` takes the output PRMs.
+        """
         from prm.proposals import grabcut_proposals, prm_support_proposals
 
         size = tuple(image.shape[1:])
         prms = response["prms"]
         if len(prms) == 0:
+            response["image_prms"] = torch.zeros((0, *size))
             return torch.zeros((0, *size), dtype=torch.bool)
         prms = F.interpolate(prms[None].float(), size=size, mode="bilinear")[0].cpu()
+        response["image_prms"] = prms
         factor = getattr(self.model, "sub_pixel_factor", 1)
         crm_size = tuple(response["crm"].shape[1:])
         peaks = crm_to_image_coords(response["peak_cells"][:, 1:].cpu(), crm_size, factor, size)
@@ -456,6 +463,11 @@ def scale_back(result: dict, size: tuple[int, int], work: tuple[int, int]) -> di
     for key in ("peaks", "class_peaks"):
         result[key] = result[key] * factor
     return result
+
+
+def _at_size(maps: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """``maps`` when they are ``(K, *size)``, else ``None``."""
+    return maps if maps is not None and tuple(maps.shape[1:]) == tuple(size) else None
 
 
 def _proposal_size(proposals: torch.Tensor | CompactProposals) -> tuple[int, int]:

@@ -670,6 +670,7 @@ def retrieve_instances(
     crm: torch.Tensor,
     proposals: torch.Tensor | CompactProposals,
     config: RetrievalConfig | None = None,
+    image_prms: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pick one proposal per peak and de-duplicate the instances (docs/method.md §5).
 
@@ -686,6 +687,9 @@ def retrieve_instances(
         proposals (Tensor[P, H, W] or CompactProposals): class-agnostic segment
             proposals at the image's resolution, ranked best first.
         config: :class:`RetrievalConfig` (the authors' demo values by default).
+        image_prms (Tensor[K, H, W], optional): ``prms`` already resized to the
+            proposals' size (the proposal-free fallback makes them): the output PRMs are
+            taken from them instead of resizing ``prms`` a second time.
 
     Returns:
         A dict of instances, sorted by decreasing ``retrieval_scores``:
@@ -704,32 +708,7 @@ def retrieve_instances(
         or no proposals give ``N = 0``.
     """
     config = config or RetrievalConfig()
-    num_classes = crm.shape[0] if crm.dim() == 3 else None
-    config.validate(num_classes)
-    if prms.dim() != 3:
-        raise ValueError(f"prms must be (K, h, w), got shape {tuple(prms.shape)}")
-    if labels.dim() != 1 or len(labels) != len(prms):
-        raise ValueError(f"labels must be ({len(prms)},), got shape {tuple(labels.shape)}")
-    if labels.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
-    if crm.dim() != 3:
-        raise ValueError(f"crm must be (C, h, w), got shape {tuple(crm.shape)}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= crm.shape[0]):
-        raise ValueError(f"labels must lie in [0, {crm.shape[0]}), got {labels.tolist()}")
-    if isinstance(proposals, CompactProposals):
-        pass  # checked when it was made
-    elif not isinstance(proposals, torch.Tensor) or proposals.dim() != 3:
-        shape = tuple(getattr(proposals, "shape", ()))
-        raise ValueError(f"proposals must be (P, H, W) or CompactProposals, got shape {shape}")
-    elif proposals.dtype != torch.bool and proposals.numel():
-        if proposals.is_floating_point() and torch.isnan(proposals).any():
-            raise ValueError("proposals contain NaN")
-        if ((proposals != 0) & (proposals != 1)).any():
-            raise ValueError("proposals must be binary masks (bool or 0/1)")
-    # A NaN anywhere makes the sum NaN: one reduction instead of a mask of the maps.
-    if prms.numel() and (torch.isnan(prms.sum()) or torch.isnan(crm.sum())):
-        raise ValueError("prms or crm contain NaN")
-
+    _check_inputs(prms, labels, crm, proposals, config)
     device = prms.device
     compact = isinstance(proposals, CompactProposals)
     height, width = proposals.size if compact else tuple(proposals.shape[1:])
@@ -773,14 +752,20 @@ def retrieve_instances(
         keep, owner = _greedy_nms(
             iou, best_score, inst_labels, config.nms_threshold, config.nms_class_agnostic
         )
-        if config.merge_peak_response:
-            merged = torch.zeros_like(inst_prms).index_add_(0, owner.to(device), inst_prms)
-            inst_prms = merged
         order = keep
 
-    size = (height, width)
-    prm_full = F.interpolate(inst_prms[order.to(device)][None], size=size, mode="bilinear")
-    prm_full = normalize_prms(prm_full.transpose(0, 1))  # one "channel" per instance
+    def merged(maps: torch.Tensor) -> torch.Tensor:
+        if config.nms_threshold is None or not config.merge_peak_response:
+            return maps
+        return torch.zeros_like(maps).index_add_(0, owner.to(device), maps)
+
+    if image_prms is None:
+        size = (height, width)
+        prm_full = F.interpolate(merged(inst_prms)[order.to(device)][None], size, mode="bilinear")
+        prm_full = prm_full.transpose(0, 1)
+    else:  # resizing is linear: merging the resized maps is resizing the merged ones
+        prm_full = merged(image_prms.to(device)[found.to(device)].float())[order.to(device), None]
+    prm_full = normalize_prms(prm_full)  # one "channel" per instance
     chosen = best[order]
     if compact:
         masks = candidates.select(chosen).masks()
@@ -796,6 +781,35 @@ def retrieve_instances(
         "proposal_index": chosen.to(device),
         "boxes": masks_to_boxes(masks),
     }
+
+
+def _check_inputs(prms, labels, crm, proposals, config: RetrievalConfig) -> None:
+    """The checks of :func:`retrieve_instances`' arguments (``ValueError`` naming each)."""
+    num_classes = crm.shape[0] if crm.dim() == 3 else None
+    config.validate(num_classes)
+    if prms.dim() != 3:
+        raise ValueError(f"prms must be (K, h, w), got shape {tuple(prms.shape)}")
+    if labels.dim() != 1 or len(labels) != len(prms):
+        raise ValueError(f"labels must be ({len(prms)},), got shape {tuple(labels.shape)}")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
+    if crm.dim() != 3:
+        raise ValueError(f"crm must be (C, h, w), got shape {tuple(crm.shape)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= crm.shape[0]):
+        raise ValueError(f"labels must lie in [0, {crm.shape[0]}), got {labels.tolist()}")
+    if isinstance(proposals, CompactProposals):
+        pass  # checked when it was made
+    elif not isinstance(proposals, torch.Tensor) or proposals.dim() != 3:
+        shape = tuple(getattr(proposals, "shape", ()))
+        raise ValueError(f"proposals must be (P, H, W) or CompactProposals, got shape {shape}")
+    elif proposals.dtype != torch.bool and proposals.numel():
+        if proposals.is_floating_point() and torch.isnan(proposals).any():
+            raise ValueError("proposals contain NaN")
+        if ((proposals != 0) & (proposals != 1)).any():
+            raise ValueError("proposals must be binary masks (bool or 0/1)")
+    # A NaN anywhere makes the sum NaN: one reduction instead of a mask of the maps.
+    if prms.numel() and (torch.isnan(prms.sum()) or torch.isnan(crm.sum())):
+        raise ValueError("prms or crm contain NaN")
 
 
 def _empty_instances(height: int, width: int, device: torch.device) -> dict[str, torch.Tensor]:

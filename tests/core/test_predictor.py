@@ -210,3 +210,46 @@ def test_planted_object_in_a_non_square_image_with_sub_pixel_peaks():
     # 100 / 12 * 11 / 47 = 1.95 px horizontally. The peak is within one step of the top.
     assert abs(x - cx) <= 1.95 and abs(y - cy) <= 1.17
     assert blob[int(y), int(x)]
+
+
+def fallback_resizing_twice(predictor, image):
+    """The fallback as it was: the PRMs resized to the image for the proposals, and the
+    chosen ones resized again by the retrieval."""
+    import torch.nn.functional as F
+
+    from prm.proposals import prm_support_proposals
+
+    size = tuple(image.shape[1:])
+    response, _ = predictor.respond(image, torch.zeros((0, *size), dtype=torch.bool))
+    prms = F.interpolate(response["prms"][None].float(), size=size, mode="bilinear")[0]
+    crm_size = tuple(response["crm"].shape[1:])
+    factor = predictor.model.sub_pixel_factor
+    peaks = crm_to_image_coords(response["peak_cells"][:, 1:], crm_size, factor, size)
+    return predictor.retrieve(response, prm_support_proposals(prms, peaks))
+
+
+@pytest.mark.parametrize("size", [(64, 64), (50, 70), (90, 40)])
+def test_the_fallback_resizes_the_prms_once_with_the_same_outputs(size, monkeypatch):
+    predictor = make_predictor(proposal_fn="prm")  # input 64 x 64
+    image = torch.rand(3, *size)
+    old = fallback_resizing_twice(predictor, image)
+    response, proposals = predictor.respond(image)
+    assert response["image_prms"].shape == (len(response["prms"]), *size)
+
+    import prm.retrieval
+
+    calls = []
+    resize = prm.retrieval.F.interpolate
+    monkeypatch.setattr(
+        prm.retrieval.F, "interpolate", lambda *a, **k: calls.append(1) or resize(*a, **k)
+    )
+    new = predictor.retrieve(response, proposals)
+    once = len(calls)
+    without = {k: v for k, v in response.items() if k != "image_prms"}
+    assert torch.equal(predictor.retrieve(without, proposals)["masks"], new["masks"])
+    assert len(calls) - once == once + 1  # the retrieval's own resizing of the PRMs: gone
+    assert len(new["masks"]) > 1
+    for key in ("masks", "labels", "scores", "boxes", "peaks"):
+        assert torch.equal(new[key], old[key]), key
+    # Resizing is linear, so merging resized maps = resizing merged ones, to rounding.
+    torch.testing.assert_close(new["prms"], old["prms"], rtol=1e-5, atol=1e-8)

@@ -1,9 +1,10 @@
 """The ``prm`` command line: a thin layer over the library.
 
-Each sub-command lives in its own module of this package and provides two functions:
+Each sub-command lives in its own module of this package and provides:
 
-- ``add_parser(subparsers)``: registers the sub-command and its flags (with examples in
-  the epilog);
+- ``HELP`` (the line in ``prm --help``), ``DESCRIPTION`` and ``EPILOG`` (examples);
+- ``add_arguments(parser)``: adds the sub-command's own flags (``--quiet`` and
+  ``--threads``, which every sub-command has, are added by :func:`build_parser`);
 - ``run(args) -> int``: does the work by calling the library, returns the exit status.
 
 Errors a user can cause (missing path, unreadable file, mismatched checkpoint) are
@@ -62,9 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"prm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMANDS.values():
-        importlib.import_module(module_name, __name__).add_parser(subparsers)
-    for sub in subparsers.choices.values():
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name, __name__)
+        sub = subparsers.add_parser(
+            name,
+            help=module.HELP,
+            description=module.DESCRIPTION,
+            epilog=module.EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
         sub.add_argument(
             "--threads",
             type=int,
@@ -72,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"torch threads for this process (default {DEFAULT_THREADS}: on a 2-core "
             "machine one thread per process was fastest, see the README)",
         )
+        sub.set_defaults(func=module.run)
     return parser
 
 

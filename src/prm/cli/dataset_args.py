@@ -1,8 +1,9 @@
 """The flags that name a dataset, shared by the commands that read one.
 
-``add_dataset_arguments`` adds ``--dataset``, ``--root``, ``--split`` and, for COCO data
-that is not laid out as ``root/annotations/instances_<split>.json`` + ``root/<split>/``
-(a user's own COCO export rarely is), ``--annotations FILE`` and ``--image-dir DIR``;
+``add_dataset_arguments`` adds ``--dataset``, ``--root``,
+``--split`` and, for COCO data that is not laid out as
+``root/annotations/instances_<split>.json`` + ``root/<split>/`` (a user's own COCO export
+rarely is), ``--annotations FILE`` and ``--image-dir DIR``;
 ``dataset_from_args`` builds the dataset they describe.
 """
 

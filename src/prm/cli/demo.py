@@ -22,14 +22,11 @@ Re-running resumes finished steps.
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "demo",
-        help="train and evaluate PRM against CAM on synthetic data (CPU, minutes)",
-        description="The end-to-end demo on an embedded synthetic dataset.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "train and evaluate PRM against CAM on synthetic data (CPU, minutes)"
+DESCRIPTION = "The end-to-end demo on an embedded synthetic dataset."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", help="working folder (default prm-demo, or prm-demo-glyphs for glyphs)"
     )
@@ -67,30 +64,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--distill-epochs", type=int, default=4, help="with --distill: Mask R-CNN epochs (4)"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from prm.demo import DEMO_DATASETS, run_demo
 
     out = args.out or ("prm-demo" if args.dataset == "shapes" else f"prm-demo-{args.dataset}")
-    report = run_demo(
-        out,
-        dataset=args.dataset,
-        preset=args.preset,
-        train_images=args.train_images,
-        val_images=args.val_images,
-        test_images=args.test_images,
-        epochs=args.epochs,
-        seed=args.seed,
-        workers=args.workers,
-        distill=args.distill,
-        distill_images=args.distill_images,
-        distill_epochs=args.distill_epochs,
-        progress=not args.quiet,
-    )
+    keys = (
+        "dataset preset train_images val_images test_images epochs seed workers distill "
+        "distill_images distill_epochs"
+    ).split()
+    report = run_demo(out, progress=not args.quiet, **{k: getattr(args, k) for k in keys})
     print()
     print(f"{DEMO_DATASETS[args.dataset]} test split, {args.test_images} images (percent):")
     print(report["table"])

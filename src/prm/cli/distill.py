@@ -25,14 +25,11 @@ metrics.jsonl (one line per epoch), config.yaml (the settings used). Flags overr
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "distill",
-        help="train a Mask R-CNN on PRM pseudo-labels (self-training)",
-        description="Train torchvision's Mask R-CNN on the instances.json of `prm pseudo-label`.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "train a Mask R-CNN on PRM pseudo-labels (self-training)"
+DESCRIPTION = "Train torchvision's Mask R-CNN on the instances.json of `prm pseudo-label`."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of DistillConfig settings")
     parser.add_argument("--pseudo-labels", help="instances.json of `prm pseudo-label`")
     parser.add_argument("--dataset", help="the dataset the pseudo-labels were made on")
@@ -48,9 +45,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device")
     parser.add_argument("--max-steps-per-epoch", type=int)
     parser.add_argument("--no-resume", action="store_true", help="start over")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,14 +28,11 @@ Metric definitions: docs/evaluation.md.
 MASK_METRICS = ("instance", "coco", "semantic")
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="score a results file (mAP^r, ABO, COCO AP, semantic mIoU)",
-        description="Score a COCO-format results file against a dataset's instance masks.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "score a results file (mAP^r, ABO, COCO AP, semantic mIoU)"
+DESCRIPTION = "Score a COCO-format results file against a dataset's instance masks."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_arguments(parser, default_split="the reader's evaluation split")
     parser.add_argument("--predictions", required=True, help="results .json to score")
     parser.add_argument(
@@ -77,9 +74,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="order of tied scores in mAP^r: chainercv's np.argsort(scores)[::-1] (default, "
         "equal to chainercv) or stable (the order in the file)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,14 +117,10 @@ def run(args: argparse.Namespace) -> int:
 
     options = {}
     if "instance" in args.metrics:
-        options["instance"] = {
-            "iou_thresholds": args.iou_thresholds,
-            "use_07_metric": args.use_07_metric,
-            "use_ignore_mask": args.use_ignore_mask,
-            "class_agnostic_abo": args.class_agnostic_abo,
-            "ties": args.ties,
-        }
-    where = args.annotations or f"split {args.split or reader(args.dataset).DEFAULT_SPLITS['eval']}"
+        keys = ("iou_thresholds", "use_07_metric", "use_ignore_mask", "class_agnostic_abo", "ties")
+        options["instance"] = {k: getattr(args, k) for k in keys}
+    split = args.split or reader(args.dataset).DEFAULT_SPLITS["eval"]
+    where = args.annotations or f"split {split}"
     print(f"{dataset!r} ({where}), {sum(len(r['scores']) for r in results)} predictions")
     run_evaluation(
         pairs(),
@@ -152,13 +142,7 @@ def run(args: argparse.Namespace) -> int:
             classes=list(dataset.classes),
             category_ids=list(dataset.category_ids),
             results=str(Path(args.predictions).resolve()),
-            dataset=dataset_flags(
-                args.dataset,
-                args.root,
-                args.split or reader(args.dataset).DEFAULT_SPLITS["eval"],
-                getattr(args, "annotations", None),
-                getattr(args, "image_dir", None),
-            ),
+            dataset=dataset_flags(args.dataset, args.root, split, args.annotations, args.image_dir),
         )
         print(f"wrote metrics.json, table.txt, precision-recall curves and {page} to {args.out}")
     return 0

@@ -24,6 +24,9 @@ classes, instances and seconds per photo. Nothing is downloaded unless --weights
 """
 
 
+HELP = "instances in photos with a pretrained ImageNet classifier (no training)"
+DESCRIPTION = "Zero-training instance segmentation of photos with peak response maps."
+
 # The numeric settings of prm.pretrained.PretrainedSettings, one flag each.
 _SETTING_FLAGS = [
     ("input-size", int, "network input side in pixels"),
@@ -39,16 +42,9 @@ _SETTING_FLAGS = [
 ]
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from prm.pretrained import DEFAULTS
 
-    parser = subparsers.add_parser(
-        "explain",
-        help="instances in photos with a pretrained ImageNet classifier (no training)",
-        description="Zero-training instance segmentation of photos with peak response maps.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     parser.add_argument("photos", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", default="explained", help="output folder (explained/)")
     parser.add_argument(
@@ -87,9 +83,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=DEFAULTS.smooth_strided,
         help="smooth the back-propagation through strided convolutions (no checkerboard)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def _groups(spec: str):
@@ -142,15 +135,13 @@ def _settings(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     import math
-    import time
     from pathlib import Path
 
     import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
     from prm.cli.predict import _image_paths
-    from prm.data.images import DataError, load_image, to_uint8_image
+    from prm.data.images import DataError, load_image
     from prm.evaluation.results import results_entries
     from prm.predictor import to_image_tensor
     from prm.pretrained import pretrained_model, pretrained_predictor
@@ -190,32 +181,14 @@ def run(args: argparse.Namespace) -> int:
         while stem in used:  # two photos of one name from different folders
             stem = f"{stem}_"
         used.add(stem)
-        t0 = time.perf_counter()
-        proposals = None
-        if proposal_fn is not None:
-            proposals = proposal_fn.propose(to_uint8_image(image))
-        t_proposals = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        response, proposals = predictor.respond(image, proposals)
-        t_prms = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        prediction = predictor.retrieve(response, proposals)
-        t_retrieval = time.perf_counter() - t0
-        if proposal_fn is None:  # the fallback's proposals are made inside respond()
-            t_proposals = None
-
+        response, prediction, seconds = _timed_prediction(predictor, proposal_fn, image)
         scores = response["class_scores"].cpu()
         found = sorted({int(c) for c in response["labels"].cpu()}, key=lambda c: -float(scores[c]))
-        crm = response["crm"].cpu()
         size = tuple(image.shape[1:])
-        if found:
-            cam = F.interpolate(crm[None, found], size=size, mode="bilinear")[0].clamp(min=0)
-        else:
-            cam = torch.zeros((0, *size))
         overlay = overlays / f"{stem}.png"
         if overlay.resolve() in inputs:
             raise ValueError(f"{overlay} is one of the input photos; choose another --out")
-        explain_panel(image, prediction, cam, names).save(overlay)
+        explain_panel(image, prediction, _class_maps(response, found, size), names).save(overlay)
         entries.extend(results_entries(prediction, stem, category_ids))
         instances = [
             {
@@ -226,19 +199,9 @@ def run(args: argparse.Namespace) -> int:
                 "area": int(mask.sum()),
             }
             for label, score, peak, box, mask in zip(
-                prediction["labels"],
-                prediction["scores"],
-                prediction["peaks"],
-                prediction["boxes"],
-                prediction["masks"],
+                *(prediction[k] for k in ("labels", "scores", "peaks", "boxes", "masks"))
             )
         ]
-        seconds = {
-            "prms": round(t_prms, 3),
-            "proposals": None if t_proposals is None else round(t_proposals, 3),
-            "retrieval": round(t_retrieval, 3),
-        }
-        seconds["total"] = round(sum(v for v in seconds.values() if v is not None), 3)
         summary.append(
             {
                 "file": str(path),
@@ -269,6 +232,40 @@ def run(args: argparse.Namespace) -> int:
         + (f"; skipped {len(summary) - len(done)} unreadable" if len(done) < len(summary) else "")
     )
     return 0
+
+
+def _timed_prediction(predictor, proposal_fn, image):
+    """``(response, prediction, seconds)``: seconds of the proposals (``None`` for the
+    fallback's, made inside ``respond``), the PRMs, the retrieval and in total."""
+    import time
+
+    from prm.data.images import to_uint8_image
+
+    t0 = time.perf_counter()
+    proposals = None if proposal_fn is None else proposal_fn.propose(to_uint8_image(image))
+    t1 = time.perf_counter()
+    response, proposals = predictor.respond(image, proposals)
+    t2 = time.perf_counter()
+    prediction = predictor.retrieve(response, proposals)
+    t3 = time.perf_counter()
+    seconds = {
+        "prms": round(t2 - t1, 3),
+        "proposals": None if proposal_fn is None else round(t1 - t0, 3),
+        "retrieval": round(t3 - t2, 3),
+    }
+    seconds["total"] = round(sum(v for v in seconds.values() if v is not None), 3)
+    return response, prediction, seconds
+
+
+def _class_maps(response, found: list[int], size: tuple[int, int]):
+    """The class response maps of the ``found`` classes at the image ``size`` (CAMs)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not found:
+        return torch.zeros((0, *size))
+    crm = response["crm"].cpu()
+    return F.interpolate(crm[None, found], size=size, mode="bilinear")[0].clamp(min=0)
 
 
 def _write(path, data) -> None:

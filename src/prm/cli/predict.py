@@ -34,14 +34,11 @@ table.txt, precision-recall curves and an HTML report (report/index.html, rebuil
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "predict",
-        help="instance masks for images, a folder or a dataset split",
-        description="Predict scored instance masks with a trained PRM network.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "instance masks for images, a folder or a dataset split"
+DESCRIPTION = "Predict scored instance masks with a trained PRM network."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", required=True, help="a checkpoint from `prm train` or `prm distill`"
     )
@@ -68,9 +65,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "skip the images already there on a rerun (always on under torchrun, where each "
         "process takes every N-th image and rank 0 merges the parts into results.json)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
-    return parser
 
 
 #: RetrievalConfig fields that are flags (the others: --retrieval-config), with their help.
@@ -117,9 +111,9 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
     parser.add_argument(
         "--input-size", type=int, help="network input size (default: training size)"
     )
-    for name, text in PEAK_FLAGS.items():
-        many = {"nargs": "+"} if grid else {}
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, help=text, **many)
+    from prm.backprop import PeakSelection
+    from prm.retrieval import RetrievalConfig
+
     parser.add_argument("--peak-threshold-mode", choices=["absolute", "relative"])
     parser.add_argument("--score", choices=["peak", "retrieval", "class"], default="peak")
     parser.add_argument(
@@ -128,14 +122,16 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
         help="'crm' retrieves with class response maps (the CAM baseline); default: the "
         "checkpoint's kind ('crm' for a network trained without peak stimulation)",
     )
-    from prm.retrieval import RetrievalConfig
-
-    defaults = RetrievalConfig()
-    for name, text in RETRIEVAL_FLAGS.items():
-        default = getattr(defaults, name)
-        many = {"nargs": "+"} if grid and name in GRID else {}
-        help = f"{text} (default: the checkpoint's, else {default})"
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), help=help, **many)
+    # Types and defaults from the settings classes; the grid's flags take several values.
+    for settings, flags in ((PeakSelection(), PEAK_FLAGS), (RetrievalConfig(), RETRIEVAL_FLAGS)):
+        for name, text in flags.items():
+            default = getattr(settings, name)
+            parser.add_argument(
+                f"--{name.replace('_', '-')}",
+                type=float if default is None else type(default),
+                help=f"{text} (default: the checkpoint's, else {default})",
+                **({"nargs": "+"} if grid and name in GRID else {}),
+            )
     parser.add_argument("--per-class-nms", action="store_true", help="NMS within each class")
     parser.add_argument(
         "--retrieval-config",
@@ -409,7 +405,9 @@ def run(args: argparse.Namespace) -> int:
                 classes=names,
                 category_ids=list(dataset.category_ids),
                 results="results.json",
-                dataset=dataset_flags(args.dataset, args.root, args.split),
+                dataset=dataset_flags(
+                    args.dataset, args.root, args.split, args.annotations, args.image_dir
+                ),
                 checkpoint=str(Path(args.checkpoint).resolve()),
             )
             print(f"report: {page}")

@@ -24,15 +24,14 @@ See docs/proposals.md for measured quality and speed.
 PRESETS = ("single", "fast", "quality")
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "proposals",
-        help="precompute segment proposals (selective search) into a cache",
-        description="Compute class-agnostic segment proposals for a dataset or an image "
-        "folder, in parallel, into a resumable on-disk cache.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "precompute segment proposals (selective search) into a cache"
+DESCRIPTION = (
+    "Compute class-agnostic segment proposals for a dataset or an image "
+    "folder, in parallel, into a resumable on-disk cache."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", metavar="DIR", help="a folder of images (ids: file stems)")
     source.add_argument("--dataset", help="dataset reader: voc, coco, folder, shapes, glyphs")
@@ -72,9 +71,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="then report ABO and recall@0.5 of the top 100/200/1000 against the "
         "dataset's instance masks",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

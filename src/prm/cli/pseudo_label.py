@@ -23,17 +23,16 @@ what a rerun resumes from). Kept instances: of a class the image is labelled wit
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+HELP = "pseudo ground truth (COCO instances json) from PRM predictions"
+DESCRIPTION = (
+    "Predict a labelled training split and keep the confident instances "
+    "as pseudo ground truth for `prm distill`."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from prm.cli.predict import add_predictor_arguments
 
-    parser = subparsers.add_parser(
-        "pseudo-label",
-        help="pseudo ground truth (COCO instances json) from PRM predictions",
-        description="Predict a labelled training split and keep the confident instances "
-        "as pseudo ground truth for `prm distill`.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
     add_dataset_arguments(parser, default_split="the reader's training split")
     parser.add_argument("--out", required=True, help="output folder")
@@ -45,10 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="keep every instance of a peak pixel (default: the best one only)",
     )
     parser.add_argument("--limit", type=int, help="only the first N images")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_predictor_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,14 +18,11 @@ save. A run without a gallery gets one from its results file and the dataset (gi
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "report",
-        help="(re)build the HTML report of a run folder",
-        description="Write a self-contained HTML report of an evaluated run.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "(re)build the HTML report of a run folder"
+DESCRIPTION = "Write a self-contained HTML report of an evaluated run."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="folder with metrics.json")
     parser.add_argument("--out", help="report folder (default RUN_DIR/report)")
     parser.add_argument("--compare", metavar="OTHER_RUN", help="a run to compare with")
@@ -42,9 +39,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="sample the gallery again even if the run has one (masks only: no PRMs)",
     )
     parser.add_argument("--gallery", type=int, default=4, help="images per gallery group")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,14 +31,11 @@ The run folder gets config.yaml, last.pt (every epoch) and metrics.jsonl.
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "train",
-        help="train a PRM network from image-level labels",
-        description="Train a peak-stimulated fully convolutional classifier.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "train a PRM network from image-level labels"
+DESCRIPTION = "Train a peak-stimulated fully convolutional classifier."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset", choices=["voc", "shapes", "lite0-cpu"], help="starting configuration"
     )
@@ -109,9 +106,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any TrainConfig field, e.g. --set amp=bf16 --set lr_schedule=cosine",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -130,26 +124,17 @@ def parse_sets(pairs: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from prm.engine import load_config, train
 
-    overrides = {
-        "dataset": args.dataset,
-        "root": args.root,
-        "train_split": args.train_split,
-        "backbone": args.backbone,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "image_size": args.image_size,
-        "sub_pixel_factor": args.sub_pixel_factor,
-        "device": args.device,
-        "workers": args.workers,
-        "seed": args.seed,
-        "out": args.out,
-        "val_fraction": args.val_fraction,
-        "annotation_file": args.annotations,
-        "image_dir": args.image_dir,
-        "val_annotation_file": args.val_annotations,
-        "val_image_dir": args.val_image_dir,
-    }
+    keys = (
+        "dataset root train_split backbone epochs batch_size lr image_size sub_pixel_factor "
+        "device workers seed out val_fraction"
+    ).split()
+    overrides = {k: getattr(args, k) for k in keys}
+    overrides.update(
+        annotation_file=args.annotations,
+        image_dir=args.image_dir,
+        val_annotation_file=args.val_annotations,
+        val_image_dir=args.val_image_dir,
+    )
     nulls = {}  # flags that explicitly ask for None ("none")
     for key, value in (("val_split", args.val_split), ("weights", args.weights)):
         if value is not None and value.lower() == "none":

@@ -34,16 +34,13 @@ scores 0 and when a best value is the smallest or largest tried (extend the grid
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+HELP = "grid-search the retrieval settings and thresholds on validation data"
+DESCRIPTION = "Tune proposal retrieval on a dataset split with instance masks."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from prm.cli.predict import add_predictor_arguments
 
-    parser = subparsers.add_parser(
-        "tune",
-        help="grid-search the retrieval settings and thresholds on validation data",
-        description="Tune proposal retrieval on a dataset split with instance masks.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint from `prm train`")
     add_dataset_arguments(parser, default_split="val")
     parser.add_argument("--limit", type=int, help="only the first N images")
@@ -61,9 +58,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_predictor_arguments(parser, grid=True)
     parser.add_argument("--metric", default="instance/mAP_r@0.5", help="metric to maximise")
     parser.add_argument("--per-class", action="store_true", help="alpha/beta/tau per class")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

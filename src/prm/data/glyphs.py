@@ -33,7 +33,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .shapes import SPLITS, Layer, Scene, ShapeScenes, _segments_mask, render_scene
+from .shapes import (
+    SPLITS,
+    Layer,
+    Placement,
+    Scene,
+    ShapeScenes,
+    check_scene_config,
+    render_scene,
+    sample_labels,
+)
 
 __all__ = [
     "GLYPH_CLASSES",
@@ -70,20 +79,17 @@ _STREAM = 0x61F
 class GlyphConfig:
     """Knobs of the glyph scene generator (defaults for 128 px; all scale with ``size``).
 
+    ``size``, ``instances``, ``classes_per_image``, ``cluster_prob``, ``min_visible``,
+    ``scribbles`` (grey lines here) and ``noise`` mean what they mean in
+    :class:`~prm.data.shapes.SceneConfig`; the others:
+
     Attributes:
-        size: image height and width in pixels.
-        instances: (min, max) instances per image.
-        classes_per_image: max distinct classes per image.
         height: (min, max) glyph cap height as a fraction of ``size``.
         rotation: glyphs are rotated by up to this many degrees either way.
-        cluster_prob: chance that a repeated-class instance is put next to one of its class.
         cluster_gap: (min, max) centre distance of a cluster pair in units of their mean
             width (< 1 overlaps, about 1 touches).
-        min_visible: fraction of each instance's area that must stay visible.
         distractors: (min, max) glyphs of no class, drawn under the instances.
-        scribbles: (min, max) thin grey lines drawn over everything.
         contrast: minimum grey-level difference between a glyph and the background mean.
-        noise: standard deviation of the pixel noise (0..255 scale).
     """
 
     size: int = 128
@@ -100,13 +106,7 @@ class GlyphConfig:
     noise: float = 5.0
 
     def __post_init__(self):
-        if self.size < 32:
-            raise ValueError(f"GlyphScenes size must be >= 32 px, got {self.size}")
-        lo, hi = self.instances
-        if not 1 <= lo <= hi:
-            raise ValueError(f"instances must be (min, max) with 1 <= min <= max, got {lo, hi}")
-        if not 1 <= self.classes_per_image <= len(GLYPH_CLASSES):
-            raise ValueError(f"classes_per_image must be in 1..{len(GLYPH_CLASSES)}")
+        check_scene_config(self, "GlyphScenes", len(GLYPH_CLASSES))
         if not 0 < self.height[0] <= self.height[1] <= 0.8:
             raise ValueError(f"height must be (min, max) fractions in (0, 0.8], got {self.height}")
 
@@ -262,63 +262,32 @@ def sample_glyph_scene(rng: np.random.Generator, config: GlyphConfig = GlyphConf
             texture = _sample_grey_texture(rng, bg_level, config.contrast * 0.7)
             layers.append(Layer(-1, box, mask, texture))
 
-    n = int(rng.integers(config.instances[0], config.instances[1] + 1))
-    k = int(rng.integers(1, min(n, config.classes_per_image) + 1))
-    present = rng.choice(len(GLYPH_CLASSES), size=k, replace=False)
-    labels = list(present) + list(rng.choice(present, size=n - k))
-    labels = [int(c) for c in rng.permutation(labels)]
-
-    owner = np.zeros((size, size), dtype=np.int16)  # id (1-based) of the top instance
-    areas: list[int] = []
-    placed: list[tuple[int, float, float, float]] = []  # (label, cx, cy, half width)
-
-    def leaves_everyone_visible(box, mask) -> bool:
-        y0, y1, x0, x1 = box
-        covered = np.bincount(owner[y0:y1, x0:x1][mask], minlength=len(areas) + 1)
-        visible = np.bincount(owner.ravel(), minlength=len(areas) + 1)
-        return all(
-            visible[i + 1] - covered[i + 1] >= config.min_visible * areas[i]
-            for i in range(len(areas))
-        )
-
+    labels = sample_labels(rng, config, len(GLYPH_CLASSES))
+    canvas = Placement(size, config.min_visible)
     for label in labels:
         for _ in range(30):
             mask = draw_glyph(GLYPH_CLASSES[label])
             h, w = mask.shape
             if h >= size or w >= size:
                 continue
+
+            def anywhere(h=h, w=w):
+                return rng.uniform(w / 2, size - w / 2), rng.uniform(h / 2, size - h / 2)
+
             half = max(h, w) / 2
-            mates = [p for p in placed if p[0] == label]
-            if mates and rng.random() < config.cluster_prob:
-                _, mx, my, mhalf = mates[rng.integers(len(mates))]
-                gap = (half + mhalf) * rng.uniform(*config.cluster_gap)
-                direction = rng.uniform(0, 2 * math.pi)
-                cx, cy = mx + gap * math.cos(direction), my + gap * math.sin(direction)
-            else:
-                cx, cy = rng.uniform(w / 2, size - w / 2), rng.uniform(h / 2, size - h / 2)
-            if not (w / 2 <= cx <= size - w / 2 and h / 2 <= cy <= size - h / 2):
+            centre = canvas.centre(rng, label, half, (w / 2, h / 2), config, anywhere)
+            if centre is None:
                 continue
-            box, mask = _place(mask, cx, cy, size)
-            if not leaves_everyone_visible(box, mask):
+            box, mask = _place(mask, *centre, size)
+            if not canvas.keeps_visible(box, mask):
                 continue
-            y0, y1, x0, x1 = box
-            owner[y0:y1, x0:x1][mask] = len(areas) + 1
-            areas.append(int(mask.sum()))
-            placed.append((label, cx, cy, half))
+            canvas.add(box, mask, (label, *centre, half))
             texture = _sample_grey_texture(rng, bg_level, config.contrast)
             layers.append(Layer(label, box, mask, texture))
             break
 
-    for _ in range(rng.integers(config.scribbles[0], config.scribbles[1] + 1)):
-        points = rng.uniform(0, size, (int(rng.integers(2, 5)), 2))
-        width = rng.uniform(1.0, 2.0) * size / 128
-        box, mask = _segments_mask(points, width, size)
-        if not leaves_everyone_visible(box, mask):
-            continue
-        y0, y1, x0, x1 = box
-        owner[y0:y1, x0:x1][mask] = 0
-        texture = _sample_grey_texture(rng, bg_level, config.contrast * 0.5)
-        layers.append(Layer(-1, box, mask, texture))
+    paint = lambda: _sample_grey_texture(rng, bg_level, config.contrast * 0.5)  # noqa: E731
+    layers += canvas.scribbles(rng, config, 2.0, paint)
 
     return Scene(size, background, layers, int(rng.integers(2**31)))
 

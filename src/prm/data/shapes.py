@@ -99,13 +99,18 @@ class SceneConfig:
     hue_jitter: float = 0.05
 
     def __post_init__(self):
-        if self.size < 32:
-            raise ValueError(f"ShapeScenes size must be >= 32 px, got {self.size}")
-        lo, hi = self.instances
-        if not 1 <= lo <= hi:
-            raise ValueError(f"instances must be (min, max) with 1 <= min <= max, got {lo, hi}")
-        if not 1 <= self.classes_per_image <= len(SHAPE_CLASSES):
-            raise ValueError(f"classes_per_image must be in 1..{len(SHAPE_CLASSES)}")
+        check_scene_config(self, "ShapeScenes", len(SHAPE_CLASSES))
+
+
+def check_scene_config(config, dataset: str, num_classes: int) -> None:
+    """The checks every scene generator's config shares (size, instances, classes)."""
+    if config.size < 32:
+        raise ValueError(f"{dataset} size must be >= 32 px, got {config.size}")
+    lo, hi = config.instances
+    if not 1 <= lo <= hi:
+        raise ValueError(f"instances must be (min, max) with 1 <= min <= max, got {lo, hi}")
+    if not 1 <= config.classes_per_image <= num_classes:
+        raise ValueError(f"classes_per_image must be in 1..{num_classes}")
 
 
 @dataclass
@@ -323,6 +328,77 @@ def _distinct_colour(rng, background_colour, min_distance=70.0, **hsv):
     return best
 
 
+def sample_labels(rng: np.random.Generator, config, num_classes: int) -> list[int]:
+    """The classes of a scene's instances: a few distinct ones, so repeats are common."""
+    n = int(rng.integers(config.instances[0], config.instances[1] + 1))
+    k = int(rng.integers(1, min(n, config.classes_per_image) + 1))
+    present = rng.choice(num_classes, size=k, replace=False)
+    labels = list(present) + list(rng.choice(present, size=n - k))
+    return [int(c) for c in rng.permutation(labels)]
+
+
+class Placement:
+    """The instances placed so far, and who is on top where, while a scene is drawn.
+
+    ``owner`` (size, size) holds the 1-based id of the top instance of each pixel, so a
+    new layer can be refused when it would leave an earlier instance less than
+    ``min_visible`` of its full area (``areas``). ``placed`` holds ``(label, cx, cy,
+    reach)`` of each instance, for clusters.
+    """
+
+    def __init__(self, size: int, min_visible: float):
+        self.size, self.min_visible = size, min_visible
+        self.owner = np.zeros((size, size), dtype=np.int16)
+        self.areas: list[int] = []
+        self.placed: list[tuple[int, float, float, float]] = []
+
+    def keeps_visible(self, box, mask) -> bool:
+        """Whether every placed instance stays ``min_visible`` visible under ``mask``."""
+        y0, y1, x0, x1 = box
+        covered = np.bincount(self.owner[y0:y1, x0:x1][mask], minlength=len(self.areas) + 1)
+        visible = np.bincount(self.owner.ravel(), minlength=len(self.areas) + 1)
+        return all(
+            visible[i + 1] - covered[i + 1] >= self.min_visible * self.areas[i]
+            for i in range(len(self.areas))
+        )
+
+    def add(self, box, mask, placed: tuple[int, float, float, float] | None = None) -> None:
+        """Put an instance (``placed`` given) or an occluder (``None``) on top."""
+        y0, y1, x0, x1 = box
+        self.owner[y0:y1, x0:x1][mask] = 0 if placed is None else len(self.areas) + 1
+        if placed is not None:
+            self.areas.append(int(mask.sum()))
+            self.placed.append(placed)
+
+    def scribbles(self, rng, config, max_width: float, paint) -> list[Layer]:
+        """``config.scribbles`` thin lines over everything, each dropped when it would hide
+        too much of anyone; ``paint()`` samples each one's texture."""
+        layers = []
+        for _ in range(rng.integers(config.scribbles[0], config.scribbles[1] + 1)):
+            points = rng.uniform(0, self.size, (int(rng.integers(2, 5)), 2))
+            width = rng.uniform(1.0, max_width) * self.size / 128
+            box, mask = _segments_mask(points, width, self.size)
+            if self.keeps_visible(box, mask):
+                self.add(box, mask)
+                layers.append(Layer(-1, box, mask, paint()))
+        return layers
+
+    def centre(self, rng, label, reach, half_size, config, anywhere):
+        """A centre for an instance of ``label`` reaching ``reach`` from it: next to one of
+        its class (a cluster, with ``config.cluster_prob``), else ``anywhere()``; ``None``
+        when the cluster spot would put the ``half_size = (half w, half h)`` box off the
+        canvas."""
+        mates = [p for p in self.placed if p[0] == label]
+        if not (mates and rng.random() < config.cluster_prob):
+            return anywhere()
+        _, mx, my, mreach = mates[rng.integers(len(mates))]
+        gap = (reach + mreach) * rng.uniform(*config.cluster_gap)
+        direction = rng.uniform(0, 2 * math.pi)
+        cx, cy = mx + gap * math.cos(direction), my + gap * math.sin(direction)
+        (hw, hh), size = half_size, self.size
+        return (cx, cy) if hw <= cx <= size - hw and hh <= cy <= size - hh else None
+
+
 def sample_scene(rng: np.random.Generator, config: SceneConfig = SceneConfig()) -> Scene:
     """Draw a random scene: background, clutter, instances and scribbles.
 
@@ -357,44 +433,24 @@ def sample_scene(rng: np.random.Generator, config: SceneConfig = SceneConfig()) 
         if mask.any():
             layers.append(Layer(-1, box, mask, texture))
 
-    # Instances: classes first (few distinct ones, so repeats are common), then places.
-    n = int(rng.integers(config.instances[0], config.instances[1] + 1))
-    k = int(rng.integers(1, min(n, config.classes_per_image) + 1))
-    present = rng.choice(len(SHAPE_CLASSES), size=k, replace=False)
-    labels = list(present) + list(rng.choice(present, size=n - k))
-    labels = [int(c) for c in rng.permutation(labels)]
-
-    owner = np.zeros((size, size), dtype=np.int16)  # id (1-based) of the top instance
-    areas: list[int] = []  # full area of each placed instance
-    placed: list[tuple[int, float, float, float]] = []  # (label, cx, cy, r)
+    # Instances: classes first, then places.
+    labels = sample_labels(rng, config, len(SHAPE_CLASSES))
+    canvas = Placement(size, config.min_visible)
     lo, hi = config.radius
     for label in labels:
         for _ in range(30):
             r = size * rng.uniform(lo, hi)
-            mates = [p for p in placed if p[0] == label]
-            if mates and rng.random() < config.cluster_prob:
-                _, mx, my, mr = mates[rng.integers(len(mates))]
-                gap = (r + mr) * rng.uniform(*config.cluster_gap)
-                direction = rng.uniform(0, 2 * math.pi)
-                cx, cy = mx + gap * math.cos(direction), my + gap * math.sin(direction)
-                if not (r <= cx <= size - r and r <= cy <= size - r):
-                    continue
-            else:
-                cx, cy = rng.uniform(r, size - r, 2)
+            anywhere = lambda r=r: rng.uniform(r, size - r, 2)  # noqa: E731
+            centre = canvas.centre(rng, label, r, (r, r), config, anywhere)
+            if centre is None:
+                continue
+            cx, cy = centre
             aspect = math.exp(rng.uniform(-0.12, 0.12))  # mild: a circle stays a circle
             box, u, v = _local_grid(cx, cy, r, rng.uniform(0, 2 * math.pi), aspect, size)
             mask = _shape_mask(SHAPE_CLASSES[label], u, v)
-            y0, y1, x0, x1 = box
-            covered = np.bincount(owner[y0:y1, x0:x1][mask], minlength=len(areas) + 1)
-            visible = np.bincount(owner.ravel(), minlength=len(areas) + 1)
-            if any(
-                visible[i + 1] - covered[i + 1] < config.min_visible * areas[i]
-                for i in range(len(areas))
-            ):
+            if not canvas.keeps_visible(box, mask):
                 continue
-            owner[y0:y1, x0:x1][mask] = len(areas) + 1
-            areas.append(int(mask.sum()))
-            placed.append((label, cx, cy, r))
+            canvas.add(box, mask, (label, cx, cy, r))
             hue = {}
             if config.class_colours:
                 hue = {"hue": CLASS_HUES[label], "hue_jitter": config.hue_jitter, "s": (0.5, 1.0)}
@@ -402,21 +458,7 @@ def sample_scene(rng: np.random.Generator, config: SceneConfig = SceneConfig()) 
             layers.append(Layer(label, box, mask, _sample_texture(rng, colour)))
             break
 
-    # Scribbles over everything: thin occluders that must not hide too much of anyone.
-    for _ in range(rng.integers(config.scribbles[0], config.scribbles[1] + 1)):
-        points = rng.uniform(0, size, (int(rng.integers(2, 5)), 2))
-        width = rng.uniform(1.0, 2.5) * size / 128
-        box, mask = _segments_mask(points, width, size)
-        y0, y1, x0, x1 = box
-        covered = np.bincount(owner[y0:y1, x0:x1][mask], minlength=len(areas) + 1)
-        visible = np.bincount(owner.ravel(), minlength=len(areas) + 1)
-        if any(
-            visible[i + 1] - covered[i + 1] < config.min_visible * areas[i]
-            for i in range(len(areas))
-        ):
-            continue
-        owner[y0:y1, x0:x1][mask] = 0
-        layers.append(Layer(-1, box, mask, _sample_texture(rng, _hsv_colour(rng))))
+    layers += canvas.scribbles(rng, config, 2.5, lambda: _sample_texture(rng, _hsv_colour(rng)))
 
     return Scene(size, background, layers, int(rng.integers(2**31)))
 

@@ -224,6 +224,6 @@ def load_config(
     return config.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Write the configuration as YAML."""
+def save_config(config: Any, path: str | Path) -> None:
+    """Write a configuration dataclass (:class:`TrainConfig`, ``DistillConfig``) as YAML."""
     write_text_atomic(path, yaml.safe_dump(asdict(config), sort_keys=False))

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from prm.data import COCODataset, DataError, load_image
 from prm.data.images import to_image_tensor, to_uint8_image
 from prm.evaluation import results_entries, run_evaluation
+from prm.files import AtomicFile
 from prm.paths import output_path, safe_relative_name
 from prm.predictor import Predictor, working_size
 from prm.visualize import prediction_panel
@@ -466,31 +467,27 @@ def _write_overlay(summary, overlay_dir, image_id, panel_args, inputs=None) -> N
 class _ResultsWriter:
     """A COCO results JSON written image by image (flushed), so that no result is lost.
 
-    The list goes to ``.<name>.tmp`` and is renamed to ``path`` when complete; after an
-    error it is closed as valid JSON and renamed to ``<stem>.partial.json`` instead.
+    The list goes to a :class:`~prm.files.AtomicFile`, renamed to ``path`` when complete;
+    after an error it is closed as valid JSON and renamed to ``<stem>.partial.json``.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self.file = open(self.tmp, "w")  # noqa: SIM115 (closed by close())
-        self.file.write("[")
+        self.file = AtomicFile(self.path, "x")
+        self.file.handle.write("[")
         self.count = 0
 
     def add(self, entries: list[dict]) -> None:
         for entry in entries:
-            self.file.write(",\n" if self.count else "\n")
-            self.file.write(json.dumps(entry))
+            self.file.handle.write(",\n" if self.count else "\n")
+            self.file.handle.write(json.dumps(entry))
             self.count += 1
-        self.file.flush()
+        self.file.handle.flush()
 
     def close(self, complete: bool = True) -> Path:
-        self.file.write("\n]\n")
-        self.file.close()
-        target = self.path if complete else self.path.with_name(f"{self.path.stem}.partial.json")
-        os.replace(self.tmp, target)
-        return target
+        self.file.handle.write("\n]\n")
+        partial = self.path.with_name(f"{self.path.stem}.partial.json")
+        return self.file.commit(None if complete else partial)
 
 
 @contextmanager

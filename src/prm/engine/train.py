@@ -37,6 +37,7 @@ from prm.data.build import reader
 from prm.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from prm.engine.config import TrainConfig, save_config
 from prm.evaluation import ClassificationEvaluator
+from prm.files import write_text_atomic
 from prm.model import PeakResponseNet, build_model
 
 __all__ = [
@@ -171,17 +172,14 @@ def _hold_out(config: TrainConfig, train_set, train_split, train_kwargs, with_va
 
 def model_from_config(config: TrainConfig, class_names: list[str]) -> PeakResponseNet:
     """The network a configuration describes."""
+    keys = "weights sub_pixel_factor peak_stimulation peak_filter win_size gradient".split()
+    settings = {k: getattr(config, k) for k in keys}
     return build_model(
         config.backbone,
         len(class_names),
-        weights=config.weights,
         class_names=class_names,
-        sub_pixel_factor=config.sub_pixel_factor,
-        peak_stimulation=config.peak_stimulation,
-        peak_filter=config.peak_filter,
-        win_size=config.win_size,
-        gradient=config.gradient,
         input_size=config.image_size,
+        **settings,
     )
 
 
@@ -355,31 +353,68 @@ def train(
     (the best validation mAP so far), ``metrics.jsonl`` (one JSON object per epoch) and
     TensorBoard events when enabled.
     """
-    device = resolve_device(config.device)
-    ddp = _Distributed(device)
-    device = ddp.device
-    out = Path(config.out)
+    ddp = _Distributed(resolve_device(config.device))
     try:
+        run = _Run(config, ddp, on_step, progress)
+        run.resume(resume)
+        for epoch in range(run.start_epoch, config.epochs):
+            if run.stopped():
+                break  # a resumed run that had stopped early stays stopped
+            record = run.train_epoch(epoch)
+            if ddp.is_main:
+                run.validate_and_save(epoch, record)
+            if run.stop_together(epoch):
+                break
+        if run.writer is not None:
+            run.writer.close()
+        if (run.out / "best.pt").is_file() and run.best["epoch"] is not None:
+            return run.out / "best.pt"
+        return run.out / "last.pt"
+    finally:
+        ddp.close()
+
+
+class _Run:
+    """One training run's state, in the steps of :func:`train`: set-up (here), resume,
+    one epoch of training, validation and checkpoint, and the early-stopping vote."""
+
+    def __init__(self, config: TrainConfig, ddp: _Distributed, on_step, progress: bool):
+        self.config, self.ddp, self.device = config, ddp, ddp.device
+        self.on_step, self.progress = on_step, progress
+        self.out = Path(config.out)
         _seed_everything(config.seed)
-        train_set, val_set = build_datasets(config, with_val=ddp.is_main)
-        if len(train_set) < config.batch_size * ddp.world_size:
+        self.train_set, val_set = build_datasets(config, with_val=ddp.is_main)
+        if len(self.train_set) < config.batch_size * ddp.world_size:
             # Batches are full (drop_last): fewer images would train 0 steps and still
             # save a checkpoint, which looks like success.
             raise ValueError(
-                f"{len(train_set)} training images make no full batch of "
+                f"{len(self.train_set)} training images make no full batch of "
                 f"{config.batch_size * ddp.world_size} (batch_size {config.batch_size} x "
                 f"{ddp.world_size} processes); lower --batch-size or add images"
             )
-        classes = list(train_set.classes)
-        model = model_from_config(config, classes).to(device)
+        self.classes = list(self.train_set.classes)
+        self.model = model_from_config(config, self.classes).to(self.device)
         if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        freeze_layers(model, config.frozen_layers)
-        optimizer = _optimizer(model, config)
-        start_epoch = 0
+            self.model = self.model.to(memory_format=torch.channels_last)
+        freeze_layers(self.model, config.frozen_layers)
+        self.optimizer = _optimizer(self.model, config)
+        self.start_epoch = 0
         # Best validation mAP so far, its epoch, and validations since it improved.
-        best: dict[str, Any] = {"value": None, "epoch": None, "stale": 0}
+        self.best: dict[str, Any] = {"value": None, "epoch": None, "stale": 0}
+        self.writer = None
+        self.val_loader = None
+        if val_set is not None:
+            self.val_loader = DataLoader(
+                val_set,
+                batch_size=config.batch_size,
+                num_workers=config.workers,
+                collate_fn=collate,
+            )
 
+    def resume(self, resume: bool | str | Path) -> None:
+        """Load the checkpoint ``resume`` names, then prepare the output folder and the
+        network to train (compiled, DDP-wrapped as configured)."""
+        config, ddp, out = self.config, self.ddp, self.out
         resume_path = None
         if resume is False and (out / "last.pt").is_file():
             # Never overwrite a run by accident: its checkpoint would be lost.
@@ -392,183 +427,180 @@ def train(
         elif resume not in (False, True, None):
             resume_path = Path(resume)
         if resume_path is not None:
-            state = load_checkpoint(resume_path, map_location=device)
-            check_compatible(state, resume_path, backbone=config.backbone, class_names=classes)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch = int(state["epoch"])
-            best = state.get("best", best)
+            state = load_checkpoint(resume_path, map_location=self.device)
+            check_compatible(state, resume_path, backbone=config.backbone, class_names=self.classes)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.start_epoch = int(state["epoch"])
+            self.best = state.get("best", self.best)
             if ddp.is_main:
-                print(f"resuming {resume_path} after epoch {start_epoch}/{config.epochs}")
-
+                print(f"resuming {resume_path} after epoch {self.start_epoch}/{config.epochs}")
         if ddp.is_main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(config, out / "config.yaml")
             _remove_stale_temporaries(out)
             if resume_path is not None:
-                _reconcile_metrics(out / "metrics.jsonl", start_epoch, state.get("metrics"))
-        writer = _tensorboard(out) if (config.tensorboard and ddp.is_main) else None
-
-        net: nn.Module = model
-        if config.compile:
-            net = torch.compile(net)
+                _reconcile_metrics(out / "metrics.jsonl", self.start_epoch, state.get("metrics"))
+            if config.tensorboard:
+                self.writer = _tensorboard(out)
+        self.net: nn.Module = torch.compile(self.model) if config.compile else self.model
         if ddp.enabled:
-            net = nn.parallel.DistributedDataParallel(
-                net, device_ids=[device.index] if device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+
+    def stopped(self) -> bool:
+        """Whether early stopping's patience is used up."""
+        patience = self.config.early_stopping
+        return patience is not None and self.best["stale"] >= patience
+
+    def _loader(self, epoch: int) -> DataLoader:
+        """The epoch's batches, shuffled and augmented from seeds of ``(seed, epoch)``."""
+        seed = _epoch_seed(self.config.seed, epoch)
+        _seed_everything(seed)  # augmentation in the main process (workers=0)
+        generator = torch.Generator().manual_seed(seed)  # shuffling and worker seeds
+        if self.ddp.enabled:
+            sampler = DistributedSampler(self.train_set, seed=seed, drop_last=True)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(self.train_set, generator=generator)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.config.batch_size,
+            sampler=sampler,
+            num_workers=self.config.workers,
+            collate_fn=collate,
+            generator=generator,
+            drop_last=True,
+            persistent_workers=False,
+        )
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch of optimiser steps; returns the epoch's record for ``metrics.jsonl``."""
+        config, ddp, device, optimizer = self.config, self.ddp, self.device, self.optimizer
+        loader = self._loader(epoch)
+        steps = len(loader)
+        if config.max_steps_per_epoch is not None:
+            steps = min(steps, config.max_steps_per_epoch)
         loss_fn = nn.MultiLabelSoftMarginLoss()
         autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16)
             if config.amp == "bf16"
             else contextlib.nullcontext()
         )
-        val_loader = None
-        if val_set is not None:
-            val_loader = DataLoader(
-                val_set,
-                batch_size=config.batch_size,
-                num_workers=config.workers,
-                collate_fn=collate,
-            )
-
-        for epoch in range(start_epoch, config.epochs):
-            if config.early_stopping is not None and best["stale"] >= config.early_stopping:
-                break  # a resumed run that had stopped early stays stopped
-            seed = _epoch_seed(config.seed, epoch)
-            _seed_everything(seed)  # augmentation in the main process (workers=0)
-            generator = torch.Generator().manual_seed(seed)  # shuffling and worker seeds
-            if ddp.enabled:
-                sampler = DistributedSampler(train_set, seed=seed, drop_last=True)
-                sampler.set_epoch(epoch)
-            else:
-                sampler = RandomSampler(train_set, generator=generator)
-            loader = DataLoader(
-                train_set,
-                batch_size=config.batch_size,
-                sampler=sampler,
-                num_workers=config.workers,
-                collate_fn=collate,
-                generator=generator,
-                drop_last=True,
-                persistent_workers=False,
-            )
-            steps = len(loader)
-            if config.max_steps_per_epoch is not None:
-                steps = min(steps, config.max_steps_per_epoch)
-            net.train()
-            freeze_layers(model, config.frozen_layers)
-            total_loss, seen, skipped, began = 0.0, 0, 0, time.perf_counter()
-            bar = tqdm(
-                total=steps,
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                disable=not (progress and ddp.is_main),
-                dynamic_ncols=True,
-            )
-            for step, (images, targets, bad) in enumerate(loader):
-                if step >= steps:
-                    break
-                skipped += bad
-                _set_lr(optimizer, config, epoch + step / steps)
-                if len(targets) == 0:
-                    continue
-                images = images.to(device, non_blocking=True)
-                if config.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                labels = torch.stack([t["image_labels"] for t in targets]).to(device)
-                with autocast:
-                    scores = net(images)
-                loss = loss_fn(scores.float(), labels)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
-                        "lower the learning rate"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.item() * len(targets)
-                seen += len(targets)
-                elapsed = time.perf_counter() - began
-                bar.set_postfix(
-                    loss=f"{total_loss / max(seen, 1):.4f}",
-                    img_s=f"{seen * ddp.world_size / max(elapsed, 1e-9):.1f}",
-                )
-                bar.update()
-                if on_step is not None:
-                    on_step(epoch, step, loss.item())
-            bar.close()
-            if seen == 0:  # every batch was skipped: nothing was trained
-                raise ValueError(
-                    f"epoch {epoch + 1} trained on no image ({skipped} unreadable); "
-                    "see the warnings above"
-                )
-
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "train_loss": ddp.mean(total_loss / max(seen, 1)),
-                "lr": optimizer.param_groups[1]["lr"],
-                "images_per_s": seen * ddp.world_size / max(time.perf_counter() - began, 1e-9),
-                "skipped": skipped,
-                "world_size": ddp.world_size,
-                "ranks_in_sync": ddp.in_sync(model),
-            }
-            if ddp.is_main:
-                val_due = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
-                improved = False
-                if val_loader is not None and val_due:
-                    metrics = classification_map(model, val_loader, device, progress=progress)
-                    value = metrics.get("classification/mAP")
-                    record["val_classification_map"] = value
-                    if value is not None and (best["value"] is None or value > best["value"]):
-                        best = {"value": value, "epoch": epoch + 1, "stale": 0}
-                        improved = True
-                    else:
-                        best = {**best, "stale": best["stale"] + 1}
-                    record["best_epoch"] = best["epoch"]
-                state = {
-                    "model": model.state_dict(),
-                    "model_config": model.config(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                    "config": asdict(config),
-                    "class_names": classes,
-                    "metrics": record,
-                    "best": best,
-                }
-                if improved:
-                    save_checkpoint(out / "best.pt", state)
-                save_checkpoint(out / "last.pt", state)
-                with open(out / "metrics.jsonl", "a") as log:
-                    log.write(json.dumps(record) + "\n")
-                if writer is not None:
-                    for key, value in record.items():
-                        if isinstance(value, (int, float)) and not isinstance(value, bool):
-                            writer.add_scalar(key, value, epoch + 1)
-                if progress:
-                    shown = {
-                        k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
-                    }
-                    tqdm.write(json.dumps(shown))
-            stop = config.early_stopping is not None and best["stale"] >= config.early_stopping
-            if ddp.enabled:  # every rank stops together (only rank 0 validates)
-                flag = torch.tensor([float(stop and ddp.is_main)], device=ddp.device)
-                dist.all_reduce(flag)
-                stop = bool(flag.item() > 0)
-            ddp.barrier()
-            if stop:
-                if ddp.is_main:
-                    print(
-                        f"early stopping after epoch {epoch + 1}: no better validation mAP "
-                        f"for {config.early_stopping} validations (best: epoch {best['epoch']})"
-                    )
+        self.net.train()
+        freeze_layers(self.model, config.frozen_layers)
+        total_loss, seen, skipped, began = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not (self.progress and ddp.is_main),
+            dynamic_ncols=True,
+        )
+        for step, (images, targets, bad) in enumerate(loader):
+            if step >= steps:
                 break
-        if writer is not None:
-            writer.close()
-        if (out / "best.pt").is_file() and best["epoch"] is not None:
-            return out / "best.pt"
-        return out / "last.pt"
-    finally:
-        ddp.close()
+            skipped += bad
+            _set_lr(optimizer, config, epoch + step / steps)
+            if len(targets) == 0:
+                continue
+            images = images.to(device, non_blocking=True)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = torch.stack([t["image_labels"] for t in targets]).to(device)
+            with autocast:
+                scores = self.net(images)
+            loss = loss_fn(scores.float(), labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
+                    "lower the learning rate"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(targets)
+            seen += len(targets)
+            elapsed = time.perf_counter() - began
+            bar.set_postfix(
+                loss=f"{total_loss / max(seen, 1):.4f}",
+                img_s=f"{seen * ddp.world_size / max(elapsed, 1e-9):.1f}",
+            )
+            bar.update()
+            if self.on_step is not None:
+                self.on_step(epoch, step, loss.item())
+        bar.close()
+        if seen == 0:  # every batch was skipped: nothing was trained
+            raise ValueError(
+                f"epoch {epoch + 1} trained on no image ({skipped} unreadable); "
+                "see the warnings above"
+            )
+        return {
+            "epoch": epoch + 1,
+            "train_loss": ddp.mean(total_loss / max(seen, 1)),
+            "lr": optimizer.param_groups[1]["lr"],
+            "images_per_s": seen * ddp.world_size / max(time.perf_counter() - began, 1e-9),
+            "skipped": skipped,
+            "world_size": ddp.world_size,
+            "ranks_in_sync": ddp.in_sync(self.model),
+        }
+
+    def validate_and_save(self, epoch: int, record: dict[str, Any]) -> None:
+        """Validate when due, then write the checkpoints and the epoch's log line (rank 0)."""
+        config, out = self.config, self.out
+        val_due = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+        improved = False
+        if self.val_loader is not None and val_due:
+            metrics = classification_map(
+                self.model, self.val_loader, self.device, progress=self.progress
+            )
+            value = metrics.get("classification/mAP")
+            record["val_classification_map"] = value
+            best = self.best
+            if value is not None and (best["value"] is None or value > best["value"]):
+                self.best = {"value": value, "epoch": epoch + 1, "stale": 0}
+                improved = True
+            else:
+                self.best = {**best, "stale": best["stale"] + 1}
+            record["best_epoch"] = self.best["epoch"]
+        state = {
+            "model": self.model.state_dict(),
+            "model_config": self.model.config(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch + 1,
+            "config": asdict(config),
+            "class_names": self.classes,
+            "metrics": record,
+            "best": self.best,
+        }
+        if improved:
+            save_checkpoint(out / "best.pt", state)
+        save_checkpoint(out / "last.pt", state)
+        with open(out / "metrics.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(key, value, epoch + 1)
+        if self.progress:
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+            tqdm.write(json.dumps(shown))
+
+    def stop_together(self, epoch: int) -> bool:
+        """Whether to stop early; every rank stops together (only rank 0 validates)."""
+        ddp = self.ddp
+        stop = self.stopped()
+        if ddp.enabled:
+            flag = torch.tensor([float(stop and ddp.is_main)], device=ddp.device)
+            dist.all_reduce(flag)
+            stop = bool(flag.item() > 0)
+        ddp.barrier()
+        if stop and ddp.is_main:
+            print(
+                f"early stopping after epoch {epoch + 1}: no better validation mAP "
+                f"for {self.config.early_stopping} validations (best: epoch {self.best['epoch']})"
+            )
+        return stop
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -599,9 +631,7 @@ def _reconcile_metrics(path: Path, epoch: int, record: dict | None) -> None:
     if record is not None and last < epoch:
         kept.append(json.dumps(record))
     if kept != lines:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _tensorboard(out: Path):

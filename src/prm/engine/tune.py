@@ -88,6 +88,7 @@ def filter_response(
         response["crm"][None], with_batch, response["class_scores"][None], selection
     )
     out = dict(response)
+    out.pop("image_prms", None)  # the fallback's: made again from the kept peaks' maps
     for key in ("peak_cells", "labels", "peak_values", "prms"):
         out[key] = response[key][keep]
     return out

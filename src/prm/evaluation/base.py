@@ -112,6 +112,15 @@ class Evaluator:
         """The metrics over everything processed since ``reset``, as a flat dict."""
         raise NotImplementedError
 
+    def instances(self, target: Mapping, prediction: Mapping) -> tuple:
+        """Validated ``(size, ground truth, predicted)`` of an image: ``size = (H, W)``,
+        ground truth ``(masks bool (G, H, W), labels (G,), iscrowd (G,))`` and predicted
+        ``(masks bool (N, H, W), labels (N,), scores (N,))`` (RLEs decoded)."""
+        size = target_size(target)
+        truth = ground_truth(target, size, self.num_classes)
+        masks = prediction_masks(prediction, size)
+        return size, truth, (masks, *predicted_instances(prediction, len(masks), self.num_classes))
+
     def _check_keys(self, target: Mapping, prediction: Mapping) -> None:
         image = target.get("image_id", "?")
         for kind, keys, item in (

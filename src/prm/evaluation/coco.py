@@ -25,7 +25,14 @@ from pycocotools.cocoeval import COCOeval
 
 from prm.masks import encode_rle
 
-from .base import Evaluator, as_tensor, ground_truth, predicted_instances, target_size
+from .base import (
+    Evaluator,
+    as_tensor,
+    ground_truth,
+    predicted_instances,
+    prediction_masks,
+    target_size,
+)
 
 __all__ = ["COCOEvaluator", "COCO_STATS"]
 
@@ -112,15 +119,9 @@ class COCOEvaluator(Evaluator):
                     f"prediction RLEs of image {target.get('image_id', '?')} have size "
                     f"{bad[0]}, expected {size}"
                 )
-        else:
-            image = target.get("image_id", "?")
-            pred_masks = as_tensor(prediction["masks"], f"prediction masks of image {image}")
-            if pred_masks.dim() != 3 or tuple(pred_masks.shape[1:]) != size:
-                raise ValueError(
-                    f"prediction masks of image {target.get('image_id', '?')} have shape "
-                    f"{tuple(pred_masks.shape)}, expected (N, {size[0]}, {size[1]})"
-                )
-            rles = encode_rle(pred_masks)
+        else:  # validated as every evaluator does, named by the target's image id
+            image = {"image_id": target.get("image_id", "?"), "masks": prediction["masks"]}
+            rles = encode_rle(prediction_masks(image, size))
         pred_labels, scores = predicted_instances(prediction, len(rles), self.num_classes)
         self._dts.append(
             [

@@ -42,11 +42,7 @@ from .ap import precision_recall, voc_ap
 from .base import (
     Evaluator,
     Records,
-    ground_truth,
     ignore_mask,
-    predicted_instances,
-    prediction_masks,
-    target_size,
 )
 
 __all__ = ["InstanceSegmentationEvaluator", "match_instances", "score_order"]
@@ -160,10 +156,9 @@ class InstanceSegmentationEvaluator(Evaluator):
         self._num_images = 0
 
     def process_image(self, target: Mapping, prediction: Mapping) -> None:
-        size = target_size(target)
-        gt_masks, gt_labels, crowd = ground_truth(target, size, self.num_classes)
-        masks = prediction_masks(prediction, size)
-        labels, scores = predicted_instances(prediction, len(masks), self.num_classes)
+        size, (gt_masks, gt_labels, crowd), (masks, labels, scores) = self.instances(
+            target, prediction
+        )
         if self.use_ignore_mask and "ignore_mask" in target:
             keep = ~ignore_mask(target, size)
             masks = masks & keep

@@ -142,14 +142,7 @@ def load_results(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: results file not found")
-    if hasattr(images, "image_id") and hasattr(images, "__len__"):
-        image_ids = [images.image_id(i) for i in range(len(images))]
-        if category_ids is None:
-            category_ids = getattr(images, "category_ids", None)
-    else:
-        image_ids = list(images)
-    if category_ids is None:
-        raise ValueError(f"{path}: category_ids are needed to map category ids to labels")
+    image_ids, category_ids = _images_and_categories(path, images, category_ids)
     if sizes is not None and len(sizes) != len(image_ids):
         raise ValueError(f"{path}: {len(sizes)} sizes given for {len(image_ids)} images")
     index = {str(image_id): i for i, image_id in enumerate(image_ids)}
@@ -161,47 +154,12 @@ def load_results(
             f"{path} cannot be matched to images (fix the dataset, not the results file)"
         )
     label_of = {int(cid): label for label, cid in enumerate(category_ids)}
-
-    try:
-        with open(path) as f:
-            entries = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(entries, list):
-        raise ValueError(
-            f"{path}: a results file must be a JSON list of detections, got a "
-            f"{type(entries).__name__}"
-        )
-
     out = [
         {"image_id": i, "labels": [], "scores": [], "rles": [], "entries": []} for i in image_ids
     ]
-    for k, entry in enumerate(entries):
+    for k, entry in enumerate(_read_entries(path)):
         where = f"{path}: entry {k}"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where} is not a JSON object (got {type(entry).__name__})")
-        missing = [key for key in RESULT_KEYS if key not in entry]
-        if missing:
-            raise ValueError(f"{where} lacks {missing} (has {sorted(entry)})")
-        i = index.get(str(entry["image_id"]))
-        if i is None:
-            raise ValueError(
-                f"{where}: unknown image_id {entry['image_id']!r} (not among the "
-                f"{len(image_ids)} images evaluated)"
-            )
-        label = label_of.get(entry["category_id"]) if _is_int(entry["category_id"]) else None
-        if label is None:
-            raise ValueError(
-                f"{where}: unknown category_id {entry['category_id']!r} (known: {sorted(label_of)})"
-            )
-        score = entry["score"]
-        if (
-            not isinstance(score, (int, float))
-            or isinstance(score, bool)
-            or not math.isfinite(score)
-        ):
-            raise ValueError(f"{where}: score must be a finite number, got {score!r}")
-        rle = _read_rle(entry["segmentation"], where)
+        i, label, score, rle = _read_entry(entry, where, index, label_of)
         # Without the image sizes, entries are not compared with each other: the first
         # entry of an image may be the wrong one. They are checked against the image
         # when decoded (prediction_masks), which names the entry by its index here.
@@ -218,6 +176,58 @@ def load_results(
         item["labels"] = torch.tensor(item["labels"], dtype=torch.int64)
         item["scores"] = torch.tensor(item["scores"], dtype=torch.float64)  # JSON: doubles
     return out
+
+
+def _images_and_categories(path: Path, images: Any, category_ids) -> tuple[list, Sequence[int]]:
+    """The image ids to match, and the category ids (given, else the dataset's)."""
+    if hasattr(images, "image_id") and hasattr(images, "__len__"):
+        image_ids = [images.image_id(i) for i in range(len(images))]
+        if category_ids is None:
+            category_ids = getattr(images, "category_ids", None)
+    else:
+        image_ids = list(images)
+    if category_ids is None:
+        raise ValueError(f"{path}: category_ids are needed to map category ids to labels")
+    return image_ids, category_ids
+
+
+def _read_entries(path: Path) -> list:
+    """The JSON list of a results file."""
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(entries, list):
+        raise ValueError(
+            f"{path}: a results file must be a JSON list of detections, got a "
+            f"{type(entries).__name__}"
+        )
+    return entries
+
+
+def _read_entry(entry: Any, where: str, index: dict, label_of: dict) -> tuple:
+    """``(image index, label, score, RLE)`` of one entry, each checked."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} is not a JSON object (got {type(entry).__name__})")
+    missing = [key for key in RESULT_KEYS if key not in entry]
+    if missing:
+        raise ValueError(f"{where} lacks {missing} (has {sorted(entry)})")
+    i = index.get(str(entry["image_id"]))
+    if i is None:
+        raise ValueError(
+            f"{where}: unknown image_id {entry['image_id']!r} (not among the "
+            f"{len(index)} images evaluated)"
+        )
+    label = label_of.get(entry["category_id"]) if _is_int(entry["category_id"]) else None
+    if label is None:
+        raise ValueError(
+            f"{where}: unknown category_id {entry['category_id']!r} (known: {sorted(label_of)})"
+        )
+    score = entry["score"]
+    if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
+        raise ValueError(f"{where}: score must be a finite number, got {score!r}")
+    return i, label, score, _read_rle(entry["segmentation"], where)
 
 
 def _is_int(value: Any) -> bool:

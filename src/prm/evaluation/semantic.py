@@ -21,11 +21,7 @@ import torch
 
 from .base import (
     Evaluator,
-    ground_truth,
     ignore_mask,
-    predicted_instances,
-    prediction_masks,
-    target_size,
 )
 
 __all__ = ["SemanticSegmentationEvaluator", "instances_to_label_map"]
@@ -98,10 +94,7 @@ class SemanticSegmentationEvaluator(Evaluator):
         self._num_images = 0
 
     def process_image(self, target: Mapping, prediction: Mapping) -> None:
-        size = target_size(target)
-        gt_masks, gt_labels, _ = ground_truth(target, size, self.num_classes)
-        masks = prediction_masks(prediction, size)
-        labels, scores = predicted_instances(prediction, len(masks), self.num_classes)
+        size, (gt_masks, gt_labels, _), (masks, labels, scores) = self.instances(target, prediction)
         if self.score_threshold is not None:
             keep = scores >= self.score_threshold
             masks, labels, scores = masks[keep], labels[keep], scores[keep]

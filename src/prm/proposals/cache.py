@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -262,33 +263,10 @@ def precompute_proposals(
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    dataset = None
-    if isinstance(source, (str, os.PathLike)):
-        tasks = [("path", str(p)) for p in list_images(source)]
-    elif hasattr(source, "__getitem__") and not isinstance(source, (list, tuple)):
-        dataset = source
-        tasks = [("index", i) for i in range(len(dataset))]
-    else:
-        tasks = [("path", str(p)) for p in source]
-
+    dataset, tasks = _tasks(source)
     summary = PrecomputeSummary(cache.folder)
     cache.remove_stale_temporaries()
-    # Skip what is cached before starting any process, when ids are known up front.
-    todo = []
-    for kind, what in tasks:
-        if kind == "path":
-            image_id = Path(what).stem
-        elif hasattr(dataset, "image_id"):
-            image_id = dataset.image_id(what)
-        else:
-            image_id = None
-        if image_id is not None and image_id in cache:
-            problem = cache.problem(image_id)
-            if problem is None:
-                summary.cached += 1
-                continue
-            cache._repair(image_id, problem)
-        todo.append((kind, what))
+    todo = _not_cached(tasks, dataset, cache, summary)
 
     from tqdm import tqdm
 
@@ -320,21 +298,7 @@ def precompute_proposals(
             for task in todo:
                 record(_run_task(task))
         else:
-            # "spawn": fresh interpreters, no locks or thread pools inherited from a
-            # parent that already runs torch. One BLAS thread each: the pool is the
-            # parallelism.
-            saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-            os.environ.update({k: "1" for k in saved})
-            try:
-                pool = multiprocessing.get_context("spawn").Pool(
-                    workers, _init_worker, (cache, dataset)
-                )
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+            pool = _spawn_pool(workers, cache, dataset)
             try:
                 for result in pool.imap_unordered(_run_task, todo):
                     record(result)
@@ -347,3 +311,49 @@ def precompute_proposals(
     finally:
         bar.close()
     return summary
+
+
+def _tasks(source) -> tuple[Sequence | None, list[tuple[str, Any]]]:
+    """``(dataset or None, [("path", file) or ("index", i), ...])`` of a source."""
+    if isinstance(source, (str, os.PathLike)):
+        return None, [("path", str(p)) for p in list_images(source)]
+    if hasattr(source, "__getitem__") and not isinstance(source, (list, tuple)):
+        return source, [("index", i) for i in range(len(source))]
+    return None, [("path", str(p)) for p in source]
+
+
+def _not_cached(tasks, dataset, cache: ProposalCache, summary: PrecomputeSummary) -> list:
+    """The tasks left once complete cache entries are counted (and broken ones repaired),
+    before any process starts, when ids are known up front."""
+    todo = []
+    for kind, what in tasks:
+        if kind == "path":
+            image_id = Path(what).stem
+        elif hasattr(dataset, "image_id"):
+            image_id = dataset.image_id(what)
+        else:
+            image_id = None
+        if image_id is not None and image_id in cache:
+            problem = cache.problem(image_id)
+            if problem is None:
+                summary.cached += 1
+                continue
+            cache._repair(image_id, problem)
+        todo.append((kind, what))
+    return todo
+
+
+def _spawn_pool(workers: int, cache: ProposalCache, dataset):
+    """A pool of ``workers`` "spawn" processes: fresh interpreters, no locks or thread
+    pools inherited from a parent that already runs torch. One BLAS thread each: the
+    pool is the parallelism."""
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    os.environ.update({k: "1" for k in saved})
+    try:
+        return multiprocessing.get_context("spawn").Pool(workers, _init_worker, (cache, dataset))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

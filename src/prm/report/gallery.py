@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from prm.evaluation.ap import precision_recall, voc_ap
 from prm.evaluation.base import ground_truth, predicted_instances, prediction_masks, target_size
 from prm.evaluation.instance import _crowd_overlap, match_instances
+from prm.files import write_text_atomic
 from prm.masks import mask_iou
 
 __all__ = ["GROUPS", "GallerySampler", "load_gallery", "match_image"]
@@ -228,7 +229,7 @@ class GallerySampler:
             "mean_image_ap": float(np.mean(self._scored)) if self._scored else None,
             "items": items,
         }
-        _write_text(self.out_dir / INDEX_FILE, json.dumps(index, indent=2))
+        write_text_atomic(self.out_dir / INDEX_FILE, json.dumps(index, indent=2))
         return self.out_dir
 
 
@@ -312,9 +313,3 @@ def load_gallery(folder: str | os.PathLike) -> tuple[dict, list[dict]]:
             raise ValueError(f"{folder / name}: unreadable gallery file ({exc})") from exc
         items.append({**entry, **arrays})
     return index, items
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from prm.files import write_text_atomic
+
 from .gallery import GROUPS, INDEX_FILE, load_gallery, match_image
 from .render import render_item, render_prediction
 
@@ -55,13 +57,8 @@ def write_run_info(run_dir: str | os.PathLike, **info: Any) -> Path:
     run folder), ``dataset`` (``{"name", "root", "split"}``), ``checkpoint``. Paths are
     stored as strings; anything JSON can hold is kept.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / RUN_INFO
-    tmp = path.with_name(f".{RUN_INFO}.tmp")
-    tmp.write_text(json.dumps({"format": 1, **info}, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps({"format": 1, **info}, indent=2, default=str) + "\n"
+    return write_text_atomic(Path(run_dir) / RUN_INFO, text)
 
 
 def dataset_flags(
@@ -221,11 +218,7 @@ def build_report(
     page = _PAGE.format(
         title=esc(f"prm report: {name}"), csp=_CSP, css=_CSS, js=_JS, body="\n".join(body)
     )
-    path = out_dir / "index.html"
-    tmp = path.with_name(".index.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(out_dir / "index.html", page)
 
 
 def _header(name: str, run: Mapping, compare: bool) -> str:
