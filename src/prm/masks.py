@@ -13,7 +13,7 @@ import torch
 import torchvision
 from pycocotools import mask as mask_utils
 
-__all__ = ["encode_rle", "decode_rle", "mask_iou", "masks_to_boxes"]
+__all__ = ["encode_rle", "decode_rle", "mask_iou", "masks_to_boxes", "resize_nearest"]
 
 
 def encode_rle(masks: torch.Tensor) -> list[dict]:
@@ -123,3 +123,14 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     boxes = torchvision.ops.masks_to_boxes(masks)
     boxes[:, 2:] += masks.flatten(1).any(1, keepdim=True).to(boxes.dtype)
     return boxes
+
+
+def resize_nearest(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(N, h, w)`` -> ``(N, H, W)`` by nearest neighbour (index selection: no float copy).
+
+    Pixel ``i`` of the output takes pixel ``floor((i + 0.5) * h / H)`` of the input.
+    """
+    h, w = masks.shape[1:]
+    rows = ((torch.arange(size[0]) + 0.5) * h / size[0]).long().clamp(max=h - 1)
+    cols = ((torch.arange(size[1]) + 0.5) * w / size[1]).long().clamp(max=w - 1)
+    return masks[:, rows][:, :, cols]

@@ -28,7 +28,7 @@ from torch import nn
 from prm.backprop import PeakSelection, class_response_peak_maps, peak_response_maps
 from prm.data.images import to_image_tensor, to_uint8_image
 from prm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, InferenceTransform
-from prm.masks import masks_to_boxes
+from prm.masks import masks_to_boxes, resize_nearest
 from prm.proposals.compact import CompactProposals
 from prm.retrieval import RetrievalConfig, retrieve_instances
 from prm.validation import check_number
@@ -441,17 +441,6 @@ def working_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]
         return (height, width)
     scale = max_size / max(height, width)
     return (max(1, round(height * scale)), max(1, round(width * scale)))
-
-
-def resize_nearest(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(N, h, w)`` -> ``(N, H, W)`` by nearest neighbour (index selection: no float copy).
-
-    Pixel ``i`` of the output takes pixel ``floor((i + 0.5) * h / H)`` of the input.
-    """
-    h, w = masks.shape[1:]
-    rows = ((torch.arange(size[0]) + 0.5) * h / size[0]).long().clamp(max=h - 1)
-    cols = ((torch.arange(size[1]) + 0.5) * w / size[1]).long().clamp(max=w - 1)
-    return masks[:, rows][:, :, cols]
 
 
 def scale_back(result: dict, size: tuple[int, int], work: tuple[int, int]) -> dict:

@@ -7,8 +7,10 @@ from PIL import Image
 
 from prm.backprop import PeakSelection
 from prm.engine.inference import predict_files
+from prm.evaluation.prm_quality import PRMQualityEvaluator
+from prm.masks import resize_nearest
 from prm.model import build_model
-from prm.predictor import Predictor, resize_nearest, working_size
+from prm.predictor import Predictor, working_size
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +59,26 @@ def test_proposals_are_computed_on_the_working_size(model, tmp_path):
     with pytest.warns(UserWarning, match="larger than max_size"):
         predict_files(predictor, [path], ["a", "b"], proposals=proposals, progress=False)
     assert seen == [(3, 48, 64)]
+
+
+def test_prm_quality_scores_prms_kept_at_the_working_size():
+    """`prm predict --max-size N --evaluate` failed: PRMs at the working size were refused."""
+    gt = torch.zeros(2, 300, 400, dtype=torch.bool)
+    gt[0, :152, :200] = True  # aligned with the 4x4 blocks of the working size
+    gt[1, 152:, 200:] = True
+    target = {"image_id": 1, "masks": gt, "labels": torch.tensor([0, 1])}
+    full = torch.zeros(2, 300, 400)
+    full[0, :152, :] = 1.0  # half its mass on object 0
+    full[1, 100:, 200:] = 1.0  # 148 of its 200 rows on object 1
+    small = torch.nn.functional.avg_pool2d(full[None], 4)[0]
+    scores = []
+    for prms in (full, small):
+        evaluator = PRMQualityEvaluator(["a", "b"])
+        evaluator.process([target], [{"prms": prms, "labels": torch.tensor([0, 1])}])
+        scores.append(evaluator.summarize()["prm_quality/mean"])
+    assert scores[0] == pytest.approx((0.5 + 0.74) / 2)
+    assert scores[1] == pytest.approx(scores[0], abs=1e-6)
+    with pytest.raises(ValueError, match="same aspect ratio"):  # not a scaled copy
+        PRMQualityEvaluator(["a", "b"]).process(
+            [target], [{"prms": small[:, :, :50], "labels": [0, 1]}]
+        )

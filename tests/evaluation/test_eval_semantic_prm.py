@@ -125,9 +125,9 @@ def test_prm_quality_ignores_crowds_and_ignore_pixels(prm_pair, rects):
 
 def test_prms_must_fit_the_image(prm_pair):
     target, prediction = prm_pair
-    with pytest.raises(ValueError, match=r"prms of shape \(5, 5, 5\)"):
+    with pytest.raises(ValueError, match=r"prms of shape \(5, 5, 3\)"):
         evaluate(
-            PRMQualityEvaluator(CLASSES), [(target, {**prediction, "prms": torch.zeros(5, 5, 5)})]
+            PRMQualityEvaluator(CLASSES), [(target, {**prediction, "prms": torch.zeros(5, 5, 3)})]
         )
     with pytest.raises(ValueError, match="needs 'prms'"):
         evaluate(PRMQualityEvaluator(CLASSES), [(target, {"labels": prediction["labels"]})])

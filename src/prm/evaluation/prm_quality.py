@@ -9,7 +9,9 @@ correct when q > ``threshold`` (0.5 in the paper: most of its mass on a single o
 Only instances whose class has a (non-crowd) ground-truth object in the image are
 scored; the others measure classification errors, not PRM quality, and are counted as
 ``skipped``. A PRM with no mass scores 0. With ``use_ignore_mask=True`` the target's
-``ignore_mask`` pixels are left out of both sums.
+``ignore_mask`` pixels are left out of both sums. PRMs kept at a smaller working size (a
+``Predictor`` with ``max_size`` keeps them so) are scored at their own size, against the
+ground truth resized to it by nearest neighbour.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..masks import resize_nearest
 from .base import Evaluator, Records, check_labels, ground_truth, ignore_mask, target_size
 
 __all__ = ["PRMQualityEvaluator", "prm_quality"]
@@ -55,7 +58,8 @@ class PRMQualityEvaluator(Evaluator):
     """Mean PRM quality and the fraction of PRMs above ``threshold``.
 
     Reads target ``masks``, ``labels`` (``iscrowd``, ``ignore_mask``) and prediction
-    ``prms`` (float (N, H, W) at image size) and ``labels``.
+    ``prms`` (float (N, H, W) at image size, or at a smaller working size with the same
+    aspect ratio) and ``labels``.
 
     Args:
         classes: class names, index = label.
@@ -87,14 +91,16 @@ class PRMQualityEvaluator(Evaluator):
         gt_masks, gt_labels, crowd = ground_truth(target, size, self.num_classes)
         prms = torch.as_tensor(prediction["prms"]).detach().cpu()
         labels = torch.as_tensor(prediction["labels"]).long().cpu()
-        if prms.dim() != 3 or tuple(prms.shape[1:]) != size or labels.shape != (len(prms),):
+        if prms.dim() != 3 or not _fits(prms.shape[1:], size) or labels.shape != (len(prms),):
             raise ValueError(
                 f"prediction of image {image} has prms of shape {tuple(prms.shape)} and labels "
-                f"of shape {tuple(labels.shape)}; expected (N, {size[0]}, {size[1]}) and (N,)"
+                f"of shape {tuple(labels.shape)}; expected (N, {size[0]}, {size[1]}) (or a "
+                "smaller size of the same aspect ratio) and (N,)"
             )
         check_labels(labels, self.num_classes, f"prediction of image {image}")
         if self.use_ignore_mask and "ignore_mask" in target:
-            prms = prms * (~ignore_mask(target, size))
+            prms = prms * (~_at(ignore_mask(target, size)[None], prms))[0]
+        gt_masks = _at(gt_masks, prms)
         quality = prm_quality(prms, labels, gt_masks[~crowd], gt_labels[~crowd]).numpy()
         scored = ~np.isnan(quality)
         self._quality.append(quality[scored][:, None])
@@ -111,3 +117,18 @@ class PRMQualityEvaluator(Evaluator):
             "prm_quality/count": int(len(quality)),
             "prm_quality/skipped": self._skipped,
         }
+
+
+def _fits(work: Sequence[int], size: Sequence[int]) -> bool:
+    """``work`` is ``size`` or a scaled-down copy of it (each side rounded)."""
+    h, w = int(work[0]), int(work[1])
+    if (h, w) == tuple(size):
+        return True
+    scale = max(h, w) / max(size)
+    return scale < 1 and abs(h - size[0] * scale) <= 1 and abs(w - size[1] * scale) <= 1
+
+
+def _at(masks: torch.Tensor, prms: torch.Tensor) -> torch.Tensor:
+    """``masks`` (G, H, W) at the PRMs' size (nearest neighbour; unchanged if equal)."""
+    size = tuple(prms.shape[1:])
+    return masks if tuple(masks.shape[1:]) == size else resize_nearest(masks, size)
