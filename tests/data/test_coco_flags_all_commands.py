@@ -59,8 +59,6 @@ def _predict_tune_pseudo_label_and_proposals(export, checkpoint, tmp_path):
     # proposal-free fallback of every class it keeps at full size costs gigabytes.
     model = ["--checkpoint", str(checkpoint), "--proposals", "prm", "--quiet", "--max-size", "96"]
     out = tmp_path / "pred"
-    # (no --evaluate: with --max-size, predict keeps the PRMs at the reduced size, which
-    # the PRM-quality metric refuses; a separate problem)
     assert main(["predict", *model, *data, "--out", str(out), "--limit", "2"]) == 0
     results = json.loads((out / "results.json").read_text())
     known = {image["id"] for image in json.loads(labels.read_text())["images"]}
