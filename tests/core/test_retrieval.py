@@ -169,17 +169,21 @@ def test_bad_inputs():
 from benchmarks.common import authors_retrieval, random_blobs, random_regions  # noqa: E402
 
 
+def _peaks_and_settings(g, net_size, num_classes, k=7):
+    """7 normalised blob PRMs, their classes, class response maps and a retrieval config."""
+    prms = torch.rand(k, *net_size, generator=g) ** 4 * random_blobs(g, k, net_size)
+    prms = prms / prms.flatten(1).sum(1)[:, None, None]
+    labels = torch.randint(0, num_classes, (k,), generator=g)
+    crm = torch.randn(num_classes, 5, 6, generator=g) * 4
+    return prms, labels, crm, RetrievalConfig(beta=2e-4, proposal_count=50, nms_threshold=0.3)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_vectorised_retrieval_equals_the_authors_loop(seed):
     g = torch.Generator().manual_seed(seed)
     net_size, image_size, num_classes = (40, 48), (75, 61), 3
     proposals = random_blobs(g, 60, image_size)
-    k = 7
-    prms = torch.rand(k, *net_size, generator=g) ** 4 * random_blobs(g, k, net_size)
-    prms = prms / prms.flatten(1).sum(1)[:, None, None]
-    labels = torch.randint(0, num_classes, (k,), generator=g)
-    crm = torch.randn(num_classes, 5, 6, generator=g) * 4
-    cfg = RetrievalConfig(beta=2e-4, proposal_count=50, nms_threshold=0.3)
+    prms, labels, crm, cfg = _peaks_and_settings(g, net_size, num_classes)
 
     ours = retrieve_instances(prms, labels, crm, proposals, cfg)
     reference = authors_retrieval(prms, labels, crm, proposals, cfg)
@@ -248,12 +252,7 @@ def test_compact_proposals_retrieve_as_dense_ones_and_the_authors_loop(seed):
     net_size, image_size, num_classes = (40, 48), (75, 61), 3
     compact = random_regions(g, 60, image_size, cells=50)
     dense = compact.masks()
-    k = 7
-    prms = torch.rand(k, *net_size, generator=g) ** 4 * random_blobs(g, k, net_size)
-    prms = prms / prms.flatten(1).sum(1)[:, None, None]
-    labels = torch.randint(0, num_classes, (k,), generator=g)
-    crm = torch.randn(num_classes, 5, 6, generator=g) * 4
-    cfg = RetrievalConfig(beta=2e-4, proposal_count=50, nms_threshold=0.3)
+    prms, labels, crm, cfg = _peaks_and_settings(g, net_size, num_classes)
 
     ours = retrieve_instances(prms, labels, crm, compact, cfg)
     from_dense = retrieve_instances(prms, labels, crm, dense, cfg)
