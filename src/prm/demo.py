@@ -244,10 +244,13 @@ def _self_train(out: Path, teacher, data, images, epochs, seed, workers, progres
     from prm.engine.distill import DistillConfig, distilled_predictor
     from prm.engine.distill import distill as train_student
     from prm.engine.pseudo_label import pseudo_label, pseudo_label_quality
+    from prm.engine.train import HeldOutPart
 
     name, train_set = data
     count = len(train_set) if images is None else min(images, len(train_set))
-    cache = _proposals(out / "proposals", (Subset(train_set, count),), workers, progress)
+    cache = _proposals(
+        out / "proposals", (HeldOutPart(train_set, range(count)),), workers, progress
+    )
     labels = pseudo_label(
         teacher,
         train_set,
@@ -277,25 +280,6 @@ def _self_train(out: Path, teacher, data, images, epochs, seed, workers, progres
         "pseudo_label_quality": pseudo_label_quality(labels, train_set),
     }
     return report, distilled_predictor(checkpoint)[1]
-
-
-class Subset:
-    """The first ``count`` items of a dataset (ids, classes and items of the dataset)."""
-
-    def __init__(self, dataset, count: int):
-        self.dataset, self.count = dataset, count
-        self.classes, self.category_ids = dataset.classes, dataset.category_ids
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int):
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        return self.dataset[index]
-
-    def image_id(self, index: int) -> str:
-        return self.dataset.image_id(index)
 
 
 def _proposals(folder: Path, splits, workers: int, progress: bool):

@@ -20,7 +20,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -125,20 +125,15 @@ def build_datasets(config: TrainConfig, with_val: bool = True):
     return train_set, val_set
 
 
-class HeldOutPart(torch.utils.data.Dataset):
-    """Some items of a dataset (by index), with its ``classes`` and ``category_ids``."""
+class HeldOutPart(torch.utils.data.Subset):
+    """Some items of a dataset (by index), with its ``classes``, ``category_ids`` and ids."""
 
-    def __init__(self, dataset, indices: list[int]):
-        self.dataset = dataset
-        self.indices = list(indices)
-        self.classes = list(dataset.classes)
-        self.category_ids = list(dataset.category_ids)
+    def __init__(self, dataset, indices: Sequence[int]):
+        super().__init__(dataset, list(indices))
+        self.classes, self.category_ids = list(dataset.classes), list(dataset.category_ids)
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.dataset[self.indices[index]]
+    def image_id(self, index: int) -> str:
+        return self.dataset.image_id(self.indices[index])
 
 
 def held_out_indices(size: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
