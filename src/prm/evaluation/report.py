@@ -20,12 +20,13 @@ from .ap import voc_ap
 __all__ = ["format_table", "plot_pr_curves", "split_metrics", "write_report"]
 
 
-def _cell(value) -> str:
+def format_cell(value: Any, undefined: str = "-") -> str:
+    """A metric as tables show it: fractions in percent (1 decimal), counts as they are."""
     if value is None:
-        return "-"
-    if isinstance(value, bool) or isinstance(value, int):
-        return str(value)
-    return f"{100 * value:.1f}"
+        return undefined
+    if isinstance(value, float):
+        return f"{100 * value:.1f}"
+    return str(value)
 
 
 def split_metrics(
@@ -73,7 +74,7 @@ def format_table(metrics: Mapping, classes: Sequence[str] = ()) -> str:
     summary, columns, per_class = split_metrics(metrics, list(classes) or ["background"])
     width = max([len(k) for k in summary] + [6])
     lines = [f"{'metric':<{width}}  value (%)"]
-    lines += [f"{key:<{width}}  {_cell(value):>9}" for key, value in summary.items()]
+    lines += [f"{key:<{width}}  {format_cell(value):>9}" for key, value in summary.items()]
     if columns:
         # A class no metric says anything about (no ground truth, no prediction) is noise.
         rows = [
@@ -89,7 +90,8 @@ def format_table(metrics: Mapping, classes: Sequence[str] = ()) -> str:
         lines.append(f"{'class':<{name_width}}  {header}")
         for row in rows:
             cells = "  ".join(
-                f"{_cell(per_class[row].get(c)):>{w}}" for c, w in zip(columns, widths, strict=True)
+                f"{format_cell(per_class[row].get(c)):>{w}}"
+                for c, w in zip(columns, widths, strict=True)
             )
             lines.append(f"{row:<{name_width}}  {cells}")
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from prm.evaluation.report import split_metrics
+from prm.evaluation.report import format_cell, split_metrics
 from prm.files import write_text_atomic
 
 from .gallery import GROUPS, INDEX_FILE, load_gallery, match_image
@@ -112,14 +112,8 @@ def _read_json(path: Path, required: bool) -> Any:
 
 
 def cell(value: Any) -> str:
-    """A metric as the report shows it: fractions in percent (1 decimal), counts as is."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool) or isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{100 * value:.1f}"
-    return str(value)
+    """A metric as the report shows it (:func:`~prm.evaluation.report.format_cell`)."""
+    return format_cell(value, "–")
 
 
 def _num(value: Any) -> str:
