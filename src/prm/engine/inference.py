@@ -8,7 +8,6 @@ the dataset (only RLEs are kept).
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from prm.data import COCODataset, DataError, load_image
 from prm.data.images import to_image_tensor, to_uint8_image
 from prm.evaluation import results_entries, run_evaluation
-from prm.files import AtomicFile
+from prm.evaluation.results import ResultsWriter
 from prm.paths import output_path, safe_relative_name
 from prm.predictor import Predictor, working_size
 from prm.visualize import prediction_panel
@@ -215,7 +214,7 @@ def predict_dataset(
     """
     summary = PredictionSummary()
     category_ids, names = list(dataset.category_ids), list(dataset.classes)
-    writer = _ResultsWriter(results_file) if results_file is not None else None
+    writer = ResultsWriter(results_file) if results_file is not None else None
     inputs = _input_files(dataset) if overlay_dir is not None else None
 
     def pairs() -> Iterator[tuple[dict, dict]]:
@@ -314,7 +313,7 @@ def predict_shards(
     )
     if records is None:
         return None
-    writer = _ResultsWriter(results_file or Path(out_dir) / "results.json")
+    writer = ResultsWriter(results_file or Path(out_dir) / "results.json")
     for index, record in records.items():
         if "skipped" in record:
             summary.skipped.append((dataset.image_id(index), record["skipped"]))
@@ -455,34 +454,8 @@ def _write_overlay(summary, overlay_dir, image_id, panel_args, inputs=None) -> N
     summary.overlays.append(path)
 
 
-class _ResultsWriter:
-    """A COCO results JSON written image by image (flushed), so that no result is lost.
-
-    The list goes to a :class:`~prm.files.AtomicFile`, renamed to ``path`` when complete;
-    after an error it is closed as valid JSON and renamed to ``<stem>.partial.json``.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.file = AtomicFile(self.path, "x")
-        self.file.handle.write("[")
-        self.count = 0
-
-    def add(self, entries: list[dict]) -> None:
-        for entry in entries:
-            self.file.handle.write(",\n" if self.count else "\n")
-            self.file.handle.write(json.dumps(entry))
-            self.count += 1
-        self.file.handle.flush()
-
-    def close(self, complete: bool = True) -> Path:
-        self.file.handle.write("\n]\n")
-        partial = self.path.with_name(f"{self.path.stem}.partial.json")
-        return self.file.commit(None if complete else partial)
-
-
 @contextmanager
-def _finish_on_error(writer: _ResultsWriter | None, summary: PredictionSummary):
+def _finish_on_error(writer: ResultsWriter | None, summary: PredictionSummary):
     """Close the results file when done; on an error keep what was done as partial."""
     try:
         yield
