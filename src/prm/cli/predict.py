@@ -290,7 +290,7 @@ def _run_sharded(args: argparse.Namespace, out) -> int:
             f"results with `prm evaluate --predictions {out / 'results.json'}`"
         )
     with process_group() as (rank, world_size, barrier):
-        model, predictor, source = _predictor_and_source(args)
+        model, predictor, source = predictor_and_source(args)
         summary = predict_shards(
             predictor,
             checked_dataset(args, model, evaluation=True),
@@ -310,7 +310,7 @@ def _run_sharded(args: argparse.Namespace, out) -> int:
     return 0
 
 
-def _predictor_and_source(args: argparse.Namespace):
+def predictor_and_source(args: argparse.Namespace):
     """The model, predictor and proposal source (``None`` where it needs none) of the flags."""
     from prm.engine.inference import proposal_source
 
@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
             "--resume and torchrun work on a --dataset; for image files use "
             "--dataset folder --root FOLDER"
         )
-    model, predictor, source = _predictor_and_source(args)
+    model, predictor, source = predictor_and_source(args)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     common = {
         "proposals": source,
