@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
-from .dataset_args import add_dataset_arguments, dataset_from_args
+from .dataset_args import add_dataset_arguments, dataset_from_args, write_report
 
 EPILOG = """examples:
   prm evaluate --dataset voc --root VOCdevkit/VOC2012 --split val --predictions results.json
@@ -131,18 +131,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         **options,
     )
-    if args.out:  # the HTML report (prm.report; `prm report` rebuilds it)
-        from prm.report import dataset_flags, write_run_report
-
-        page = write_run_report(
-            args.out,
-            sampler,
-            command="prm evaluate",
-            name=Path(args.out).resolve().name,
-            classes=list(dataset.classes),
-            category_ids=list(dataset.category_ids),
-            results=str(Path(args.predictions).resolve()),
-            dataset=dataset_flags(args.dataset, args.root, split, args.annotations, args.image_dir),
-        )
+    if args.out:
+        page = write_report(args, sampler, dataset, str(Path(args.predictions).resolve()), split)
         print(f"wrote metrics.json, table.txt, precision-recall curves and {page} to {args.out}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .dataset_args import add_dataset_arguments, dataset_from_args
+from .dataset_args import add_dataset_arguments, dataset_from_args, write_report
 
 EPILOG = """examples:
   # a folder of photos: COCO results JSON + overlay PNGs (instances, PRMs, peaks)
@@ -398,22 +398,9 @@ def run(args: argparse.Namespace) -> int:
             on_image=sampler.add if sampler else None,
             **common,
         )
-        if sampler is not None:  # the HTML report (prm.report; `prm report` rebuilds it)
-            from prm.report import dataset_flags, write_run_report
-
-            page = write_run_report(
-                out,
-                sampler,
-                command="prm predict",
-                name=out.resolve().name,
-                classes=names,
-                category_ids=list(dataset.category_ids),
-                results="results.json",
-                dataset=dataset_flags(
-                    args.dataset, args.root, args.split, args.annotations, args.image_dir
-                ),
-                checkpoint=str(Path(args.checkpoint).resolve()),
-            )
+        if sampler is not None:
+            checkpoint = str(Path(args.checkpoint).resolve())
+            page = write_report(args, sampler, dataset, "results.json", args.split, checkpoint)
             print(f"report: {page}")
     _print_summary(summary)
     return 0

@@ -247,18 +247,14 @@ def _class_section(
         cells = "".join(_td(per_class[row].get(c)) for c in columns)
         body.append(f'<tr><th scope="row" data-value="{esc(row)}">{esc(row)}</th>{cells}</tr>')
     main = _main_column(columns)
-    bars = []
-    if main is not None:
-        for row in rows:
-            value = per_class[row].get(main)
-            if not isinstance(value, (int, float)):
-                continue
-            width = max(0.0, min(100.0, 100 * float(value)))
-            bars.append(
-                f'<div class="bar-row"><span class="bar-label">{esc(row)}</span>'
-                f'<span class="bar"><span style="width:{width:.1f}%"></span></span>'
-                f'<span class="bar-value">{esc(cell(value))}</span></div>'
-            )
+    values = [(row, per_class[row].get(main)) for row in rows] if main is not None else []
+    bars = [
+        f'<div class="bar-row"><span class="bar-label">{esc(row)}</span>'
+        f'<span class="bar"><span style="width:{max(0.0, min(100.0, 100 * float(v))):.1f}%">'
+        f'</span></span><span class="bar-value">{esc(cell(v))}</span></div>'
+        for row, v in values
+        if isinstance(v, (int, float))
+    ]
     chart = (
         f"<h3>{esc(main)} per class (%)</h3><div class='bars' id='class-bars'>{''.join(bars)}</div>"
         if bars
