@@ -79,6 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from prm.data.build import reader
     from prm.evaluation import METRICS, load_results, prediction_masks, run_evaluation
+    from prm.report import GallerySampler
 
     unknown = [m for m in args.metrics if m not in METRICS]
     if unknown:
@@ -94,11 +95,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = dataset_from_args(args, evaluation=True)
     results = load_results(args.predictions, dataset)
 
-    sampler = None
-    if args.out:
-        from prm.report import GallerySampler
-
-        sampler = GallerySampler(Path(args.out) / "gallery", dataset.classes)
+    sampler = GallerySampler(Path(args.out) / "gallery", dataset.classes) if args.out else None
 
     def pairs() -> Iterator[tuple[dict, dict]]:
         for index in range(len(dataset)):

@@ -353,6 +353,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from prm.engine.inference import predict_dataset, predict_files
+    from prm.report import GallerySampler
     from prm.validation import check_number
 
     check_number("--overlays", args.overlays, minimum=0, integer=True)
@@ -383,11 +384,7 @@ def run(args: argparse.Namespace) -> int:
         summary = predict_files(predictor, _image_paths(args.images), names, **common)
     else:
         dataset = checked_dataset(args, model, evaluation=True)
-        sampler = None
-        if args.evaluate:
-            from prm.report import GallerySampler
-
-            sampler = GallerySampler(out / "gallery", names)
+        sampler = GallerySampler(out / "gallery", names) if args.evaluate else None
         summary = predict_dataset(
             predictor,
             dataset,
