@@ -351,19 +351,18 @@ def _other_predictions(other: Mapping, items: Sequence[dict]) -> dict[str, dict]
 
     From its gallery when it saved the same image, else decoded from its results file.
     """
-    found: dict[str, dict] = {}
     gallery = other["dir"] / "gallery"
-    if (gallery / INDEX_FILE).is_file():
-        _, theirs = load_gallery(gallery)
-        for item in theirs:
-            found[str(item["image_id"])] = item
+    found = (
+        {str(i["image_id"]): i for i in load_gallery(gallery)[1]}
+        if (gallery / INDEX_FILE).is_file()
+        else {}
+    )
     wanted = {str(item["image_id"]) for item in items} - set(found)
     results = other["info"].get("results")
     category_ids = other["info"].get("category_ids")
     if not wanted or not results or not category_ids:
         return found
-    path = Path(results)
-    path = path if path.is_absolute() else other["dir"] / path
+    path = other["dir"] / results  # relative to the run folder, unless absolute
     if not path.is_file():
         return found
     from prm.masks import decode_rle
