@@ -369,14 +369,10 @@ class _Run:
         # Best validation mAP so far, its epoch, and validations since it improved.
         self.best: dict[str, Any] = {"value": None, "epoch": None, "stale": 0}
         self.writer = None
-        self.val_loader = None
-        if val_set is not None:
-            self.val_loader = DataLoader(
-                val_set,
-                batch_size=config.batch_size,
-                num_workers=config.workers,
-                collate_fn=collate,
-            )
+        loading = {"batch_size": config.batch_size, "num_workers": config.workers}
+        self.val_loader = (
+            None if val_set is None else DataLoader(val_set, **loading, collate_fn=collate)
+        )
 
     def resume(self, resume: bool | str | Path) -> None:
         """Load the checkpoint ``resume`` names, then prepare the output folder and the

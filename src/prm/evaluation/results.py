@@ -258,11 +258,7 @@ def _is_int(value: Any) -> bool:
 
 def _read_rle(segmentation: Any, where: str) -> dict:
     """A validated compressed RLE ``{"size": [H, W], "counts": str}``."""
-    if (
-        not isinstance(segmentation, dict)
-        or "size" not in segmentation
-        or "counts" not in segmentation
-    ):
+    if not isinstance(segmentation, dict) or not {"size", "counts"} <= segmentation.keys():
         raise ValueError(
             f"{where}: segmentation must be an RLE {{'size': [H, W], 'counts': ...}}, got "
             f"{str(segmentation)[:60]}"
