@@ -195,10 +195,8 @@ def build_report(
 
 def _header(name: str, run: Mapping, compare: bool) -> str:
     info = run["info"]
-    facts = []
-    for key in ("command", "checkpoint", "results"):
-        if info.get(key):
-            facts.append(f"<dt>{esc(key)}</dt><dd><code>{esc(info[key])}</code></dd>")
+    keys = [key for key in ("command", "checkpoint", "results") if info.get(key)]
+    facts = [f"<dt>{esc(key)}</dt><dd><code>{esc(info[key])}</code></dd>" for key in keys]
     dataset = info.get("dataset")
     if isinstance(dataset, Mapping):
         text = ", ".join(f"{k}={v}" for k, v in dataset.items() if v is not None)
