@@ -703,76 +703,72 @@ def retrieve_instances(
     device = prms.device
     compact = isinstance(proposals, CompactProposals)
     height, width = proposals.size if compact else tuple(proposals.shape[1:])
-    net_size = tuple(prms.shape[1:])
-    empty = _empty_instances(height, width, device)
-    if len(prms) == 0 or len(proposals) == 0:
-        return empty
-
     count = min(config.proposal_count, len(proposals))
     candidates = proposals.select(slice(0, count)) if compact else proposals[:count]
-    crops = _candidates(candidates, net_size, config.contour_width)
-    classes, inverse = torch.unique(labels, return_inverse=True)
-    tau = config.per_peak("tau", classes).to(device)
-    background = class_background(crm[classes].to(device), net_size, tau)  # (C', h, w)
-    alpha = config.per_peak("alpha", labels)
-    beta = config.per_peak("beta", labels)
-    scores = _scores(
-        prms,
-        background,
-        inverse,
-        alpha,
-        beta,
-        crops,
-        config.contour_width,
-        config.proposal_size_limit,
-    ).cpu()
-
-    best_score, best = scores.max(1)  # ties: the first proposal wins
+    crops = _candidates(candidates, tuple(prms.shape[1:]), config.contour_width)
+    best_score, best = _best_proposals(prms, labels, crm, crops, config)
     found = torch.isfinite(best_score)
-    peak_index = found.nonzero()[:, 0]
-    if len(peak_index) == 0:
-        return empty
+    if not found.any():
+        return _empty_instances(height, width, device)
     best, best_score = best[found], best_score[found]  # float64 until the output
-    inst_labels, inst_prms = labels[found].cpu(), prms[found].float()
-
-    order = torch.sort(best_score, descending=True, stable=True).indices
-    if config.nms_threshold is not None:
-        # Peaks often choose the same proposal: IoUs among the distinct ones only.
-        distinct, inverse = torch.unique(best, return_inverse=True)
-        iou = crops.iou(distinct.tolist())[inverse][:, inverse]
-        keep, owner = _greedy_nms(
-            iou, best_score, inst_labels, config.nms_threshold, config.nms_class_agnostic
-        )
-        order = keep
-
-    def merged(maps: torch.Tensor) -> torch.Tensor:
-        if config.nms_threshold is None or not config.merge_peak_response:
-            return maps
-        return torch.zeros_like(maps).index_add_(0, owner.to(device), maps)
-
-    if image_prms is None:
-        size = (height, width)
-        prm_full = F.interpolate(merged(inst_prms)[order.to(device)][None], size, mode="bilinear")
-        prm_full = prm_full.transpose(0, 1)
-    else:  # resizing is linear: merging the resized maps is resizing the merged ones
-        prm_full = merged(image_prms.to(device)[found.to(device)].float())[order.to(device), None]
-    prm_full = normalize_prms(prm_full)  # one "channel" per instance
+    order, owner = _deduplicate(crops, best, best_score, labels[found].cpu(), config)
+    maps, size = (prms, (height, width)) if image_prms is None else (image_prms.to(device), None)
+    if not config.merge_peak_response:
+        owner = None
+    prm_full = _instance_prms(maps[found.to(device)].float(), order, owner, size)
     chosen = best[order]
     if compact:
         masks = candidates.select(chosen).masks()
     else:
         masks = candidates[chosen.to(candidates.device)].bool()
-    boxes = _boxes(masks)
-    masks = masks.to(device)
     return {
-        "masks": masks,
-        "labels": inst_labels[order].long().to(device),
+        "masks": masks.to(device),
+        "labels": labels[found].cpu()[order].long().to(device),
         "retrieval_scores": best_score[order].float().to(device),
         "prms": prm_full,
-        "peak_index": peak_index[order].to(device),
+        "peak_index": found.nonzero()[:, 0][order].to(device),
         "proposal_index": chosen.to(device),
-        "boxes": boxes.to(device),
+        "boxes": _boxes(masks).to(device),
     }
+
+
+def _best_proposals(prms, labels, crm, crops: _Crops | _Cells, config: RetrievalConfig):
+    """The best proposal of each peak, ``(K,)`` float64 scores (``-inf`` where none
+    passes the size limits) and ``(K,)`` int64 indices (ties: the first wins)."""
+    if len(prms) == 0 or len(crops) == 0:
+        return torch.full((len(prms),), float("-inf"), dtype=torch.float64), labels.cpu()
+    net_size = tuple(prms.shape[1:])
+    classes, inverse = torch.unique(labels, return_inverse=True)
+    tau = config.per_peak("tau", classes).to(prms.device)
+    background = class_background(crm[classes].to(prms.device), net_size, tau)  # (C', h, w)
+    alpha, beta = config.per_peak("alpha", labels), config.per_peak("beta", labels)
+    width, limit = config.contour_width, config.proposal_size_limit
+    scores = _scores(prms, background, inverse, alpha, beta, crops, width, limit)
+    return scores.cpu().max(1)
+
+
+def _deduplicate(crops: _Crops | _Cells, best, best_score, labels, config: RetrievalConfig):
+    """The instances' output order ``(M,)`` and the survivor that suppressed each
+    ``(N,)`` (None without NMS)."""
+    if config.nms_threshold is None:
+        return torch.sort(best_score, descending=True, stable=True).indices, None
+    # Peaks often choose the same proposal: IoUs among the distinct ones only.
+    distinct, inverse = torch.unique(best, return_inverse=True)
+    iou = crops.iou(distinct.tolist())[inverse][:, inverse]
+    return _greedy_nms(iou, best_score, labels, config.nms_threshold, config.nms_class_agnostic)
+
+
+def _instance_prms(maps: torch.Tensor, order, owner, size: tuple[int, int] | None):
+    """The instances' PRMs ``(M, 1, H, W)`` summing to 1, from the found peaks' ``maps``
+    ``(N, h, w)``: each added to its survivor's (when ``owner`` is given), in ``order``,
+    resized to ``size`` (None: at the image size already; resizing is linear, so merging
+    before or after it is the same)."""
+    if owner is not None:
+        maps = torch.zeros_like(maps).index_add_(0, owner.to(maps.device), maps)
+    maps = maps[order.to(maps.device)][None]
+    if size is not None:
+        maps = F.interpolate(maps, size, mode="bilinear")
+    return normalize_prms(maps.transpose(0, 1))  # one "channel" per instance
 
 
 def _boxes(masks: torch.Tensor) -> torch.Tensor:
