@@ -507,6 +507,8 @@ def main() -> None:
         if previous.is_file():  # keep the sections this run skipped
             old = json.loads(previous.read_text())
             settings = {**old.get("settings", {}), **report["settings"]}
+            if "levers" in old and "levers" in report:  # settings not re-run keep theirs
+                report["levers"] = {**old["levers"], **report["levers"]}
             report = {**old, **report, "settings": settings}
             text = markdown(report)
         (RESULTS / "proposals.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
