@@ -413,11 +413,15 @@ def levers_markdown(lv: dict) -> list[str]:
                 f"{three(r, 'abo_large')} | {three(r, 'abo_small')} | "
                 f"{lv[name]['ShapeScenes']['abo@200']:.3f} | {lv[name]['cpu_s_per_photo']:.2f} |"
             )
-    chosen = max(names, key=lambda n: lv[n]["A"]["abo@200"])
-    held_out = f"held out on B: ABO@200 {lv[chosen]['B']['abo@200']:.3f}"
-    if "fast" in lv:
-        held_out += f" against {lv['fast']['B']['abo@200']:.3f} for the default (fast)"
-    return lines + ["", f"Chosen on half A by ABO@200: **{chosen}**; {held_out}.", ""]
+    text = []
+    for chosen_on, held_out in (("A", "B"), ("B", "A")):
+        chosen = max(names, key=lambda n: lv[n][chosen_on]["abo@200"])
+        line = f"chosen on {chosen_on}: **{chosen}**, on {held_out} ABO@200 "
+        line += f"{lv[chosen][held_out]['abo@200']:.3f}"
+        if "fast" in lv:
+            line += f" (default fast: {lv['fast'][held_out]['abo@200']:.3f})"
+        text.append(line)
+    return lines + ["", "Choosing by ABO@200 on one half: " + "; ".join(text) + ".", ""]
 
 
 def main() -> None:
