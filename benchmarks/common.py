@@ -38,6 +38,7 @@ import platform
 import resource
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,6 +114,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "cpu": cpu_model(),
         "cores": cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "opencv_threads": cv2.getNumThreads(),
+        "thread_variables": {name: os.environ.get(name) for name in THREAD_VARIABLES},
         "device": str(device),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -131,8 +134,17 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 def machine_line(info: dict[str, Any]) -> str:
     """One line for a markdown table's caption."""
     where = info.get("gpu") or info["cpu"]
+    pinned = set((info.get("thread_variables") or {}).values())
+    threads = f"{info['torch_threads']} torch thread(s)"
+    if (
+        pinned == {str(info["torch_threads"])}
+        and info.get("opencv_threads") == info["torch_threads"]
+    ):
+        threads = (
+            f"every thread pool pinned to {info['torch_threads']} (torch, OpenCV, OpenMP/BLAS)"
+        )
     return (
-        f"{where}; {info['cores']} cores, {info['torch_threads']} torch thread(s), "
+        f"{where}; {info['cores']} cores, {threads}, "
         f"device {info['device']}; torch {info['torch']}, Python {info['python']}; "
         f"load average {info['load_average_start']} at the start, "
         f"{info.get('load_average_end', '?')} at the end; {info['date_utc']} UTC, "
@@ -325,7 +337,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a smaller grid (minutes)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument(
-        "--threads", type=int, help="torch intra-op threads (default: torch's, all cores)"
+        "--threads",
+        type=int,
+        help="threads of torch, OpenCV, OpenMP and BLAS (default: the libraries', all cores)",
     )
     parser.add_argument("--repeats", type=int, help="timed runs per measurement")
     parser.add_argument(
@@ -337,12 +351,40 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+#: The environment variables that size the thread pools torch's setting does not govern
+#: (OpenMP, the BLAS libraries NumPy and SciPy load, MKL, numexpr). They are read when a
+#: library loads, so they must be set before NumPy is imported.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+
+
+def pin_threads(threads: int) -> None:
+    """Every thread pool of this process to ``threads``: torch, OpenCV, and (through the
+    environment, by restarting the process once with it set) OpenMP and BLAS.
+
+    ``torch.set_num_threads`` alone leaves NumPy's OpenBLAS and OpenCV free to use every
+    core, which makes a "one thread" CPU-time reading count a second core.
+    """
+    wanted = str(threads)
+    if any(os.environ.get(name) != wanted for name in THREAD_VARIABLES):
+        os.environ.update({name: wanted for name in THREAD_VARIABLES})
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+
+
 def setup(args: argparse.Namespace) -> tuple[torch.device, dict[str, Any]]:
-    """Apply ``--threads`` and ``--device``; return the device and the machine info."""
+    """Apply ``--threads`` (:func:`pin_threads`) and ``--device``; return the device and
+    the machine info."""
     if args.threads is not None:
         if args.threads < 1:
             raise SystemExit(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        pin_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")

@@ -56,7 +56,16 @@ SETTINGS = {
     "fast-320": ("fast", {"max_side": 320}),
     "quality": ("quality", {}),
     "quality-320": ("quality", {"max_side": 320}),
+    # Levers of issue 14 (--levers): a deterministic ranking that lets the hierarchies
+    # take turns, a finer over-segmentation (k = 25 added) for small objects, both, ...
+    "fast-rr": ("fast", {"ranking": "round-robin"}),
+    "fast-fine": ("fast", {"scales": (25.0, 50.0, 100.0)}),
+    "fast-fine-rr": ("fast", {"scales": (25.0, 50.0, 100.0), "ranking": "round-robin"}),
+    # ... and merging on an edge cue (the colour distance across the shared boundary).
+    "fast-edge": ("fast", {"similarities": ("ctsfe", "tsfe")}),
 }
+LEVERS = ("fast", "fast-rr", "fast-fine", "fast-fine-rr", "fast-edge")
+SMALL = 32 * 32  # COCO's small objects: area < 32^2 pixels (at the evaluated size)
 
 
 def generator(name: str):
@@ -74,6 +83,68 @@ def datasets(shapes: int) -> dict:
     if (SHARED / "voc-sample").is_dir():
         out["VOC fixture"] = build_dataset("voc", SHARED / "voc-sample" / "VOC2012", "trainval")
         out["COCO fixture"] = build_dataset("coco", SHARED / "coco-sample", "val2017")
+    return out
+
+
+def photos_at(side: int) -> list[tuple[str, object, dict]]:
+    """The fixture photos with masks, resized so that the longer side is ``side``
+    (image bilinear, masks nearest; crowd instances left out), sorted by
+    ``data/image_id``: ``[(name, PIL image, {"masks", "ignore_mask"})]``."""
+    from prm.masks import resize_nearest
+
+    photos = []
+    for data, dataset in datasets(0).items():
+        if data == "ShapeScenes test":
+            continue
+        for index in range(len(dataset)):
+            image, target = dataset[index]
+            scale = side / max(image.size)
+            size = (round(image.height * scale), round(image.width * scale))
+            masks = target["masks"][~target["iscrowd"].bool()]
+            resized = {
+                "masks": resize_nearest(masks, size),
+                "ignore_mask": resize_nearest(target["ignore_mask"][None], size)[0],
+            }
+            photos.append((f"{data}/{target['image_id']}", image.resize(size[::-1]), resized))
+    return sorted(photos, key=lambda photo: photo[0])
+
+
+def levers(names, shapes: int, side: int = 448) -> dict:
+    """Each setting on the fixture photos at ``side`` px, split into halves A (even
+    positions in name order) and B (odd), by instance size, and on ShapeScenes test."""
+    import numpy as np
+
+    from prm.data.shapes import ShapeScenes
+    from prm.proposals import best_overlaps
+
+    photos = photos_at(side)
+    halves = {"A": photos[0::2], "B": photos[1::2]}
+    out = {"side": side, "halves": {h: [p[0] for p in items] for h, items in halves.items()}}
+    for name in names:
+        gen = generator(name)
+        row, cpu = {}, 0.0
+        for half, items in halves.items():
+            best, area = {k: [] for k in TOP_K}, []
+            for _, image, target in items:
+                start = time.process_time()
+                proposals = gen.propose(image)
+                cpu += time.process_time() - start
+                found = best_overlaps(proposals, target["masks"], TOP_K, target["ignore_mask"])
+                for k in TOP_K:
+                    best[k] += found[k].tolist()
+                valid = target["masks"] & ~target["ignore_mask"].bool()
+                area += valid.flatten(1).sum(1).tolist()
+            small = np.array(area) < SMALL
+            row[half] = {"instances": len(area), "small": int(small.sum())}
+            for k in TOP_K:
+                b = np.array(best[k])
+                row[half][f"abo@{k}"] = float(b.mean())
+                row[half][f"abo_large@{k}"] = float(b[~small].mean()) if (~small).any() else None
+                row[half][f"abo_small@{k}"] = float(b[small].mean()) if small.any() else None
+        row["cpu_s_per_photo"] = cpu / len(photos)
+        row["ShapeScenes"] = quality(name, ShapeScenes("test", num_images=shapes))
+        out[name] = row
+        print(name, json.dumps(row), flush=True)
     return out
 
 
@@ -274,6 +345,8 @@ def markdown(report: dict) -> str:
                     f"{cells} | {r['cpu_s_per_image']:.2f} |"
                 )
         lines.append("")
+    if report.get("levers"):
+        lines += levers_markdown(report["levers"])
     if report.get("refine"):
         lines += [
             "Proposal-free candidates against selective search, given one stand-in PRM per "
@@ -314,6 +387,43 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def levers_markdown(lv: dict) -> list[str]:
+    names = [n for n in lv if n not in ("side", "halves")]
+    lines = [
+        f"Ranking and over-segmentation levers on the real fixture photos at {lv['side']} px "
+        f"(halves A: {len(lv['halves']['A'])} photos, B: {len(lv['halves']['B'])}, "
+        "alternating in name order), ABO of the first 100 / 200 / 1000 proposals over all "
+        f"instances, those of at least 32^2 px and the smaller ones; ShapeScenes test ABO@200; "
+        "CPU seconds per photo:",
+        "",
+        "| settings | half | instances (small) | all | >= 32^2 | < 32^2 | ShapeScenes @200 | "
+        "s/photo (CPU) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def three(r, key):
+        values = [r[f"{key}@{k}"] for k in TOP_K]
+        return " / ".join("-" if v is None else f"{v:.3f}" for v in values)
+
+    for name in names:
+        for half in ("A", "B"):
+            r = lv[name][half]
+            lines.append(
+                f"| {name} | {half} | {r['instances']} ({r['small']}) | {three(r, 'abo')} | "
+                f"{three(r, 'abo_large')} | {three(r, 'abo_small')} | "
+                f"{lv[name]['ShapeScenes']['abo@200']:.3f} | {lv[name]['cpu_s_per_photo']:.2f} |"
+            )
+    text = []
+    for chosen_on, held_out in (("A", "B"), ("B", "A")):
+        chosen = max(names, key=lambda n: lv[n][chosen_on]["abo@200"])
+        line = f"chosen on {chosen_on}: **{chosen}**, on {held_out} ABO@200 "
+        line += f"{lv[chosen][held_out]['abo@200']:.3f}"
+        if "fast" in lv:
+            line += f" (default fast: {lv['fast'][held_out]['abo@200']:.3f})"
+        text.append(line)
+    return lines + ["", "Choosing by ABO@200 on one half: " + "; ".join(text) + ".", ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -334,6 +444,12 @@ def main() -> None:
         type=int,
         metavar="N",
         help="compare proposal-free candidates on N images of each data set (synthetic PRMs)",
+    )
+    parser.add_argument(
+        "--levers",
+        nargs="*",
+        choices=list(SETTINGS),
+        help=f"compare settings on the photos at 448 px in halves (default {' '.join(LEVERS)})",
     )
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
@@ -376,6 +492,8 @@ def main() -> None:
                     continue
                 report["quality"][data][name] = quality(name, dataset)
                 print(data, name, json.dumps(report["quality"][data][name]), flush=True)
+    if args.levers is not None:
+        report["levers"] = levers(args.levers or LEVERS, args.shapes)
     if args.refine:
         report["refine"] = {}
         for data, dataset in datasets(args.refine).items():
@@ -393,6 +511,8 @@ def main() -> None:
         if previous.is_file():  # keep the sections this run skipped
             old = json.loads(previous.read_text())
             settings = {**old.get("settings", {}), **report["settings"]}
+            if "levers" in old and "levers" in report:  # settings not re-run keep theirs
+                report["levers"] = {**old["levers"], **report["levers"]}
             report = {**old, **report, "settings": settings}
             text = markdown(report)
         (RESULTS / "proposals.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import torch
 
 from benchmarks.common import (
@@ -121,8 +120,6 @@ def time_setting(inputs, kind, k, p, device, repeats, loop_max_pairs) -> dict[st
 
 def run(args) -> dict[str, Any]:
     device, info = setup(args)
-    if args.threads is not None:
-        cv2.setNumThreads(args.threads)
     peaks = args.peaks or ((8,) if args.quick else (8, 32))
     counts = args.proposals or ((200,) if args.quick else (100, 200, 1000))
     loop_max_pairs = args.loop_max_pairs or 10000

@@ -211,9 +211,8 @@ def class_background(crm: torch.Tensor, size: tuple[int, int], tau: torch.Tensor
     """Class-aware background maps ``Q`` as the authors compute them.
 
     Each class map is min-max scaled to 0..255 and rounded to bytes (what the authors'
-    ``scipy.misc.imresize`` does implicitly), resized bicubically to ``size`` as PIL does
-    (its kernel, two separable passes rounded to bytes), and ``Q = 1`` where it is
-    ``< tau * mean``.
+    ``scipy.misc.imresize`` does implicitly), resized bicubically to ``size`` by PIL (as
+    theirs), and ``Q = 1`` where it is ``< tau * mean``.
 
     Args:
         crm (Tensor[C, h, w]): class response maps of the classes needed.
@@ -221,23 +220,21 @@ def class_background(crm: torch.Tensor, size: tuple[int, int], tau: torch.Tensor
         tau (Tensor[C]): threshold factor of each map.
 
     Returns:
-        Tensor[C, H, W] (bool): background masks.
+        Tensor[C, H, W] (bool, on ``crm``'s device): background masks.
     """
-    flat = crm.flatten(1).float()
-    low, high = flat.amin(1), flat.amax(1)
+    from PIL import Image
+
+    flat = crm.detach().flatten(1).float().cpu()
+    low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
     span = torch.where(high > low, high - low, torch.ones_like(high))
-    scaled = ((crm.float() - low[:, None, None]) * (255.0 / span)[:, None, None]).clamp(0, 255)
-    resized = torch.floor(scaled + 0.5)[None]
-    # PIL resizes 8-bit images in two passes, horizontal then vertical, rounding to bytes
-    # in between; doing the same reproduces its output (to 1 grey level on rare pixels).
-    for pass_size in ((resized.shape[2], size[1]), size):
-        resized = F.interpolate(
-            resized, size=pass_size, mode="bicubic", antialias=True, align_corners=False
-        )
-        resized = torch.floor(resized + 0.5).clamp(0, 255)
-    resized = resized[0]
-    mean = resized.flatten(1).mean(1)
-    return resized < (tau.to(resized) * mean)[:, None, None]
+    scaled = ((flat - low) * (255.0 / span)).clamp(0, 255)
+    small = torch.floor(scaled + 0.5).to(torch.uint8).reshape(crm.shape).numpy()
+    resized = np.empty((len(small), *size), np.uint8)
+    for i, m in enumerate(small):
+        resized[i] = np.asarray(Image.fromarray(m).resize(size[::-1], Image.BICUBIC))
+    resized = torch.from_numpy(resized)
+    mean = resized.flatten(1).double().mean(1)
+    return (resized < tau.cpu().double()[:, None, None] * mean[:, None, None]).to(crm.device)
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -338,11 +335,12 @@ class _Crops:
         A mask's sum of a map is read from the map's row-wise prefix sums ``C`` (``C[y, x]``
         the sum over columns ``< x``): a run ``[a, b)`` of row ``y`` adds
         ``C[y, b] - C[y, a]``, so only the ends of the runs are visited. The mask and its
-        contour share one array (bit 0 and bit 1), so one pass finds the run ends of both,
-        and all sums are two sparse products (a row of +-1 at the run ends per proposal).
+        contour share one array (bit 0 and bit 1), and the arrays of all proposals one
+        line, so one pass finds every run end, and all sums are one sparse product (a
+        row of +-1 at the run ends per mask and per contour).
 
         Args:
-            maps: ``(M, h, w)`` float64 maps.
+            maps: ``(M, h, w)`` maps (summed in float64).
             k: the contour sums are taken of maps ``0 .. k-1``.
             width: odd side of the contour's square.
 
@@ -353,52 +351,44 @@ class _Crops:
 
         m, h, w = maps.shape
         prefix = np.zeros((m, h, w + 1))
-        np.cumsum(maps, axis=2, out=prefix[:, :, 1:])
-        # One row of M sums per (y, x): the products read whole rows.
+        np.cumsum(maps, axis=2, dtype=np.float64, out=prefix[:, :, 1:])
+        # One row of M sums per (y, x): the product reads whole rows.
         prefix = np.ascontiguousarray(prefix.reshape(m, -1).T)
-        found, ends, mask_signs, edge_signs = [], [], [], []
+        found, codes, corners = [], [], []
         for p in range(len(self)):
             crop = self.crop(p)
             if crop is None:
                 continue
             top, left, mask = crop
-            rows, cols = mask.shape
             code = _gradient(mask, width)
             code <<= 1
             code |= mask
-            # One zero column either side, so that every run starts and ends inside and
-            # no run crosses from one row into the next.
-            line = cv2.copyMakeBorder(code, 0, 0, 1, 1, cv2.BORDER_CONSTANT, value=0).ravel()
-            steps = np.flatnonzero(line[1:] != line[:-1]) + 1
-            now, before = line[steps].astype(np.int8), line[steps - 1].astype(np.int8)
-            # A run starts at a step (-C) or ends there (+C), for each bit.
-            mask_signs.append((before & 1) - (now & 1))
-            edge_signs.append((before >> 1) - (now >> 1))
-            ys, xs = np.divmod(steps, cols + 2)
-            ends.append((ys + top) * (w + 1) + xs - 1 + left)
+            # One zero column either side, so that every run starts and ends inside its
+            # row and no run crosses into the next row or the next proposal's array.
+            codes.append(cv2.copyMakeBorder(code, 0, 0, 1, 1, cv2.BORDER_CONSTANT).ravel())
+            corners.append((top, left - 1, mask.shape[1] + 2))
             found.append(p)
         if not found:
             return np.zeros((len(self), m)), np.zeros((len(self), k))
-        # The prefix sums at all run ends are gathered once; then every mask's sum and
-        # every contour's sum is a row of a sparse (2P, ends) matrix of signs times them.
-        columns = np.concatenate(ends)
-        values = prefix.take(columns, axis=0)
+        line = np.concatenate(codes)
+        starts = np.cumsum([0] + [len(c) for c in codes])
+        steps = np.flatnonzero(line[1:] != line[:-1]) + 1
+        owner = np.searchsorted(starts, steps, side="right") - 1
+        top, left, stride = np.array(corners).T
+        ys, xs = np.divmod(steps - starts[owner], stride[owner])
+        ends = (ys + top[owner]) * (w + 1) + xs + left[owner]
+        now, before = line[steps].astype(np.int8), line[steps - 1].astype(np.int8)
+        # A run starts at a step (-C) or ends there (+C), for each bit.
+        signs = np.concatenate([(before & 1) - (now & 1), (before >> 1) - (now >> 1)])
         counts = np.zeros(len(self), np.int64)
-        counts[found] = [len(e) for e in ends]
-        pointers = np.concatenate([[0], np.cumsum(counts)])
-        signs = np.concatenate(mask_signs + edge_signs).astype(np.float64)
-        index = np.arange(len(columns))
-        both = (
-            csr_matrix(
-                (
-                    signs,
-                    np.concatenate([index, index]),
-                    np.concatenate([pointers, pointers[1:] + pointers[-1]]),
-                ),
-                shape=(2 * len(self), len(columns)),
-            )
-            @ values
+        counts[found] = np.bincount(owner, minlength=len(found))
+        pointers = np.cumsum(np.concatenate([[0], counts, counts]))
+        index = np.arange(len(steps))
+        pick = csr_matrix(
+            (signs.astype(np.float64), np.concatenate([index, index]), pointers),
+            shape=(2 * len(self), len(steps)),
         )
+        both = pick @ prefix.take(ends, axis=0)
         return both[: len(self)], both[len(self) :, :k]
 
     def iou(self, index: Sequence[int]) -> torch.Tensor:
@@ -557,7 +547,8 @@ def _pair_sums(prms, background, candidates: _Crops | _Cells, width: int):
     """For every proposal: instance sums ``<R_k, S>`` (P, K), boundary sums
     ``<R_k, S^>`` (P, K), background sums ``<Q, S>`` (P, C') and areas (P,), float64."""
     k, h, w = prms.shape
-    maps = np.empty((k + len(background) + 1, h, w))
+    # float32 holds every input exactly; the sums accumulate in float64.
+    maps = np.empty((k + len(background) + 1, h, w), np.float32)
     maps[:k] = prms.detach().float().cpu().numpy()
     maps[k:-1] = background.detach().cpu().numpy()
     maps[-1] = 1  # a map of ones: the area
@@ -712,75 +703,85 @@ def retrieve_instances(
     device = prms.device
     compact = isinstance(proposals, CompactProposals)
     height, width = proposals.size if compact else tuple(proposals.shape[1:])
-    net_size = tuple(prms.shape[1:])
-    empty = _empty_instances(height, width, device)
-    if len(prms) == 0 or len(proposals) == 0:
-        return empty
-
     count = min(config.proposal_count, len(proposals))
     candidates = proposals.select(slice(0, count)) if compact else proposals[:count]
-    crops = _candidates(candidates, net_size, config.contour_width)
-    classes, inverse = torch.unique(labels, return_inverse=True)
-    tau = config.per_peak("tau", classes).to(device)
-    background = class_background(crm[classes].to(device), net_size, tau)  # (C', h, w)
-    alpha = config.per_peak("alpha", labels)
-    beta = config.per_peak("beta", labels)
-    scores = _scores(
-        prms,
-        background,
-        inverse,
-        alpha,
-        beta,
-        crops,
-        config.contour_width,
-        config.proposal_size_limit,
-    ).cpu()
-
-    best_score, best = scores.max(1)  # ties: the first proposal wins
+    crops = _candidates(candidates, tuple(prms.shape[1:]), config.contour_width)
+    best_score, best = _best_proposals(prms, labels, crm, crops, config)
     found = torch.isfinite(best_score)
-    peak_index = found.nonzero()[:, 0]
-    if len(peak_index) == 0:
-        return empty
+    if not found.any():
+        return _empty_instances(height, width, device)
     best, best_score = best[found], best_score[found]  # float64 until the output
-    inst_labels, inst_prms = labels[found].cpu(), prms[found].float()
-
-    order = torch.sort(best_score, descending=True, stable=True).indices
-    if config.nms_threshold is not None:
-        # Peaks often choose the same proposal: IoUs among the distinct ones only.
-        distinct, inverse = torch.unique(best, return_inverse=True)
-        iou = crops.iou(distinct.tolist())[inverse][:, inverse]
-        keep, owner = _greedy_nms(
-            iou, best_score, inst_labels, config.nms_threshold, config.nms_class_agnostic
-        )
-        order = keep
-
-    def merged(maps: torch.Tensor) -> torch.Tensor:
-        if config.nms_threshold is None or not config.merge_peak_response:
-            return maps
-        return torch.zeros_like(maps).index_add_(0, owner.to(device), maps)
-
-    if image_prms is None:
-        size = (height, width)
-        prm_full = F.interpolate(merged(inst_prms)[order.to(device)][None], size, mode="bilinear")
-        prm_full = prm_full.transpose(0, 1)
-    else:  # resizing is linear: merging the resized maps is resizing the merged ones
-        prm_full = merged(image_prms.to(device)[found.to(device)].float())[order.to(device), None]
-    prm_full = normalize_prms(prm_full)  # one "channel" per instance
+    order, owner = _deduplicate(crops, best, best_score, labels[found].cpu(), config)
+    maps, size = (prms, (height, width)) if image_prms is None else (image_prms.to(device), None)
+    if not config.merge_peak_response:
+        owner = None
+    prm_full = _instance_prms(maps[found.to(device)].float(), order, owner, size)
     chosen = best[order]
     if compact:
         masks = candidates.select(chosen).masks()
     else:
         masks = candidates[chosen.to(candidates.device)].bool()
-    masks = masks.to(device)
     return {
-        "masks": masks,
-        "labels": inst_labels[order].long().to(device),
+        "masks": masks.to(device),
+        "labels": labels[found].cpu()[order].long().to(device),
         "retrieval_scores": best_score[order].float().to(device),
         "prms": prm_full,
-        "peak_index": peak_index[order].to(device),
+        "peak_index": found.nonzero()[:, 0][order].to(device),
         "proposal_index": chosen.to(device),
-        "boxes": masks_to_boxes(masks),
+        "boxes": _boxes(masks).to(device),
     }
+
+
+def _best_proposals(prms, labels, crm, crops: _Crops | _Cells, config: RetrievalConfig):
+    """The best proposal of each peak, ``(K,)`` float64 scores (``-inf`` where none
+    passes the size limits) and ``(K,)`` int64 indices (ties: the first wins)."""
+    if len(prms) == 0 or len(crops) == 0:
+        return torch.full((len(prms),), float("-inf"), dtype=torch.float64), labels.cpu()
+    net_size = tuple(prms.shape[1:])
+    classes, inverse = torch.unique(labels, return_inverse=True)
+    tau = config.per_peak("tau", classes).to(prms.device)
+    background = class_background(crm[classes].to(prms.device), net_size, tau)  # (C', h, w)
+    alpha, beta = config.per_peak("alpha", labels), config.per_peak("beta", labels)
+    width, limit = config.contour_width, config.proposal_size_limit
+    scores = _scores(prms, background, inverse, alpha, beta, crops, width, limit)
+    return scores.cpu().max(1)
+
+
+def _deduplicate(crops: _Crops | _Cells, best, best_score, labels, config: RetrievalConfig):
+    """The instances' output order ``(M,)`` and the survivor that suppressed each
+    ``(N,)`` (None without NMS)."""
+    if config.nms_threshold is None:
+        return torch.sort(best_score, descending=True, stable=True).indices, None
+    # Peaks often choose the same proposal: IoUs among the distinct ones only.
+    distinct, inverse = torch.unique(best, return_inverse=True)
+    iou = crops.iou(distinct.tolist())[inverse][:, inverse]
+    return _greedy_nms(iou, best_score, labels, config.nms_threshold, config.nms_class_agnostic)
+
+
+def _instance_prms(maps: torch.Tensor, order, owner, size: tuple[int, int] | None):
+    """The instances' PRMs ``(M, 1, H, W)`` summing to 1, from the found peaks' ``maps``
+    ``(N, h, w)``: each added to its survivor's (when ``owner`` is given), in ``order``,
+    resized to ``size`` (None: at the image size already; resizing is linear, so merging
+    before or after it is the same)."""
+    if owner is not None:
+        maps = torch.zeros_like(maps).index_add_(0, owner.to(maps.device), maps)
+    maps = maps[order.to(maps.device)][None]
+    if size is not None:
+        maps = F.interpolate(maps, size, mode="bilinear")
+    return normalize_prms(maps.transpose(0, 1))  # one "channel" per instance
+
+
+def _boxes(masks: torch.Tensor) -> torch.Tensor:
+    """:func:`prm.masks.masks_to_boxes`, by OpenCV on the CPU (20x faster there)."""
+    if masks.device.type != "cpu":
+        return masks_to_boxes(masks)
+    import cv2
+
+    array = np.ascontiguousarray(masks.numpy()).view(np.uint8)
+    boxes = torch.tensor([cv2.boundingRect(m) for m in array], dtype=torch.float32)
+    boxes = boxes.reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]  # (x, y, width, height) -> (x1, y1, x2, y2)
+    return boxes
 
 
 def _check_inputs(prms, labels, crm, proposals, config: RetrievalConfig) -> None:

@@ -292,6 +292,40 @@ def test_compact_contour_sums_equal_dense_ones_for_any_cells(cells):
         assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_background_equals_the_authors_imresize(seed):
+    # The authors threshold scipy's imresize (bytescale, then PIL bicubic) of each CRM.
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.common import imresize
+
+    g = torch.Generator().manual_seed(seed)
+    crm = torch.randn(3, 7 + seed, 9, generator=g) * 4
+    crm[2] = 1.5  # a flat map: all zeros after scaling, no background
+    size, tau = (40 + 7 * seed, 33), torch.tensor([0.95, 1.2, 0.95])
+    q = class_background(crm, size, tau)
+    for c in range(3):
+        resized = imresize(crm[c].numpy(), size, Image.BICUBIC)
+        expected = resized < float(tau[c]) * resized.mean()
+        assert np.array_equal(q[c].numpy(), expected)
+    assert 0 < q[0].sum() < q[0].numel() and not q[2].any()
+
+
+def test_boxes_equal_masks_to_boxes():
+    from prm.masks import masks_to_boxes
+    from prm.retrieval import _boxes
+
+    g = torch.Generator().manual_seed(0)
+    masks = random_blobs(g, 6, (31, 45))
+    masks[1] = False  # empty: (0, 0, 0, 0)
+    masks[2, :, -1] = True  # touches the right and bottom borders
+    masks[3] = False
+    masks[3, 0, 0] = True  # one pixel
+    assert torch.equal(_boxes(masks), masks_to_boxes(masks))
+    assert _boxes(masks[:0]).shape == (0, 4)
+
+
 def test_nms_overlaps_from_crops_and_cells_equal_mask_iou():
     from prm.masks import mask_iou
     from prm.retrieval import _candidates

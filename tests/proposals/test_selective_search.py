@@ -66,6 +66,39 @@ def test_grouping_merges_the_most_similar_neighbours_first():
     ]
 
 
+def test_edge_measure_merges_across_the_weakest_boundary_first():
+    # Four stripes 0 1 2 3 with grey levels 0.1 0.2 0.8 0.95: boundary 0|1 is the
+    # weakest (0.1 apart), then 2|3 (0.15), 1|2 strong (0.6).
+    superpixels = np.repeat(np.arange(4), 8)[None].repeat(8, 0)
+    grey = np.array([0.1, 0.2, 0.8, 0.95], np.float32)[superpixels]
+    rgb = grey[..., None].repeat(3, -1)
+    stats = _region_stats(superpixels, _colour_bins(rgb), _texture_bins(rgb), rgb)
+    step = np.sqrt(3) * 0.1
+    assert stats.border[0, 1] == stats.border[1, 0] == 8 and stats.border[0, 2] == 0
+    assert stats.edge[0, 1] == pytest.approx(8 * step, rel=1e-5)
+    members = _hierarchical_grouping(stats, "e", superpixels.size)
+    assert [m.nonzero()[0].tolist() for m in members[4:]] == [[0, 1], [2, 3], [0, 1, 2, 3]]
+
+
+def test_merged_boundaries_add_up():
+    # After merging two regions, the new region's boundary strength and length with each
+    # neighbour equal those computed from the merged map directly.
+    from prm.proposals.selective_search import _Grouping
+
+    rng = np.random.default_rng(0)
+    superpixels = np.repeat(np.repeat(np.arange(9).reshape(3, 3), 6, 0), 6, 1)
+    rgb = rng.random((18, 18, 3)).astype(np.float32)
+    stats = _region_stats(superpixels, _colour_bins(rgb), _texture_bins(rgb), rgb)
+    grouping = _Grouping(stats, "e", superpixels.size)
+    grouping.merge(4, 5)
+    keep = [0, 1, 2, 3, 4, 6, 7, 8]  # slot 5 is empty now; the merged map numbers 0..7
+    merged = np.unique(np.where(superpixels == 5, 4, superpixels), return_inverse=True)[1]
+    direct = _region_stats(merged.reshape(18, 18), _colour_bins(rgb), _texture_bins(rgb), rgb)
+    assert np.allclose(grouping.edge[np.ix_(keep, keep)], direct.edge)
+    assert np.array_equal(grouping.border[np.ix_(keep, keep)], direct.border)
+    assert not grouping.edge[5].any() and not grouping.border[:, 5].any()
+
+
 def test_grouping_only_merges_adjacent_regions():
     # Superpixels 0 and 2 have the same colour but are separated by 1: they can only
     # meet once 1 has joined one of them.
@@ -91,6 +124,17 @@ def test_same_seed_same_proposals_other_seed_other_order():
     a = SelectiveSearch(seed=1)(image)
     assert torch.equal(a, SelectiveSearch(seed=1)(image))
     assert not torch.equal(a, SelectiveSearch(seed=2)(image))
+
+
+def test_round_robin_ranking_lets_the_hierarchies_take_turns():
+    # Positions (the last region formed is 1): hierarchy 0 has regions at 3, 2, 1,
+    # hierarchy 1 at 2, 1; by position alone, ties in hierarchy order.
+    order = SelectiveSearch(ranking="round-robin")._rank([3, 2])
+    assert order.tolist() == [[0, 2], [1, 1], [0, 1], [1, 0], [0, 0]]
+    image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    a = SelectiveSearch(ranking="round-robin", seed=0).propose(image)
+    b = SelectiveSearch(ranking="round-robin", seed=1).propose(image)
+    assert torch.equal(a.masks(), b.masks())  # no random factor: the seed plays no part
 
 
 def test_image_types_agree():
@@ -128,6 +172,10 @@ def test_settings_and_hash():
     assert SelectiveSearch().settings_hash() == SelectiveSearch.fast().settings_hash()
     assert SelectiveSearch(scales=[50, 100]) == SelectiveSearch()  # lists become tuples
     assert SelectiveSearch(seed=1).settings_hash() != SelectiveSearch().settings_hash()
+    # Later fields at their original values leave the key (and so old caches) unchanged.
+    assert SelectiveSearch().settings_hash() == "896644d31a4e"
+    robin = SelectiveSearch(ranking="round-robin")
+    assert robin.settings_hash() != SelectiveSearch().settings_hash()
     assert SelectiveSearch.quality().settings()["color_spaces"] == (
         "hsv",
         "lab",
@@ -141,12 +189,13 @@ def test_settings_and_hash():
     "bad, match",
     [
         ({"color_spaces": ("hsv", "xyz")}, "unknown colour space"),
-        ({"similarities": ("ctx",)}, "letters from 'ctsf'"),
+        ({"similarities": ("ctx",)}, "letters from 'ctsfe'"),
         ({"similarities": ("cc",)}, "at most once"),
         ({"scales": ()}, "non-empty"),
         ({"scales": (0,)}, "positive"),
         ({"duplicate_iou": 0.0}, "duplicate_iou"),
         ({"max_proposals": 0}, "max_proposals"),
+        ({"ranking": "best"}, "ranking"),
     ],
 )
 def test_bad_settings(bad, match):

@@ -65,20 +65,9 @@ def grabcut_proposals(
         Tensor[P, H, W] (bool): for each seed pair, one candidate per map (maps that are
         zero give none), then the PRM-support candidates.
     """
-    import cv2
-
-    if prms.dim() != 3:
-        raise ValueError(f"prms must be (K, H, W), got shape {tuple(prms.shape)}")
     rgb = as_rgb_array(image)
+    _check_arguments(rgb, prms, peaks, seeds, core)
     k, h, w = prms.shape
-    if rgb.shape[:2] != (h, w):
-        raise ValueError(f"image is {rgb.shape[:2]}, the maps are {(h, w)}")
-    if peaks is not None and tuple(peaks.shape) != (k, 2):
-        raise ValueError(f"peaks must be (K, 2) = ({k}, 2) (x, y), got {tuple(peaks.shape)}")
-    if not seeds or any(not 0.0 < low < high <= 1.0 for high, low in seeds):
-        raise ValueError(f"seeds must be (high, low) with 0 < low < high <= 1, got {seeds}")
-    if not 0.0 < core <= 1.0:
-        raise ValueError(f"core must be in (0, 1], got {core}")
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
     maps = prms.detach().cpu().double().clamp(min=0).numpy()
     sigma = smooth * max(h, w)
@@ -87,34 +76,9 @@ def grabcut_proposals(
     candidates: list[np.ndarray] = []
     for high, low in seeds:
         for i, prm in enumerate(maps):
-            top = prm.max()
-            if top <= 0:
+            if prm.max() <= 0:
                 continue
-            fg, support = prm >= high * top, prm >= low * top
-            ys, xs = np.nonzero(support)
-            grow_y = int(margin * (ys.max() - ys.min() + 1)) + 2
-            grow_x = int(margin * (xs.max() - xs.min() + 1)) + 2
-            y0, y1 = max(ys.min() - grow_y, 0), min(ys.max() + 1 + grow_y, h)
-            x0, x1 = max(xs.min() - grow_x, 0), min(xs.max() + 1 + grow_x, w)
-            # As GrabCut's rectangle: the crop's frame is background, the inside probably
-            # background, the high part of the map probably object, its core surely.
-            seed = np.full((y1 - y0, x1 - x0), cv2.GC_PR_BGD, np.uint8)
-            seed[fg[y0:y1, x0:x1]] = cv2.GC_PR_FGD
-            seed[prm[y0:y1, x0:x1] >= core * top] = cv2.GC_FGD
-            frame = np.ones_like(seed, dtype=bool)
-            frame[_FRAME:-_FRAME, _FRAME:-_FRAME] = False
-            frame[:, :_FRAME] &= x0 > 0  # the image border is no evidence of background
-            frame[:, -_FRAME:] &= x1 < w
-            frame[:_FRAME] &= y0 > 0
-            frame[-_FRAME:] &= y1 < h
-            seed[frame & (seed == cv2.GC_PR_BGD)] = cv2.GC_BGD
-            mask = support.copy()
-            if (seed == cv2.GC_BGD).any():  # GrabCut needs both colour models
-                bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
-                crop = np.ascontiguousarray(bgr[y0:y1, x0:x1])
-                cv2.grabCut(crop, seed, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
-                mask[:] = False
-                mask[y0:y1, x0:x1] = (seed == cv2.GC_FGD) | (seed == cv2.GC_PR_FGD)
+            mask = _grabcut(bgr, prm, (high, low, core), margin, iterations)
             mask = _component_at(mask, None if peaks is None else peaks[i])
             if mask.any():
                 candidates.append(ndimage.binary_fill_holes(mask))
@@ -124,6 +88,59 @@ def grabcut_proposals(
     if with_support:
         out = torch.cat([out, prm_support_proposals(prms, peaks, smooth=smooth)])
     return out
+
+
+def _check_arguments(rgb: np.ndarray, prms: torch.Tensor, peaks, seeds, core: float) -> None:
+    """The checks of :func:`grabcut_proposals`' arguments (``ValueError`` naming each)."""
+    if prms.dim() != 3:
+        raise ValueError(f"prms must be (K, H, W), got shape {tuple(prms.shape)}")
+    k, h, w = prms.shape
+    if rgb.shape[:2] != (h, w):
+        raise ValueError(f"image is {rgb.shape[:2]}, the maps are {(h, w)}")
+    if peaks is not None and tuple(peaks.shape) != (k, 2):
+        raise ValueError(f"peaks must be (K, 2) = ({k}, 2) (x, y), got {tuple(peaks.shape)}")
+    if not seeds or any(not 0.0 < low < high <= 1.0 for high, low in seeds):
+        raise ValueError(f"seeds must be (high, low) with 0 < low < high <= 1, got {seeds}")
+    if not 0.0 < core <= 1.0:
+        raise ValueError(f"core must be in (0, 1], got {core}")
+
+
+def _grabcut(bgr: np.ndarray, prm: np.ndarray, levels, margin: float, iterations: int):
+    """One GrabCut run seeded by a (smoothed, non-zero) map, on the box of its support
+    grown by ``margin``: ``(H, W)`` bool (the support itself when the box leaves GrabCut
+    no background to learn from). ``levels``: ``(high, low, core)`` fractions of the
+    map's maximum."""
+    import cv2
+
+    (h, w), top = prm.shape, prm.max()
+    high, low, core = (level * top for level in levels)
+    support = prm >= low
+    ys, xs = np.nonzero(support)
+    grow_y = int(margin * (ys.max() - ys.min() + 1)) + 2
+    grow_x = int(margin * (xs.max() - xs.min() + 1)) + 2
+    y0, y1 = max(ys.min() - grow_y, 0), min(ys.max() + 1 + grow_y, h)
+    x0, x1 = max(xs.min() - grow_x, 0), min(xs.max() + 1 + grow_x, w)
+    # As GrabCut's rectangle: the crop's frame is background, the inside probably
+    # background, the high part of the map probably object, its core surely.
+    crop = prm[y0:y1, x0:x1]
+    seed = np.full(crop.shape, cv2.GC_PR_BGD, np.uint8)
+    seed[crop >= high] = cv2.GC_PR_FGD
+    seed[crop >= core] = cv2.GC_FGD
+    frame = np.ones_like(seed, dtype=bool)
+    frame[_FRAME:-_FRAME, _FRAME:-_FRAME] = False
+    frame[:, :_FRAME] &= x0 > 0  # the image border is no evidence of background
+    frame[:, -_FRAME:] &= x1 < w
+    frame[:_FRAME] &= y0 > 0
+    frame[-_FRAME:] &= y1 < h
+    seed[frame & (seed == cv2.GC_PR_BGD)] = cv2.GC_BGD
+    if not (seed == cv2.GC_BGD).any():  # GrabCut needs both colour models
+        return support
+    bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
+    image = np.ascontiguousarray(bgr[y0:y1, x0:x1])
+    cv2.grabCut(image, seed, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = (seed == cv2.GC_FGD) | (seed == cv2.GC_PR_FGD)
+    return mask
 
 
 def _component_at(mask: np.ndarray, peak: torch.Tensor | None) -> np.ndarray:

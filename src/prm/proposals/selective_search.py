@@ -20,7 +20,8 @@ IJCV 2013. The paper's algorithm, kept as segments rather than boxes:
    recomputed from pixels. Every region formed (the superpixels included) is a proposal.
 4. Rank as the paper does: within one hierarchy the region formed last gets position 1,
    the one before it 2, ...; each position is multiplied by a uniform random number
-   (seeded) and all hierarchies are sorted together by that value, ascending.
+   (seeded) and all hierarchies are sorted together by that value, ascending
+   (``ranking="round-robin"``: by position alone, hierarchies taking turns).
 5. Remove exact and near duplicates (mask IoU >= ``duplicate_iou``) greedily in ranked
    order and keep the first ``max_proposals``.
 
@@ -72,7 +73,9 @@ class SelectiveSearch:
         scales: Felzenszwalb's ``k`` (scikit-image's ``scale``; also its ``min_size``).
             Larger gives fewer, larger superpixels.
         similarities: grouping strategies, each a string of the measures it sums:
-            ``c`` colour, ``t`` texture, ``s`` size, ``f`` fill.
+            ``c`` colour, ``t`` texture, ``s`` size, ``f`` fill, ``e`` edge (1 minus
+            the mean colour distance across the shared boundary, scaled to 0..1: weak
+            boundaries merge first, as in MCG).
         sigma: Gaussian smoothing before the Felzenszwalb segmentation.
         segmenter: the Felzenszwalb-Huttenlocher implementation: ``"skimage"``
             (scikit-image's ``felzenszwalb``) or ``"opencv"`` (OpenCV contrib's
@@ -86,6 +89,9 @@ class SelectiveSearch:
             least this is dropped (1.0: exact duplicates only).
         seed: seed of the random factor of the ranking (same image, same seed, same
             proposals).
+        ranking: ``"random"`` (the paper's: position times a random number) or
+            ``"round-robin"`` (position alone: the hierarchies take turns, each giving
+            its next region; docs/proposals.md measures both).
 
     One hierarchy runs per (colour space, scale, similarity), ``len(color_spaces) *
     len(scales) * len(similarities)`` in all.
@@ -100,6 +106,7 @@ class SelectiveSearch:
     max_proposals: int | None = 1000
     duplicate_iou: float = 0.9
     seed: int = 0
+    ranking: str = "random"
 
     def __post_init__(self) -> None:
         # Accept lists (from YAML/JSON) but store tuples so that the settings hash is stable.
@@ -113,10 +120,10 @@ class SelectiveSearch:
         if bad:
             raise ValueError(f"unknown colour space(s) {bad}; choose from {COLOR_SPACES}")
         for sim in self.similarities:
-            if not sim or set(sim) - set("ctsf") or len(set(sim)) != len(sim):
+            if not sim or set(sim) - set("ctsfe") or len(set(sim)) != len(sim):
                 raise ValueError(
-                    f"similarity {sim!r} must be letters from 'ctsf' (colour, texture, "
-                    "size, fill), each at most once"
+                    f"similarity {sim!r} must be letters from 'ctsfe' (colour, texture, "
+                    "size, fill, edge), each at most once"
                 )
         if any(k <= 0 for k in self.scales):
             raise ValueError(f"scales must be positive, got {self.scales}")
@@ -128,6 +135,8 @@ class SelectiveSearch:
             raise ValueError(f"max_side must be >= 8 or None, got {self.max_side}")
         if self.max_proposals is not None and self.max_proposals < 1:
             raise ValueError(f"max_proposals must be >= 1 or None, got {self.max_proposals}")
+        if self.ranking not in ("random", "round-robin"):
+            raise ValueError(f"ranking must be 'random' or 'round-robin', got {self.ranking!r}")
         if not 0.0 < self.duplicate_iou <= 1.0:
             raise ValueError(f"duplicate_iou must be in (0, 1], got {self.duplicate_iou}")
 
@@ -158,8 +167,10 @@ class SelectiveSearch:
     def settings(self) -> dict:
         """The settings as a JSON-serialisable dict (what the cache key is made from)."""
         settings = asdict(self)
-        if settings["segmenter"] == "skimage":  # the original; caches made before keep their key
-            del settings["segmenter"]
+        # The original values of later fields: caches made before keep their key.
+        for name, original in (("segmenter", "skimage"), ("ranking", "random")):
+            if settings[name] == original:
+                del settings[name]
         return {"generator": "selective_search", **settings}
 
     def settings_hash(self) -> str:
@@ -196,7 +207,8 @@ class SelectiveSearch:
             texture_bins = _texture_bins(channels)
             for k in self.scales:
                 superpixels = _felzenszwalb(channels, k, self.sigma, self.segmenter)
-                stats = _region_stats(superpixels, colour_bins, texture_bins)
+                edges = channels if any("e" in sim for sim in self.similarities) else None
+                stats = _region_stats(superpixels, colour_bins, texture_bins, edges)
                 segmentations.append(superpixels)
                 for sim in self.similarities:
                     members = _hierarchical_grouping(stats, sim, superpixels.size)
@@ -217,13 +229,15 @@ class SelectiveSearch:
         """Global ranked order of all regions, as (hierarchy, region) pairs ``(R, 2)``.
 
         Selective search's rule: position within a hierarchy (the last region formed is 1)
-        times a uniform random number, ascending.
+        times a uniform random number, ascending; round-robin: position alone (ties in
+        hierarchy order).
         """
-        rng = np.random.default_rng(self.seed)
         which = np.concatenate([np.full(n, h) for h, n in enumerate(counts)])
         index = np.concatenate([np.arange(n) for n in counts])
         position = np.concatenate([np.arange(n, 0, -1) for n in counts]).astype(np.float64)
-        priority = position * rng.random(len(position))
+        priority = position
+        if self.ranking == "random":
+            priority = position * np.random.default_rng(self.seed).random(len(position))
         order = np.argsort(priority, kind="stable")
         return np.stack([which[order], index[order]], 1)
 
@@ -319,6 +333,10 @@ class _Stats:
     colour: np.ndarray  # (n, C * 25) float64, rows sum to 1
     texture: np.ndarray  # (n, C * 80) float64, rows sum to 1
     adjacency: np.ndarray  # (n, n) bool, symmetric, False on the diagonal
+    # (n, n) float64, symmetric: summed edge strength along the shared boundary, and its
+    # length (pixel pairs); None when the channels were not given.
+    edge: np.ndarray | None = None
+    border: np.ndarray | None = None
 
 
 def _histograms(flat_labels: np.ndarray, bins: np.ndarray, nbins: int, n: int) -> np.ndarray:
@@ -343,7 +361,10 @@ def _boxes(labels: np.ndarray) -> np.ndarray:
     return np.array([(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in slices], float)
 
 
-def _region_stats(superpixels: np.ndarray, colour_bins: np.ndarray, texture_bins: np.ndarray):
+def _region_stats(superpixels, colour_bins, texture_bins, channels=None) -> _Stats:
+    """:class:`_Stats` of a superpixel map; the boundary edge strengths (the colour
+    distance of the two pixels of every 4-neighbour pair across it) from ``channels``
+    ``(H, W, C)`` when given."""
     n = int(superpixels.max()) + 1
     flat = superpixels.ravel()
     size = np.bincount(flat, minlength=n).astype(np.float64)
@@ -356,7 +377,109 @@ def _region_stats(superpixels: np.ndarray, colour_bins: np.ndarray, texture_bins
     adjacency = np.zeros((n, n), dtype=bool)
     adjacency[a[differ], b[differ]] = True
     adjacency |= adjacency.T
-    return _Stats(size, _boxes(superpixels), colour, texture, adjacency)
+    stats = _Stats(size, _boxes(superpixels), colour, texture, adjacency)
+    if channels is not None:
+        step = [np.diff(channels, axis=1), np.diff(channels, axis=0)]
+        strength = np.concatenate([np.sqrt((d**2).sum(-1)).ravel() for d in step])[differ]
+        pair = a[differ] * n + b[differ]
+        stats.edge, stats.border = (
+            np.bincount(pair, weights, n * n).reshape(n, n) for weights in (strength, None)
+        )
+        stats.edge, stats.border = stats.edge + stats.edge.T, stats.border + stats.border.T
+    return stats
+
+
+class _Grouping:
+    """One hierarchical grouping in progress: the statistics of the region in each slot
+    (a merge puts the new region in the first slot and empties the second), their
+    similarities, and each slot's most similar neighbour."""
+
+    def __init__(self, stats: _Stats, measures: str, image_area: int):
+        n = len(stats.size)
+        self.measures, self.image_area, self.count = measures, image_area, n
+        self.size, self.box = stats.size.copy(), stats.box.copy()
+        self.colour, self.texture = stats.colour.copy(), stats.texture.copy()
+        self.adjacency = stats.adjacency.copy()
+        if "e" in measures:
+            if stats.edge is None:
+                raise ValueError("the edge measure needs _region_stats(..., channels)")
+            self.edge, self.border = stats.edge.copy(), stats.border.copy()
+            means = self.edge[self.adjacency] / self.border[self.adjacency]
+            # Merged boundaries average their parts: the largest mean bounds them all.
+            self.edge_scale = float(means.max()) if len(means) and means.max() > 0 else 1.0
+        self.members = np.zeros((max(2 * n - 1, 1), n), dtype=bool)
+        self.members[np.arange(n), np.arange(n)] = True
+        self.region_of_slot = np.arange(n)
+        self.sim = np.full((n, n), -np.inf)
+        i, j = np.nonzero(np.triu(self.adjacency, 1))
+        self.sim[i, j] = self.sim[j, i] = self.similarity(i, j)
+        # Row maxima, kept up to date, so that finding the best pair costs O(n), not O(n^2).
+        self.best_col = self.sim.argmax(1)
+        self.best = self.sim[np.arange(n), self.best_col]
+
+    def similarity(self, i, j: np.ndarray) -> np.ndarray:
+        """Similarities of region(s) i with regions j (an index array)."""
+        s = np.zeros(len(j))
+        if "c" in self.measures:
+            s += np.minimum(self.colour[i], self.colour[j]).sum(-1)
+        if "t" in self.measures:
+            s += np.minimum(self.texture[i], self.texture[j]).sum(-1)
+        if "s" in self.measures:
+            s += 1.0 - (self.size[i] + self.size[j]) / self.image_area
+        if "f" in self.measures:
+            lo = np.minimum(self.box[i, :2], self.box[j, :2])
+            hi = np.maximum(self.box[i, 2:], self.box[j, 2:])
+            bbox = (hi - lo).prod(-1)
+            s += 1.0 - (bbox - self.size[i] - self.size[j]) / self.image_area
+        if "e" in self.measures:  # weak boundaries first, as MCG's merging
+            mean = self.edge[i, j] / np.maximum(self.border[i, j], 1)
+            s += 1.0 - mean / self.edge_scale
+        return s
+
+    def merge(self, i: int, j: int) -> np.ndarray:
+        """Merge slot j into slot i (O(1) updates of the statistics); returns the new
+        region's neighbours."""
+        total = self.size[i] + self.size[j]
+        self.colour[i] = (self.size[i] * self.colour[i] + self.size[j] * self.colour[j]) / total
+        self.texture[i] = (self.size[i] * self.texture[i] + self.size[j] * self.texture[j]) / total
+        self.size[i] = total
+        self.box[i, :2] = np.minimum(self.box[i, :2], self.box[j, :2])
+        self.box[i, 2:] = np.maximum(self.box[i, 2:], self.box[j, 2:])
+        regions = self.region_of_slot
+        np.logical_or(
+            self.members[regions[i]], self.members[regions[j]], out=self.members[self.count]
+        )
+        regions[i], self.count = self.count, self.count + 1
+        pairs = [self.adjacency] + ([self.edge, self.border] if "e" in self.measures else [])
+        for matrix in pairs:  # boundaries with a third region add up
+            matrix[i] = matrix[i] | matrix[j] if matrix.dtype == bool else matrix[i] + matrix[j]
+            matrix[i, [i, j]] = 0
+            matrix[:, i], matrix[j], matrix[:, j] = matrix[i], 0, 0
+        for matrix in (self.sim, self.sim.T):
+            matrix[[i, j]] = -np.inf
+        self.best[j] = -np.inf
+        return np.flatnonzero(self.adjacency[i])
+
+    def rescore(self, i: int, j: int, neighbours: np.ndarray) -> None:
+        """The similarities of the new region in slot i, and the best partners that
+        changed with them."""
+        if len(neighbours) == 0:
+            self.best[i] = -np.inf
+            return
+        s = self.similarity(i, neighbours)
+        self.sim[i, neighbours] = self.sim[neighbours, i] = s
+        top = int(s.argmax())
+        self.best_col[i], self.best[i] = neighbours[top], s[top]
+        # A neighbour whose best partner was i or j must rescan its row; any other
+        # neighbour only needs to compare with its new similarity to i.
+        partner = self.best_col[neighbours]
+        stale = (partner == i) | (partner == j)
+        if stale.any():
+            rescan = neighbours[stale]
+            cols = self.sim[rescan].argmax(1)
+            self.best_col[rescan], self.best[rescan] = cols, self.sim[rescan, cols]
+        better = ~stale & (s > self.best[neighbours])
+        self.best_col[neighbours[better]], self.best[neighbours[better]] = i, s[better]
 
 
 def _hierarchical_grouping(stats: _Stats, measures: str, image_area: int) -> np.ndarray:
@@ -367,93 +490,14 @@ def _hierarchical_grouping(stats: _Stats, measures: str, image_area: int) -> np.
         n superpixels first; ``R = 2n - 1`` when the superpixels form one connected
         graph (always, for a Felzenszwalb map of one image).
     """
-    n = len(stats.size)
-    size = stats.size.copy()
-    box = stats.box.copy()
-    colour = stats.colour.copy()
-    texture = stats.texture.copy()
-    adjacency = stats.adjacency.copy()
-    use_c, use_t, use_s, use_f = (m in measures for m in "ctsf")
-
-    def similarity(i, j: np.ndarray) -> np.ndarray:
-        """Similarities of region(s) i with regions j (an index array)."""
-        s = np.zeros(len(j))
-        if use_c:
-            s += np.minimum(colour[i], colour[j]).sum(-1)
-        if use_t:
-            s += np.minimum(texture[i], texture[j]).sum(-1)
-        if use_s:
-            s += 1.0 - (size[i] + size[j]) / image_area
-        if use_f:
-            lo = np.minimum(box[i, :2], box[j, :2])
-            hi = np.maximum(box[i, 2:], box[j, 2:])
-            bbox = (hi - lo).prod(-1)
-            s += 1.0 - (bbox - size[i] - size[j]) / image_area
-        return s
-
-    members = np.zeros((max(2 * n - 1, 1), n), dtype=bool)
-    members[np.arange(n), np.arange(n)] = True
-    region_of_slot = np.arange(n)  # slot i holds region region_of_slot[i]
-
-    sim = np.full((n, n), -np.inf)
-    i, j = np.nonzero(np.triu(adjacency, 1))
-    sim[i, j] = sim[j, i] = similarity(i, j)
-    # Row maxima, kept up to date, so that finding the best pair costs O(n), not O(n^2).
-    best_col = sim.argmax(1)
-    best = sim[np.arange(n), best_col]
-
-    count = n
+    grouping = _Grouping(stats, measures, image_area)
     while True:
-        i = int(best.argmax())
-        if best[i] == -np.inf:
+        i = int(grouping.best.argmax())
+        if grouping.best[i] == -np.inf:
             break  # one region left (per connected component)
-        j = int(best_col[i])
-        # Merge j into slot i: O(1) updates of the region statistics.
-        total = size[i] + size[j]
-        colour[i] = (size[i] * colour[i] + size[j] * colour[j]) / total
-        texture[i] = (size[i] * texture[i] + size[j] * texture[j]) / total
-        size[i] = total
-        box[i, :2] = np.minimum(box[i, :2], box[j, :2])
-        box[i, 2:] = np.maximum(box[i, 2:], box[j, 2:])
-        np.logical_or(members[region_of_slot[i]], members[region_of_slot[j]], out=members[count])
-        region_of_slot[i] = count
-        count += 1
-
-        merged = adjacency[i] | adjacency[j]
-        merged[i] = merged[j] = False
-        neighbours = np.flatnonzero(merged)
-        adjacency[j] = False
-        adjacency[:, j] = False
-        adjacency[i] = merged
-        adjacency[:, i] = merged
-        sim[j] = -np.inf
-        sim[:, j] = -np.inf
-        sim[i] = -np.inf
-        sim[:, i] = -np.inf
-        best[j] = -np.inf
-        if len(neighbours) == 0:
-            best[i] = -np.inf
-            continue
-        s = similarity(i, neighbours)
-        sim[i, neighbours] = s
-        sim[neighbours, i] = s
-        top = int(s.argmax())
-        best_col[i] = neighbours[top]
-        best[i] = s[top]
-        # A neighbour whose best partner was i or j must rescan its row; any other
-        # neighbour only needs to compare with its new similarity to i.
-        partner = best_col[neighbours]
-        stale = (partner == i) | (partner == j)
-        if stale.any():
-            rescan = neighbours[stale]
-            cols = sim[rescan].argmax(1)
-            best_col[rescan] = cols
-            best[rescan] = sim[rescan, cols]
-        better = ~stale & (s > best[neighbours])
-        if better.any():
-            best_col[neighbours[better]] = i
-            best[neighbours[better]] = s[better]
-    return members[:count]
+        j = int(grouping.best_col[i])
+        grouping.rescore(i, j, grouping.merge(i, j))
+    return grouping.members[: grouping.count]
 
 
 def _common_refinement(segmentations: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
