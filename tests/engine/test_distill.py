@@ -168,7 +168,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", "29547", "-m", "prm.cli", "distill", "--pseudo-labels", str(labels),
+        "--standalone", "-m", "prm.cli", "distill", "--pseudo-labels", str(labels),
         "--dataset", "shapes", "--split", "train", "--out", str(out), "--epochs", "2",
         "--batch-size", "2", "--device", "cpu", "--quiet",
     ]  # fmt: skip
