@@ -14,10 +14,12 @@ from prm.cli import main
 from prm.data import ShapeScenes
 from prm.engine import load_checkpoint
 from prm.engine.distill import (
+    SMALL_INFERENCE,
     DistillConfig,
     distill,
     distilled_predictor,
     load_distill_config,
+    load_distilled,
 )
 from prm.engine.pseudo_label import pseudo_label_quality
 from prm.evaluation import load_results
@@ -102,9 +104,10 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
 
 def test_predictions_have_the_predictor_format_and_the_cli_uses_them(tmp_path):
     checkpoint = distill(config(tmp_path, "run", epochs=1), progress=False)
-    model, distilled = distilled_predictor(checkpoint)
+    # An undertrained model: keep whatever it finds.
+    model, distilled = distilled_predictor(checkpoint, inference={"box_score_thresh": 0.0})
     image = ShapeScenes("test", 1)[0][0]
-    distilled.score_threshold = 0.0  # an undertrained model: keep whatever it finds
+    distilled.score_threshold = 0.0
     got = distilled([image])[0]
     prm_model = build_model("small", 6, class_names=model.class_names)
     want = Predictor(
@@ -129,6 +132,25 @@ def test_predictions_have_the_predictor_format_and_the_cli_uses_them(tmp_path):
     assert sum(len(r["scores"]) for r in results) > 0
 
 
+def test_test_time_settings_are_saved_and_overridable(tmp_path):
+    inference = {"box_detections_per_img": 7, "box_score_thresh": 0.3}
+    checkpoint = distill(config(tmp_path, "run", epochs=1, inference=inference), progress=False)
+    model = load_distilled(checkpoint)
+    assert model.roi_heads.detections_per_img == 7 and model.roi_heads.score_thresh == 0.3
+    assert model.rpn._post_nms_top_n["testing"] == SMALL_INFERENCE["rpn_post_nms_top_n_test"]
+    model = load_distilled(checkpoint, box_detections_per_img=3)  # the caller's word wins
+    assert model.roi_heads.detections_per_img == 3 and model.roi_heads.score_thresh == 0.3
+    state = load_checkpoint(checkpoint)
+    del state["model_config"]["inference"]  # a checkpoint from before the setting
+    torch.save(state, tmp_path / "old.pt")
+    model = load_distilled(tmp_path / "old.pt")
+    assert model.roi_heads.detections_per_img == SMALL_INFERENCE["box_detections_per_img"]
+    # Test-time settings do not change training: a run resumes with other ones.
+    assert distill(config(tmp_path, "run", epochs=1), progress=False) == checkpoint
+    with pytest.raises(ValueError, match="unknown inference settings"):
+        load_distilled(checkpoint, detections=3)
+
+
 def test_yaml_config_is_checked(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("pseudo_labels: x.json\nepochs: 3\n")
@@ -146,7 +168,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", "29547", "-m", "prm.cli", "distill", "--pseudo-labels", str(labels),
+        "--standalone", "-m", "prm.cli", "distill", "--pseudo-labels", str(labels),
         "--dataset", "shapes", "--split", "train", "--out", str(out), "--epochs", "2",
         "--batch-size", "2", "--device", "cpu", "--quiet",
     ]  # fmt: skip

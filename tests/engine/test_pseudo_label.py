@@ -115,7 +115,7 @@ def test_torchrun_two_processes_equal_one(tmp_path, random_checkpoint):
     two = subprocess.run(
         [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", "29533", "-m", "prm.cli", *common, "--out", str(tmp_path / "two"),
+            "--standalone", "-m", "prm.cli", *common, "--out", str(tmp_path / "two"),
         ],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip

@@ -70,7 +70,7 @@ def test_torchrun_two_processes_equal_one_and_resume(tmp_path, random_checkpoint
         "--overlays", "2", "--quiet",
     ]  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    torchrun += ["--master_port", "29541", "-m", "prm.cli", *common]
+    torchrun += ["--standalone", "-m", "prm.cli", *common]  # a free port: runs may overlap
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def run(command):

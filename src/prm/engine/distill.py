@@ -47,13 +47,15 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from prm.engine.checkpoint import load_checkpoint, save_checkpoint
-from prm.files import write_text_atomic
+from prm.engine.config import save_config
+from prm.files import read_yaml
 from prm.masks import masks_to_boxes
 from prm.predictor import to_image_tensor
 
 __all__ = [
     "DistillConfig",
     "DistilledPredictor",
+    "SMALL_INFERENCE",
     "PseudoLabelDataset",
     "build_maskrcnn",
     "distill",
@@ -62,6 +64,15 @@ __all__ = [
 ]
 
 MODEL_KIND = "maskrcnn"
+#: The small backbone's test-time settings (torchvision ``MaskRCNN`` arguments): the
+#: fastest of 9 within 1 point of the best validation mAP^r@0.5 on ShapeScenes
+#: (docs/distill.md); the mask head runs once per detection and dominates the cost.
+SMALL_INFERENCE = {
+    "rpn_pre_nms_top_n_test": 150,
+    "rpn_post_nms_top_n_test": 50,
+    "box_detections_per_img": 15,
+    "box_score_thresh": 0.1,
+}
 
 
 @dataclass
@@ -80,6 +91,10 @@ class DistillConfig:
         seed: seed of everything random.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         max_steps_per_epoch: cut epochs short (smoke tests).
+        inference: test-time ``MaskRCNN`` arguments (``rpn_pre_nms_top_n_test``,
+            ``rpn_post_nms_top_n_test``, ``box_detections_per_img``, ``box_score_thresh``)
+            saved with the model, over the backbone's defaults (:data:`SMALL_INFERENCE`
+            for ``small``, torchvision's for ``resnet50_fpn_v2``).
     """
 
     pseudo_labels: str = ""
@@ -100,6 +115,7 @@ class DistillConfig:
     seed: int = 0
     device: str = "auto"
     max_steps_per_epoch: int | None = None
+    inference: dict[str, float] | None = None
 
     def validate(self) -> None:
         if self.backbone not in ("small", "resnet50_fpn_v2"):
@@ -116,16 +132,9 @@ class DistillConfig:
 
 def load_distill_config(path: str | os.PathLike | None = None, **overrides: Any) -> DistillConfig:
     """A :class:`DistillConfig` from a YAML file (optional) with overrides on top."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a distill config must be a mapping of settings")
+    data = {} if path is None else read_yaml(path, "config") or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a distill config must be a mapping of settings")
     known = {f.name for f in fields(DistillConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -167,6 +176,7 @@ def build_maskrcnn(
     min_size: int = 128,
     max_size: int = 128,
     backbone_weights: str | None = None,
+    **inference: float,
 ) -> nn.Module:
     """A torchvision Mask R-CNN for ``num_classes`` object classes (+ background).
 
@@ -175,6 +185,8 @@ def build_maskrcnn(
         backbone: ``"small"`` (CPU, from scratch) or ``"resnet50_fpn_v2"``.
         min_size, max_size: the model's internal image resizing.
         backbone_weights: ``resnet50_fpn_v2`` only: ``"imagenet"`` or a state-dict path.
+        **inference: test-time settings (keys of :data:`SMALL_INFERENCE`) over the
+            backbone's defaults.
 
     Returns:
         ``torchvision.models.detection.MaskRCNN`` (train mode).
@@ -185,6 +197,9 @@ def build_maskrcnn(
     from torchvision.models.detection.rpn import AnchorGenerator
     from torchvision.ops import MultiScaleRoIAlign
 
+    stray = sorted(set(inference) - set(SMALL_INFERENCE))
+    if stray:
+        raise ValueError(f"unknown inference settings {stray}; known: {list(SMALL_INFERENCE)}")
     if backbone == "resnet50_fpn_v2":
         weights = None
         if backbone_weights == "imagenet":
@@ -197,6 +212,7 @@ def build_maskrcnn(
             num_classes=num_classes + 1,
             min_size=min_size,
             max_size=max_size,
+            **inference,
         )
         if backbone_weights not in (None, "imagenet"):
             path = Path(backbone_weights)
@@ -223,16 +239,14 @@ def build_maskrcnn(
         ),
         rpn_pre_nms_top_n_train=600,
         rpn_post_nms_top_n_train=300,
-        rpn_pre_nms_top_n_test=300,
-        rpn_post_nms_top_n_test=100,
         box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
         box_head=TwoMLPHead(channels * 49, 256),
         box_predictor=FastRCNNPredictor(256, num_classes + 1),
         box_batch_size_per_image=128,
-        box_detections_per_img=30,
         mask_roi_pool=MultiScaleRoIAlign(["0"], 14, 2),
         mask_head=MaskRCNNHeads(channels, [128, 128], 1),
         mask_predictor=MaskRCNNPredictor(128, 128, num_classes + 1),
+        **{**SMALL_INFERENCE, **inference},
     )
 
 
@@ -332,6 +346,7 @@ def _model_config(config: DistillConfig, classes: list[str]) -> dict[str, Any]:
         "class_names": list(classes),
         "min_size": config.min_size,
         "max_size": config.max_size,
+        "inference": dict(config.inference or {}),
     }
 
 
@@ -356,42 +371,57 @@ def distill(
     from prm.engine.train import _Distributed, resolve_device
 
     config.validate()
-    out = Path(config.out)
     ddp = _Distributed(resolve_device(config.device))
-    device = ddp.device
     try:
         if dataset is None:
             dataset = build_dataset(config.dataset, config.root, config.split)
-        return _distill(config, dataset, ddp, device, out, resume, progress, on_epoch)
+        data = PseudoLabelDataset(config.pseudo_labels, dataset)
+        if len(data) < ddp.world_size:
+            raise ValueError(
+                f"{config.pseudo_labels} has {len(data)} images, fewer than the "
+                f"{ddp.world_size} processes"
+            )
+        model, optimizer, start = _set_up(config, data.classes, ddp, resume)
+        net = model
+        if ddp.enabled:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[ddp.device.index] if ddp.device.type == "cuda" else None
+            )
+        for epoch in range(start, config.epochs):
+            record = _train_epoch(net, optimizer, data, config, ddp, epoch, progress)
+            record["ranks_in_sync"] = ddp.in_sync(model)
+            if ddp.is_main:
+                _save_epoch(config, model, optimizer, data.classes, record)
+            ddp.barrier()  # nobody goes on (or returns) before the checkpoint is written
+            if on_epoch is not None:
+                on_epoch(epoch + 1)
+        return Path(config.out) / "last.pt"
     finally:
         ddp.close()
 
 
-def _distill(config, source, ddp, device, out, resume, progress, on_epoch) -> Path:
-    if ddp.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    data = PseudoLabelDataset(config.pseudo_labels, source)
-    if len(data) < ddp.world_size:
-        raise ValueError(
-            f"{config.pseudo_labels} has {len(data)} images, fewer than the "
-            f"{ddp.world_size} processes"
-        )
+def _set_up(config: DistillConfig, classes, ddp, resume: bool):
+    """``(model, optimizer, first epoch)``: new, or from ``<out>/last.pt`` when resuming;
+    rank 0 prepares the output folder (config, log cut at the checkpoint's epoch)."""
+    from prm.engine.train import _reconcile_metrics, _remove_stale_temporaries
+
     torch.manual_seed(config.seed)  # the initial weights: the same in every run of a config
     model = build_maskrcnn(
-        len(data.classes),
+        len(classes),
         config.backbone,
         min_size=config.min_size,
         max_size=config.max_size,
         backbone_weights=config.backbone_weights,
-    ).to(device)
+        **(config.inference or {}),
+    ).to(ddp.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
+    out, state = Path(config.out), {}
     checkpoint = out / "last.pt"
-    start = 0
     if resume and checkpoint.is_file():
-        state = load_checkpoint(checkpoint, map_location=device)
+        state = load_checkpoint(checkpoint, map_location=ddp.device)
         if state.get("config", {}) != _comparable(config):
             raise ValueError(
                 f"{checkpoint} was written by a run with another configuration; "
@@ -399,118 +429,92 @@ def _distill(config, source, ddp, device, out, resume, progress, on_epoch) -> Pa
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start = int(state["epoch"])
+    start = int(state.get("epoch", 0))
     if ddp.is_main:
-        _truncate_log(out / "metrics.jsonl", start)
-        _save_config(out / "config.yaml", config)
-    net: nn.Module = model
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out)
+        _reconcile_metrics(out / "metrics.jsonl", start, state.get("metrics"))
+        save_config(config, out / "config.yaml")
+    return model, optimizer, start
+
+
+def _train_epoch(net, optimizer, data, config: DistillConfig, ddp, epoch: int, progress) -> dict:
+    """One epoch of SGD steps on this rank's share; returns the epoch's log record."""
+    steps = math.ceil(len(data) // ddp.world_size / config.batch_size)  # drop_last shards
+    steps = min(steps, config.max_steps_per_epoch or steps)
+    seed = _epoch_seed(config.seed, epoch)
+    generator = torch.Generator().manual_seed(seed)
+    # torchvision's RPN / RoI samplers draw from the global RNG: seeded per epoch (and
+    # rank) so that a resumed run repeats an uninterrupted one.
+    torch.manual_seed(seed + ddp.rank)
     if ddp.enabled:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    shard = len(data) // ddp.world_size  # every rank takes as many images (drop_last)
-    steps = math.ceil(shard / config.batch_size)
-    if config.max_steps_per_epoch is not None:
-        steps = min(steps, config.max_steps_per_epoch)
-    for epoch in range(start, config.epochs):
-        seed = _epoch_seed(config.seed, epoch)
-        generator = torch.Generator().manual_seed(seed)
-        # torchvision's RPN / RoI samplers draw from the global RNG: seeded per epoch (and
-        # rank) so that a resumed run repeats an uninterrupted one.
-        torch.manual_seed(seed + ddp.rank)
-        if ddp.enabled:
-            sampler = DistributedSampler(data, seed=seed, drop_last=True)
-            sampler.set_epoch(epoch)
-            order = list(sampler)
-        else:
-            order = torch.randperm(len(data), generator=generator).tolist()
-        flips = torch.rand(len(data), generator=generator) < 0.5  # the same on every rank
-        net.train()
-        began = time.perf_counter()
-        totals: dict[str, float] = {}
-        bar = tqdm(
-            range(steps),
-            desc=f"distill {epoch + 1}/{config.epochs}",
-            disable=not (progress and ddp.is_main),
-        )
-        for step in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = _lr(config, (epoch * steps + step) / (config.epochs * steps))
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            images, targets = [], []
-            for i in batch:
-                image, target = data[i]
-                if config.flip and bool(flips[i]):
-                    image, target = _flip(image, target)
-                images.append(image.to(device))
-                targets.append({k: v.to(device) for k, v in target.items()})
-            losses = net(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise ValueError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for key, value in losses.items():
-                totals[key] = totals.get(key, 0.0) + value.item()
-            totals["loss"] = totals.get("loss", 0.0) + loss.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        seconds = time.perf_counter() - began
-        record = {
-            "epoch": epoch + 1,
-            **{k: ddp.mean(v / steps) for k, v in totals.items()},  # over all ranks
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": steps * config.batch_size * ddp.world_size / max(seconds, 1e-9),
-            "world_size": ddp.world_size,
-            "ranks_in_sync": ddp.in_sync(model),
-        }
-        if ddp.is_main:
-            save_checkpoint(
-                checkpoint,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                    "config": _comparable(config),
-                    "model_config": _model_config(config, data.classes),
-                    "class_names": data.classes,
-                    "metrics": record,
-                },
-            )
-            with open(out / "metrics.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
-        ddp.barrier()  # nobody goes on (or returns) before the checkpoint is written
-        if on_epoch is not None:
-            on_epoch(epoch + 1)
-    return checkpoint
+        sampler = DistributedSampler(data, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+    else:
+        order = torch.randperm(len(data), generator=generator).tolist()
+    flips = torch.rand(len(data), generator=generator) < 0.5  # the same on every rank
+    net.train()
+    began, totals = time.perf_counter(), {}
+    bar = tqdm(
+        range(steps),
+        desc=f"distill {epoch + 1}/{config.epochs}",
+        disable=not (progress and ddp.is_main),
+    )
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(config, (epoch * steps + step) / (config.epochs * steps))
+        images, targets = [], []
+        for i in order[step * config.batch_size : (step + 1) * config.batch_size]:
+            image, target = data[i]
+            if config.flip and bool(flips[i]):
+                image, target = _flip(image, target)
+            images.append(image.to(ddp.device))
+            targets.append({k: v.to(ddp.device) for k, v in target.items()})
+        losses = net(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise ValueError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for key, value in [*losses.items(), ("loss", loss)]:
+            totals[key] = totals.get(key, 0.0) + value.item()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    seconds = time.perf_counter() - began
+    return {
+        "epoch": epoch + 1,
+        **{k: ddp.mean(v / steps) for k, v in totals.items()},  # over all ranks
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_s": steps * config.batch_size * ddp.world_size / max(seconds, 1e-9),
+        "world_size": ddp.world_size,
+    }
+
+
+def _save_epoch(config: DistillConfig, model, optimizer, classes, record: dict) -> None:
+    """The epoch's checkpoint (atomic), then its log line."""
+    out = Path(config.out)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": record["epoch"],
+        "config": _comparable(config),
+        "model_config": _model_config(config, classes),
+        "class_names": list(classes),
+        "metrics": record,
+    }
+    save_checkpoint(out / "last.pt", state)
+    with open(out / "metrics.jsonl", "a") as log:
+        log.write(json.dumps(record) + "\n")
 
 
 def _comparable(config: DistillConfig) -> dict[str, Any]:
-    """The settings a resumed run must share (not where it runs or how long it goes)."""
+    """The settings a resumed run must share (not where it runs, how long it goes, or
+    the test-time settings)."""
     state = asdict(config)
-    for key in ("device", "epochs", "out"):
+    for key in ("device", "epochs", "out", "inference"):
         state.pop(key)
     return state
-
-
-def _save_config(path: Path, config: DistillConfig) -> None:
-    import yaml
-
-    write_text_atomic(path, yaml.safe_dump(asdict(config), sort_keys=False))
-
-
-def _truncate_log(path: Path, epoch: int) -> None:
-    """Keep the log lines of epochs ``<= epoch`` (those of the checkpoint being resumed)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["epoch"] <= epoch:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            break
-    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 # ---------------------------------------------------------------------------- inference
@@ -522,8 +526,11 @@ def is_distilled_checkpoint(path: str | os.PathLike) -> bool:
     return state.get("model_config", {}).get("kind") == MODEL_KIND
 
 
-def load_distilled(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a distilled Mask R-CNN (eval mode) with ``class_names`` and ``num_classes``."""
+def load_distilled(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", **inference: float
+) -> nn.Module:
+    """Rebuild a distilled Mask R-CNN (eval mode) with ``class_names`` and ``num_classes``;
+    ``inference`` settings override those saved with it (see :class:`DistillConfig`)."""
     state = load_checkpoint(path, map_location)
     config = state.get("model_config", {})
     if config.get("kind") != MODEL_KIND:
@@ -533,6 +540,7 @@ def load_distilled(path: str | os.PathLike, map_location: str | torch.device = "
         config["backbone"],
         min_size=config["min_size"],
         max_size=config["max_size"],
+        **{**config.get("inference", {}), **inference},
     )
     try:
         model.load_state_dict(state["model"])
@@ -625,9 +633,12 @@ class DistilledPredictor:
         }
 
 
-def distilled_predictor(path, device="cpu", **kwargs) -> tuple[nn.Module, DistilledPredictor]:
-    """``(model, DistilledPredictor)`` of a ``prm distill`` checkpoint."""
-    model = load_distilled(path, map_location=device).to(device)
+def distilled_predictor(
+    path, device="cpu", inference: dict | None = None, **kwargs
+) -> tuple[nn.Module, DistilledPredictor]:
+    """``(model, DistilledPredictor)`` of a ``prm distill`` checkpoint (``inference``:
+    test-time settings over the checkpoint's, as :func:`load_distilled`)."""
+    model = load_distilled(path, device, **(inference or {})).to(device)
     return model, DistilledPredictor(model, device=device, **kwargs)
 
 
