@@ -194,6 +194,10 @@ def _bind(names, defaults, args, kwargs) -> dict[str, Any]:
     return bound
 
 
+def _detached(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return tensor.detach() if tensor is not None else None
+
+
 def _numeric_padding(padding: Any, weight: torch.Tensor, dilation: Any) -> Any:
     if padding == "valid":
         return 0
@@ -214,36 +218,20 @@ class _PeakBackpropMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.conv2d or func is torch.conv2d:
             a = _bind(_CONV_ARGS, _CONV_DEFAULTS, args, kwargs)
-            x = a["input"]
-            if x.dim() != 4:
+            if a["input"].dim() != 4:
                 raise ValueError("peak back-propagation needs batched (B, C, H, W) conv inputs")
-            bias = a["bias"].detach() if a["bias"] is not None else None
-            return _ProbConv2d.apply(
-                x,
-                a["weight"].detach(),
-                bias,
-                a["stride"],
-                _numeric_padding(a["padding"], a["weight"], a["dilation"]),
-                a["dilation"],
-                a["groups"],
-                self.smooth_strided,
-            )
+            padding = _numeric_padding(a["padding"], a["weight"], a["dilation"])
+            conv = (a["stride"], padding, a["dilation"], a["groups"], self.smooth_strided)
+            return _ProbConv2d.apply(a["input"], a["weight"].detach(), _detached(a["bias"]), *conv)
         if func is F.linear:
             a = _bind(("input", "weight", "bias"), {"bias": None}, args, kwargs)
-            bias = a["bias"].detach() if a["bias"] is not None else None
-            return _ProbLinear.apply(a["input"], a["weight"].detach(), bias)
+            return _ProbLinear.apply(a["input"], a["weight"].detach(), _detached(a["bias"]))
         if func is F.batch_norm:
             a = _bind(_BN_ARGS, _BN_DEFAULTS, args, kwargs)
             if not a["training"] and a["running_mean"] is not None:
-                detach = lambda t: t.detach() if t is not None else None  # noqa: E731
-                return _EvalBatchNorm.apply(
-                    a["input"],
-                    a["running_mean"],
-                    a["running_var"],
-                    detach(a["weight"]),
-                    detach(a["bias"]),
-                    a["eps"],
-                )
+                stats = (a["running_mean"], a["running_var"])
+                affine = (_detached(a["weight"]), _detached(a["bias"]))
+                return _EvalBatchNorm.apply(a["input"], *stats, *affine, a["eps"])
         return func(*args, **kwargs)
 
 

@@ -235,23 +235,11 @@ def imagenet_class_names() -> list[str]:
     return [info.index_to_description(i).split(",")[0].strip() for i in range(1000)]
 
 
-class _Sequential(nn.Module):
-    """``features`` then nothing else; keeps a torchvision ``features`` block's key names."""
-
-    def __init__(self, features: nn.Module, out_channels: int):
-        super().__init__()
-        self.features = features
-        self.out_channels = out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-
 def _split_classifier(model: nn.Module) -> tuple[nn.Module, nn.Linear, str | None]:
     """(features ``(B, D, h, w)``, linear head, backbone name) of a supported classifier."""
     import torchvision
 
-    from prm.model import ResNetFeatures
+    from prm.model import ResNetFeatures, _Features
 
     if hasattr(model, "forward_features") and hasattr(model, "get_classifier"):  # timm
         head = model.get_classifier()
@@ -273,7 +261,8 @@ def _split_classifier(model: nn.Module) -> tuple[nn.Module, nn.Linear, str | Non
         linear = [m for m in layers if isinstance(m, nn.Linear)]
         others = [m for m in layers if not isinstance(m, (nn.Linear, nn.Dropout, nn.Flatten))]
         if len(linear) == 1 and not others:
-            features = _Sequential(copy.deepcopy(model.features), linear[0].in_features)
+            # _Features keeps a torchvision ``features`` block's key names.
+            features = _Features(copy.deepcopy(model.features), linear[0].in_features)
             return features, copy.deepcopy(linear[0]), None
     raise ValueError(
         f"cannot turn a {type(model).__name__} into a PRM network: expected a timm model, "

@@ -116,50 +116,88 @@ def run_demo(
         distill_epochs: Mask R-CNN training epochs.
         progress: progress bars.
     """
-    out = Path(out)
-    timings: dict[str, float] = {}
-    began = tick = time.perf_counter()
-
-    def lap(name: str, since: float) -> float:
-        timings[name] = round(time.perf_counter() - since, 1)
-        return time.perf_counter()
-
     if dataset not in DEMO_DATASETS:
         raise ValueError(f"the demo runs on {', '.join(DEMO_DATASETS)}, not {dataset!r}")
-    data_dir = out / "data"
+    demo = _Demo(Path(out), num_overlays, progress)
+    data_dir = demo.out / "data"
     val_set = build_dataset(dataset, data_dir, "val", num_images=val_images, seed=seed)
-    test_set = build_dataset(dataset, data_dir, "test", num_images=test_images, seed=seed)
+    demo.test_set = build_dataset(dataset, data_dir, "test", num_images=test_images, seed=seed)
     overrides = {"dataset": dataset, "root": str(data_dir), "num_train_images": train_images}
     overrides["seed"] = seed
     base = load_config(preset, **overrides, **({} if epochs is None else {"epochs": epochs}))
-    tick = lap("generate data", tick)
-
-    checkpoints = {}
-    for name, stimulation in (("prm", True), ("cam", False)):
-        config = base.replace(out=str(out / name), peak_stimulation=stimulation)
-        print(f"== training the {name.upper()} network ({config.epochs} epochs) ==")
-        train(config, resume=True, progress=progress)
-        # The last epoch, not best.pt: the preset's cosine schedule ends at a learning rate
-        # of 0, and the README's tables were measured with the last epoch.
-        checkpoints[name] = Path(config.out) / "last.pt"
-        tick = lap(f"train {name.upper()}", tick)
+    demo.lap("generate data")
+    checkpoints = {name: demo.train(base, name, on) for name, on in (("prm", True), ("cam", False))}
 
     print("== selective-search proposals for the validation and test images ==")
-    cache = _proposals(out / "proposals", (val_set, test_set), workers, progress)
-    tick = lap("proposals", tick)
+    cache = _proposals(demo.out / "proposals", (val_set, demo.test_set), workers, progress)
+    demo.lap("proposals")
+    predictors = demo.compare(checkpoints, cache, val_set if val_images > 0 else None)
+    self_training = None
+    if distill:
+        print("== self-training: PRM pseudo-labels -> Mask R-CNN ==")
+        train_set = build_dataset(dataset, data_dir, "train", num_images=train_images, seed=seed)
+        self_training, student = _self_train(
+            demo.out, predictors["prm"], (dataset, train_set), distill_images, distill_epochs,
+            seed, workers, progress,
+        )  # fmt: skip
+        demo.lap("self-training: proposals + pseudo-label + distill")
+        demo.evaluate(DISTILL_ROW, student, None, "distilled")
+        demo.lap(f"predict + evaluate: {DISTILL_ROW}")
+    settings = {"dataset": dataset, "train_config": asdict(base), "val_images": val_images}
+    return demo.finish(settings, test_images, self_training)
 
-    # method -> (network, proposals, proposal_fn, file name); the predictor retrieves with
-    # class response maps for the CAM network, which was trained without peak stimulation.
-    runs = {
-        "CAM + selective search": ("cam", cache.load, None, "cam"),
-        "PRM + selective search": ("prm", cache.load, None, "prm"),
-        "PRM, no proposals (fallback)": ("prm", None, "prm", "prm-fallback"),
-    }
-    rows: dict[str, dict[str, Any]] = {}
-    tuned: dict[str, dict[str, Any]] = {}
-    report_dir = out / "report"
 
-    def evaluate(method: str, predictor, source, slug: str) -> None:
+class _Demo:
+    """A demo run's shared state, in its steps: the clock, training a network, predicting
+    and evaluating the test split with one method (a row of the table), the report."""
+
+    def __init__(self, out: Path, num_overlays: int, progress: bool):
+        self.out, self.report_dir = out, out / "report"
+        self.num_overlays, self.progress = num_overlays, progress
+        self.test_set = None
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.tuned: dict[str, dict[str, Any]] = {}
+        self.timings: dict[str, float] = {}
+        self.began = self.tick = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """Record the seconds since the last lap as ``name``."""
+        self.timings[name] = round(time.perf_counter() - self.tick, 1)
+        self.tick = time.perf_counter()
+
+    def train(self, base, name: str, stimulation: bool) -> Path:
+        """Train the PRM (peak stimulation) or CAM network; returns its checkpoint."""
+        config = base.replace(out=str(self.out / name), peak_stimulation=stimulation)
+        print(f"== training the {name.upper()} network ({config.epochs} epochs) ==")
+        train(config, resume=True, progress=self.progress)
+        self.lap(f"train {name.upper()}")
+        # The last epoch, not best.pt: the preset's cosine schedule ends at a learning rate
+        # of 0, and the README's tables were measured with the last epoch.
+        return Path(config.out) / "last.pt"
+
+    def compare(self, checkpoints: dict, cache, val_set) -> dict[str, Predictor]:
+        """Tune (on ``val_set`` unless ``None``), predict and evaluate each method."""
+        # method -> (network, proposals, proposal_fn, file name); the predictor retrieves with
+        # class response maps for the CAM network, which was trained without peak stimulation.
+        source = lambda image_id, image: cache.load(image_id)  # noqa: E731
+        runs = {
+            "CAM + selective search": ("cam", source, None, "cam"),
+            "PRM + selective search": ("prm", source, None, "prm"),
+            "PRM, no proposals (fallback)": ("prm", None, "prm", "prm-fallback"),
+        }
+        predictors = {}
+        for method, (net, proposals, proposal_fn, slug) in runs.items():
+            predictor = Predictor(load_model(checkpoints[net]), proposal_fn=proposal_fn)
+            if val_set is not None:
+                self.tuned[method] = _tune(predictor, val_set, proposals, self.progress)
+            self.evaluate(method, predictor, proposals, slug)
+            self.lap(f"tune + predict + evaluate: {method}")
+            predictors[slug] = predictor
+        return predictors
+
+    def evaluate(self, method: str, predictor, source, slug: str) -> None:
+        """Predict and evaluate the test split: a row of the table and a run folder."""
+        report_dir, test_set = self.report_dir, self.test_set
         run_dir = report_dir / "runs" / slug
         sampler = GallerySampler(run_dir / "gallery", test_set.classes)
         summary = predict_dataset(
@@ -168,15 +206,15 @@ def run_demo(
             proposals=source,
             results_file=report_dir / f"results-{slug}.json",
             overlay_dir=report_dir / "overlays" / slug,
-            num_overlays=num_overlays,
+            num_overlays=self.num_overlays,
             metrics=_METRICS,
             report_dir=run_dir,
             print_table=False,
-            progress=progress,
+            progress=self.progress,
             desc=method,
             on_image=sampler.add,
         )
-        rows[method] = summary.metrics
+        self.rows[method] = summary.metrics
         write_run_report(
             run_dir,
             sampler,
@@ -187,52 +225,28 @@ def run_demo(
             results=f"../../results-{slug}.json",
         )
 
-    predictors = {}
-    for method, (net, proposals, proposal_fn, slug) in runs.items():
-        predictor = Predictor(load_model(checkpoints[net]), proposal_fn=proposal_fn)
-        predictors[slug] = predictor
-        source = None if proposals is None else (lambda image_id, image, p=proposals: p(image_id))
-        if val_images > 0:
-            tuned[method] = _tune(predictor, val_set, source, progress)
-        evaluate(method, predictor, source, slug)
-        tick = lap(f"tune + predict + evaluate: {method}", tick)
-
-    self_training = None
-    if distill:
-        print("== self-training: PRM pseudo-labels -> Mask R-CNN ==")
-        train_set = build_dataset(dataset, data_dir, "train", num_images=train_images, seed=seed)
-        self_training, student = _self_train(
-            out, predictors["prm"], (dataset, train_set), distill_images, distill_epochs,
-            seed, workers, progress,
-        )  # fmt: skip
-        tick = lap("self-training: proposals + pseudo-label + distill", tick)
-        evaluate(DISTILL_ROW, student, None, "distilled")
-        tick = lap(f"predict + evaluate: {DISTILL_ROW}", tick)
-
-    timings["total"] = round(time.perf_counter() - began, 1)
-    report = {
-        "table": format_demo_table(rows),
-        "metrics": rows,
-        "tuned_retrieval": tuned,
-        "timings_s": timings,
-        "dataset": dataset,
-        "train_config": asdict(base),
-        "val_images": val_images,
-        "test_images": test_images,
-        "torch_threads": torch.get_num_threads(),
-    }
-    if self_training is not None:
-        report["self_training"] = self_training
-    write_text_atomic(report_dir / "report.json", json.dumps(report, indent=2))
-    write_text_atomic(report_dir / "table.md", report["table"] + "\n")
-    # The page people open: PRM's run, compared with CAM's on the same images.
-    build_report(
-        report_dir / "runs" / "prm",
-        report_dir,
-        compare=report_dir / "runs" / "cam",
-        title=f"prm demo: PRM vs CAM on {DEMO_DATASETS[dataset]}",
-    )
-    return report
+    def finish(self, settings: dict, test_images: int, self_training) -> dict[str, Any]:
+        """Write ``report.json``, ``table.md`` and the HTML page; returns the report."""
+        self.timings["total"] = round(time.perf_counter() - self.began, 1)
+        report = {
+            "table": format_demo_table(self.rows),
+            "metrics": self.rows,
+            "tuned_retrieval": self.tuned,
+            "timings_s": self.timings,
+            **settings,
+            "test_images": test_images,
+            "torch_threads": torch.get_num_threads(),
+        }
+        if self_training is not None:
+            report["self_training"] = self_training
+        write_text_atomic(self.report_dir / "report.json", json.dumps(report, indent=2))
+        write_text_atomic(self.report_dir / "table.md", report["table"] + "\n")
+        # The page people open: PRM's run, compared with CAM's on the same images.
+        name = DEMO_DATASETS[settings["dataset"]]
+        runs = self.report_dir / "runs"
+        title = f"prm demo: PRM vs CAM on {name}"
+        build_report(runs / "prm", self.report_dir, compare=runs / "cam", title=title)
+        return report
 
 
 def _self_train(out: Path, teacher, data, images, epochs, seed, workers, progress):
@@ -244,10 +258,13 @@ def _self_train(out: Path, teacher, data, images, epochs, seed, workers, progres
     from prm.engine.distill import DistillConfig, distilled_predictor
     from prm.engine.distill import distill as train_student
     from prm.engine.pseudo_label import pseudo_label, pseudo_label_quality
+    from prm.engine.train import HeldOutPart
 
     name, train_set = data
     count = len(train_set) if images is None else min(images, len(train_set))
-    cache = _proposals(out / "proposals", (Subset(train_set, count),), workers, progress)
+    cache = _proposals(
+        out / "proposals", (HeldOutPart(train_set, range(count)),), workers, progress
+    )
     labels = pseudo_label(
         teacher,
         train_set,
@@ -277,25 +294,6 @@ def _self_train(out: Path, teacher, data, images, epochs, seed, workers, progres
         "pseudo_label_quality": pseudo_label_quality(labels, train_set),
     }
     return report, distilled_predictor(checkpoint)[1]
-
-
-class Subset:
-    """The first ``count`` items of a dataset (ids, classes and items of the dataset)."""
-
-    def __init__(self, dataset, count: int):
-        self.dataset, self.count = dataset, count
-        self.classes, self.category_ids = dataset.classes, dataset.category_ids
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int):
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        return self.dataset[index]
-
-    def image_id(self, index: int) -> str:
-        return self.dataset.image_id(index)
 
 
 def _proposals(folder: Path, splits, workers: int, progress: bool):

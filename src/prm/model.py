@@ -50,18 +50,8 @@ class ResNetFeatures(nn.Module):
 
     def __init__(self, resnet: torchvision.models.ResNet):
         super().__init__()
-        self.conv1, self.bn1, self.relu, self.maxpool = (
-            resnet.conv1,
-            resnet.bn1,
-            resnet.relu,
-            resnet.maxpool,
-        )
-        self.layer1, self.layer2, self.layer3, self.layer4 = (
-            resnet.layer1,
-            resnet.layer2,
-            resnet.layer3,
-            resnet.layer4,
-        )
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, name, getattr(resnet, name))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -426,20 +416,14 @@ class PeakResponseNet(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments that define this model (stored in checkpoints)."""
+        same = "sub_pixel_factor peak_stimulation win_size peak_filter gradient class_names"
         return {
             "backbone": self.backbone_name,
             "num_classes": self.num_classes,
             "in_channels": self.classifier.in_channels,
-            "sub_pixel_factor": self.sub_pixel_factor,
-            "peak_stimulation": self.peak_stimulation,
-            "win_size": self.win_size,
-            "peak_filter": self.peak_filter,
-            "gradient": self.gradient,
-            "class_names": self.class_names,
+            **{key: getattr(self, key) for key in same.split()},
             "input_size": list(self.input_size) if self.input_size is not None else None,
-            "mean": self.mean,
-            "std": self.std,
-            "inference": self.inference,
+            **{key: getattr(self, key) for key in ("mean", "std", "inference")},
         }
 
 

@@ -102,9 +102,8 @@ class PretrainedSettings:
             value = getattr(self, name)
             if value is not None:
                 check_number(name, value, minimum=0, maximum=1)
-        check_number("prm_blur", self.prm_blur, minimum=0)
-        check_number("alpha", self.alpha, minimum=0)
-        check_number("beta", self.beta, minimum=0)
+        for name in ("prm_blur", "alpha", "beta"):
+            check_number(name, getattr(self, name), minimum=0)
         check_number("proposal_count", self.proposal_count, minimum=1, integer=True)
         if self.segmenter not in ("skimage", "opencv"):
             raise ValueError(f"segmenter must be 'skimage' or 'opencv', got {self.segmenter!r}")
@@ -151,16 +150,9 @@ def merge_peaks(crm: torch.Tensor, peaks: torch.Tensor, ratio: float) -> torch.T
         low = lows[b, c]
         kept: list[int] = []
         for i in index.tolist():
-            _, _, y, x = peaks[i].tolist()
-            height = values[i] - low
-            merged = False
-            for j in kept:
-                _, _, y1, x1 = peaks[j].tolist()
-                ys, xs = _line(y, x, y1, x1)
-                if crm[b, c, ys, xs].min() - low >= ratio * height:
-                    merged = True
-                    break
-            if merged:
+            y, x = peaks[i, 2:].tolist()
+            lines = (_line(y, x, *peaks[j, 2:].tolist()) for j in kept)
+            if any(crm[b, c, ys, xs].min() - low >= ratio * (values[i] - low) for ys, xs in lines):
                 keep[i] = False
             else:
                 kept.append(i)
@@ -171,18 +163,9 @@ class _MergingGroupedNet(GroupedResponseNet):
     """:class:`GroupedResponseNet` whose peaks of one object are merged, and whose
     peaks of classes much less likely than the photo's best one are dropped."""
 
-    def __init__(
-        self,
-        *args,
-        merge: float | None = None,
-        class_relative: float | None = None,
-        smooth_strided: bool = False,
-        **kwargs,
-    ):
+    def __init__(self, *args, merge=None, class_relative=None, smooth_strided=False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.merge = merge
-        self.class_relative = class_relative
-        self.smooth_strided = smooth_strided
+        self.merge, self.class_relative, self.smooth_strided = merge, class_relative, smooth_strided
 
     @torch.no_grad()
     def find_peaks(self, crm: torch.Tensor) -> torch.Tensor:
@@ -224,15 +207,8 @@ def pretrained_model(
     classifier = _timm_classifier(arch.removeprefix("timm:"), weights).eval()
     base = from_classifier(classifier)
     groups = classes if isinstance(classes, ClassGroups) else load_class_groups(classes)
-    return _MergingGroupedNet(
-        base,
-        groups,
-        win_size=settings.win_size,
-        peak_filter=settings.peak_filter,
-        merge=settings.merge,
-        class_relative=settings.class_relative,
-        smooth_strided=settings.smooth_strided,
-    ).eval()
+    keys = ("win_size", "peak_filter", "merge", "class_relative", "smooth_strided")
+    return _MergingGroupedNet(base, groups, **{k: getattr(settings, k) for k in keys}).eval()
 
 
 class PretrainedPredictor(Predictor):

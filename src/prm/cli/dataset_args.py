@@ -4,14 +4,15 @@
 ``--split`` and, for COCO data that is not laid out as
 ``root/annotations/instances_<split>.json`` + ``root/<split>/`` (a user's own COCO export
 rarely is), ``--annotations FILE`` and ``--image-dir DIR``;
-``dataset_from_args`` builds the dataset they describe.
+``dataset_from_args`` builds the dataset they describe, and ``write_report`` records
+them in the run's HTML report.
 """
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_dataset_arguments", "dataset_from_args"]
+__all__ = ["add_dataset_arguments", "dataset_from_args", "write_report"]
 
 
 def add_dataset_arguments(
@@ -77,3 +78,24 @@ def dataset_from_args(args: argparse.Namespace, split: str | None = None, **kwar
             raise ValueError("--image-dir needs --annotations (or --root with annotations/)")
     chosen = args.split if args.split is not None else split
     return build_dataset(name, root, chosen, **kwargs)
+
+
+def write_report(args: argparse.Namespace, sampler, dataset, results: str, split, checkpoint=None):
+    """The HTML report of a ``--out`` run (``prm report`` rebuilds it): the gallery of
+    ``sampler``, ``run.json`` (with the dataset flags) and ``OUT/report/index.html``."""
+    from pathlib import Path
+
+    from prm.report import dataset_flags, write_run_report
+
+    flags = dataset_flags(args.dataset, args.root, split, args.annotations, args.image_dir)
+    info = {"dataset": flags} | ({} if checkpoint is None else {"checkpoint": checkpoint})
+    return write_run_report(
+        args.out,
+        sampler,
+        command=f"prm {args.command}",
+        name=Path(args.out).resolve().name,
+        classes=list(dataset.classes),
+        category_ids=list(dataset.category_ids),
+        results=results,
+        **info,
+    )

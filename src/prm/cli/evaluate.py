@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
-from .dataset_args import add_dataset_arguments, dataset_from_args
+from .dataset_args import add_dataset_arguments, dataset_from_args, write_report
 
 EPILOG = """examples:
   prm evaluate --dataset voc --root VOCdevkit/VOC2012 --split val --predictions results.json
@@ -79,6 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from prm.data.build import reader
     from prm.evaluation import METRICS, load_results, prediction_masks, run_evaluation
+    from prm.report import GallerySampler
 
     unknown = [m for m in args.metrics if m not in METRICS]
     if unknown:
@@ -94,11 +95,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = dataset_from_args(args, evaluation=True)
     results = load_results(args.predictions, dataset)
 
-    sampler = None
-    if args.out:
-        from prm.report import GallerySampler
-
-        sampler = GallerySampler(Path(args.out) / "gallery", dataset.classes)
+    sampler = GallerySampler(Path(args.out) / "gallery", dataset.classes) if args.out else None
 
     def pairs() -> Iterator[tuple[dict, dict]]:
         for index in range(len(dataset)):
@@ -131,18 +128,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         **options,
     )
-    if args.out:  # the HTML report (prm.report; `prm report` rebuilds it)
-        from prm.report import dataset_flags, write_run_report
-
-        page = write_run_report(
-            args.out,
-            sampler,
-            command="prm evaluate",
-            name=Path(args.out).resolve().name,
-            classes=list(dataset.classes),
-            category_ids=list(dataset.category_ids),
-            results=str(Path(args.predictions).resolve()),
-            dataset=dataset_flags(args.dataset, args.root, split, args.annotations, args.image_dir),
-        )
+    if args.out:
+        page = write_report(args, sampler, dataset, str(Path(args.predictions).resolve()), split)
         print(f"wrote metrics.json, table.txt, precision-recall curves and {page} to {args.out}")
     return 0

@@ -134,7 +134,6 @@ def _settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import math
     from pathlib import Path
 
     import torch
@@ -155,8 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
     paths = _image_paths(args.photos)
     out = Path(args.out)
-    overlays = out / "overlays"
-    overlays.mkdir(parents=True, exist_ok=True)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
     inputs = {p.resolve() for p in paths}
 
     model = pretrained_model(
@@ -167,7 +165,6 @@ def run(args: argparse.Namespace) -> int:
     )
     proposal_fn = predictor.proposal_fn if callable(predictor.proposal_fn) else None
     names = model.class_names
-    category_ids = list(range(1, len(names) + 1))
     entries, summary, used = [], [], set()
     bar = tqdm(paths, desc="explain", unit="photo", disable=args.quiet, dynamic_ncols=True)
     for path in bar:
@@ -182,43 +179,17 @@ def run(args: argparse.Namespace) -> int:
             stem = f"{stem}_"
         used.add(stem)
         response, prediction, seconds = _timed_prediction(predictor, proposal_fn, image)
-        scores = response["class_scores"].cpu()
-        found = sorted({int(c) for c in response["labels"].cpu()}, key=lambda c: -float(scores[c]))
-        size = tuple(image.shape[1:])
-        overlay = overlays / f"{stem}.png"
+        overlay = out / "overlays" / f"{stem}.png"
         if overlay.resolve() in inputs:
             raise ValueError(f"{overlay} is one of the input photos; choose another --out")
-        explain_panel(image, prediction, _class_maps(response, found, size), names).save(overlay)
-        entries.extend(results_entries(prediction, stem, category_ids))
-        instances = [
-            {
-                "class": names[int(label)],
-                "score": round(float(score), 4),
-                "peak_xy": [round(float(v), 1) for v in peak],
-                "box_xyxy": [round(float(v), 1) for v in box],
-                "area": int(mask.sum()),
-            }
-            for label, score, peak, box, mask in zip(
-                *(prediction[k] for k in ("labels", "scores", "peaks", "boxes", "masks"))
-            )
-        ]
-        summary.append(
-            {
-                "file": str(path),
-                "image_id": stem,
-                "size_hw": list(size),
-                "classes": {
-                    names[c]: round(math.exp(min(float(scores[c]), 0.0)), 4) for c in found
-                },
-                "instances": instances,
-                "peaks": len(response["peak_cells"]),
-                "seconds": seconds,
-                "overlay": str(overlay),
-            }
-        )
-        classes = ", ".join(f"{names[c]} {math.exp(min(float(scores[c]), 0.0)):.2f}" for c in found)
+        record, found = _record(path, stem, image, response, prediction, names)
+        maps = _class_maps(response, list(found), tuple(image.shape[1:]))
+        explain_panel(image, prediction, maps, names).save(overlay)
+        entries.extend(results_entries(prediction, stem, list(range(1, len(names) + 1))))
+        summary.append({**record, "seconds": seconds, "overlay": str(overlay)})
+        classes = ", ".join(f"{names[c]} {p:.2f}" for c, p in found.items())
         tqdm.write(
-            f"{path.name}: {len(instances)} instances ({classes or 'no class found'}), "
+            f"{path.name}: {len(record['instances'])} instances ({classes or 'no class found'}), "
             f"{seconds['total']:.1f} s"
         )
     _write(out / "results.json", entries)
@@ -232,6 +203,36 @@ def run(args: argparse.Namespace) -> int:
         + (f"; skipped {len(summary) - len(done)} unreadable" if len(done) < len(summary) else "")
     )
     return 0
+
+
+def _record(path, stem: str, image, response, prediction, names) -> tuple[dict, dict]:
+    """A photo's entry of summary.json (without timings) and ``{class: probability}``
+    of the classes found, most likely first."""
+    import math
+
+    scores = response["class_scores"].cpu()
+    labels = sorted({int(c) for c in response["labels"].cpu()}, key=lambda c: -float(scores[c]))
+    found = {c: math.exp(min(float(scores[c]), 0.0)) for c in labels}
+    keys = ("labels", "scores", "peaks", "boxes", "masks")
+    instances = [
+        {
+            "class": names[int(label)],
+            "score": round(float(score), 4),
+            "peak_xy": [round(float(v), 1) for v in peak],
+            "box_xyxy": [round(float(v), 1) for v in box],
+            "area": int(mask.sum()),
+        }
+        for label, score, peak, box, mask in zip(*(prediction[k] for k in keys))
+    ]
+    record = {
+        "file": str(path),
+        "image_id": stem,
+        "size_hw": list(image.shape[1:]),
+        "classes": {names[c]: round(p, 4) for c, p in found.items()},
+        "instances": instances,
+        "peaks": len(response["peak_cells"]),
+    }
+    return record, found
 
 
 def _timed_prediction(predictor, proposal_fn, image):

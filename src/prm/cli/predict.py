@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .dataset_args import add_dataset_arguments, dataset_from_args
+from .dataset_args import add_dataset_arguments, dataset_from_args, write_report
 
 EPILOG = """examples:
   # a folder of photos: COCO results JSON + overlay PNGs (instances, PRMs, peaks)
@@ -151,7 +151,8 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
     parser.add_argument("--device", default="auto")
 
 
-def _given(args: argparse.Namespace, names) -> dict:
+def given_flags(args: argparse.Namespace, names) -> dict:
+    """The flags of ``names`` the user gave (not ``None``), by name."""
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -188,11 +189,11 @@ def build_predictor(args: argparse.Namespace, grid: bool = False):
     config_file = tuned_settings_file(args)
     if config_file is not None:
         retrieval, selection = read_tuned_settings(config_file, retrieval, selection)
-    peaks = _given(
+    peaks = given_flags(
         args, [n for n in [*PEAK_FLAGS, "peak_threshold_mode"] if not (grid and n in GRID)]
     )
     predictor.peak_selection = replace(selection, **peaks)
-    flags = _given(args, [n for n in RETRIEVAL_FLAGS if not (grid and n in GRID)])
+    flags = given_flags(args, [n for n in RETRIEVAL_FLAGS if not (grid and n in GRID)])
     if args.per_class_nms:
         flags["nms_class_agnostic"] = False
     predictor.retrieval = RetrievalConfig.from_dict(flags, source="flags", base=retrieval)
@@ -280,7 +281,7 @@ def checked_dataset(args: argparse.Namespace, model, **kwargs):
 
 def _run_sharded(args: argparse.Namespace, out) -> int:
     """``prm predict --dataset`` as a resumable pass, sharded under torchrun."""
-    from prm.engine.inference import predict_shards, proposal_source
+    from prm.engine.inference import predict_shards
     from prm.engine.shards import process_group
 
     if args.evaluate:
@@ -289,10 +290,7 @@ def _run_sharded(args: argparse.Namespace, out) -> int:
             f"results with `prm evaluate --predictions {out / 'results.json'}`"
         )
     with process_group() as (rank, world_size, barrier):
-        model, predictor = build_predictor(args)
-        source = None
-        if getattr(predictor, "needs_proposals", True):
-            source = proposal_source(args.proposals, args.proposal_cache)
+        model, predictor, source = predictor_and_source(args)
         summary = predict_shards(
             predictor,
             checked_dataset(args, model, evaluation=True),
@@ -310,6 +308,15 @@ def _run_sharded(args: argparse.Namespace, out) -> int:
     if summary is not None:
         _print_summary(summary)
     return 0
+
+
+def predictor_and_source(args: argparse.Namespace):
+    """The model, predictor and proposal source (``None`` where it needs none) of the flags."""
+    from prm.engine.inference import proposal_source
+
+    model, predictor = build_predictor(args)
+    needs = getattr(predictor, "needs_proposals", True)
+    return model, predictor, proposal_source(args.proposals, args.proposal_cache) if needs else None
 
 
 def _print_summary(summary) -> None:
@@ -345,7 +352,8 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from prm.engine.inference import predict_dataset, predict_files, proposal_source
+    from prm.engine.inference import predict_dataset, predict_files
+    from prm.report import GallerySampler
     from prm.validation import check_number
 
     check_number("--overlays", args.overlays, minimum=0, integer=True)
@@ -363,10 +371,7 @@ def run(args: argparse.Namespace) -> int:
             "--resume and torchrun work on a --dataset; for image files use "
             "--dataset folder --root FOLDER"
         )
-    model, predictor = build_predictor(args)
-    source = None
-    if getattr(predictor, "needs_proposals", True):
-        source = proposal_source(args.proposals, args.proposal_cache)
+    model, predictor, source = predictor_and_source(args)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     common = {
         "proposals": source,
@@ -379,11 +384,7 @@ def run(args: argparse.Namespace) -> int:
         summary = predict_files(predictor, _image_paths(args.images), names, **common)
     else:
         dataset = checked_dataset(args, model, evaluation=True)
-        sampler = None
-        if args.evaluate:
-            from prm.report import GallerySampler
-
-            sampler = GallerySampler(out / "gallery", names)
+        sampler = GallerySampler(out / "gallery", names) if args.evaluate else None
         summary = predict_dataset(
             predictor,
             dataset,
@@ -394,22 +395,9 @@ def run(args: argparse.Namespace) -> int:
             on_image=sampler.add if sampler else None,
             **common,
         )
-        if sampler is not None:  # the HTML report (prm.report; `prm report` rebuilds it)
-            from prm.report import dataset_flags, write_run_report
-
-            page = write_run_report(
-                out,
-                sampler,
-                command="prm predict",
-                name=out.resolve().name,
-                classes=names,
-                category_ids=list(dataset.category_ids),
-                results="results.json",
-                dataset=dataset_flags(
-                    args.dataset, args.root, args.split, args.annotations, args.image_dir
-                ),
-                checkpoint=str(Path(args.checkpoint).resolve()),
-            )
+        if sampler is not None:
+            checkpoint = str(Path(args.checkpoint).resolve())
+            page = write_report(args, sampler, dataset, "results.json", args.split, checkpoint)
             print(f"report: {page}")
     _print_summary(summary)
     return 0

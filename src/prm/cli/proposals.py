@@ -81,16 +81,9 @@ def run(args: argparse.Namespace) -> int:
         precompute_proposals,
     )
 
-    overrides = {
-        name: value
-        for name, value in (
-            ("max_proposals", args.max_proposals),
-            ("max_side", args.max_side),
-            ("duplicate_iou", args.duplicate_iou),
-            ("seed", args.seed),
-        )
-        if value is not None
-    }
+    from .predict import given_flags
+
+    overrides = given_flags(args, ("max_proposals", "max_side", "duplicate_iou", "seed"))
     generator = getattr(SelectiveSearch, args.preset)(**overrides)
     cache = ProposalCache(args.cache, generator)
 

@@ -48,8 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prm.cli.predict import build_predictor, checked_dataset, predictor_settings
-    from prm.engine.inference import proposal_source
+    from prm.cli.predict import checked_dataset, predictor_and_source, predictor_settings
     from prm.engine.pseudo_label import PseudoLabelFilter, pseudo_label
     from prm.engine.shards import process_group
     from prm.validation import check_number
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         check_number("--limit", args.limit, minimum=1, integer=True)
     with process_group() as (rank, world_size, barrier):
-        model, predictor = build_predictor(args)
+        model, predictor, source = predictor_and_source(args)
         extra = {"keep_empty": True} if args.dataset == "coco" else {}
         dataset = checked_dataset(args, model, **extra)
         filt = PseudoLabelFilter(args.score_threshold, args.min_area, not args.all_per_peak)
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             dataset,
             args.out,
             filt=filt,
-            proposals=proposal_source(args.proposals, args.proposal_cache),
+            proposals=source,
             limit=args.limit,
             rank=rank,
             world_size=world_size,

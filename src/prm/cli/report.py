@@ -56,26 +56,19 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"{run_dir}: no dataset known to sample a gallery from; pass --dataset"
             )
-        from prm.data import build_dataset
+        from .dataset_args import dataset_from_args
 
-        extra = {}
-        if args.dataset:
-            root, split = args.root, args.split
-        else:
-            root, split = remembered.get("root"), remembered.get("split")
-            if remembered.get("annotations"):
-                extra["annotation_file"] = remembered["annotations"]
-            if remembered.get("image_dir"):
-                extra["image_dir"] = remembered["image_dir"]
+        given = {"root": args.root, "split": args.split} if args.dataset else remembered
+        keys = ("root", "split", "annotations", "image_dir")
+        flags = argparse.Namespace(dataset=dataset_name, **{k: given.get(k) for k in keys})
         results = args.results or info.get("results")
         if not results:
             raise ValueError(f"{run_dir}: no results file known; pass --results")
         results = Path(results)
         if not results.is_absolute() and not args.results:
             results = run_dir / results
-        if dataset_name == "coco":
-            extra["keep_empty"] = True
-        dataset = build_dataset(dataset_name, root, split, on_error="skip", **extra)
+        extra = {"keep_empty": True} if dataset_name == "coco" else {}
+        dataset = dataset_from_args(flags, on_error="skip", **extra)
         sample_from_results(run_dir, results, dataset, args.gallery, progress=not args.quiet)
     path = build_report(run_dir, args.out, compare=args.compare, title=args.title)
     print(f"wrote {path}")

@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--annotations",
+        dest="annotation_file",
         metavar="FILE",
         help="coco: the training instances json, anywhere (instead of "
         "root/annotations/instances_<train-split>.json)",
@@ -63,7 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="coco: the folder of the training images (instead of root/<train-split>/)",
     )
     parser.add_argument(
-        "--val-annotations", metavar="FILE", help="coco: the validation instances json"
+        "--val-annotations",
+        dest="val_annotation_file",
+        metavar="FILE",
+        help="coco: the validation instances json",
     )
     parser.add_argument(
         "--val-image-dir", metavar="DIR", help="coco: the folder of the validation images"
@@ -126,15 +130,10 @@ def run(args: argparse.Namespace) -> int:
 
     keys = (
         "dataset root train_split backbone epochs batch_size lr image_size sub_pixel_factor "
-        "device workers seed out val_fraction"
+        "device workers seed out val_fraction annotation_file image_dir val_annotation_file "
+        "val_image_dir"
     ).split()
     overrides = {k: getattr(args, k) for k in keys}
-    overrides.update(
-        annotation_file=args.annotations,
-        image_dir=args.image_dir,
-        val_annotation_file=args.val_annotations,
-        val_image_dir=args.val_image_dir,
-    )
     nulls = {}  # flags that explicitly ask for None ("none")
     for key, value in (("val_split", args.val_split), ("weights", args.weights)):
         if value is not None and value.lower() == "none":

@@ -24,6 +24,7 @@ semantic segmentation on a laptop:
 
 from __future__ import annotations
 
+import colorsys
 import hashlib
 import json
 import math
@@ -233,11 +234,7 @@ def _segments_mask(points, width, size):
 def _hsv_colour(rng, s=(0.35, 1.0), v=(0.3, 1.0), hue=None, hue_jitter=0.0):
     """An RGB colour (float32, 0..255): random hue, or ``hue`` +- ``hue_jitter`` (turns)."""
     h = rng.random() if hue is None else (hue + rng.uniform(-hue_jitter, hue_jitter)) % 1.0
-    sat, val = rng.uniform(*s), rng.uniform(*v)
-    i = int(h * 6) % 6
-    f = h * 6 - int(h * 6)
-    p, q, t = val * (1 - sat), val * (1 - f * sat), val * (1 - (1 - f) * sat)
-    rgb = [(val, t, p), (q, val, p), (p, val, t), (p, q, val), (t, p, val), (val, p, q)][i]
+    rgb = colorsys.hsv_to_rgb(h, rng.uniform(*s), rng.uniform(*v))
     return np.array(rgb, dtype=np.float32) * 255
 
 

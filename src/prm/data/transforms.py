@@ -90,14 +90,8 @@ class TrainTransform(_Transform):
             steps.append(v2.RandomHorizontalFlip(0.5))
         if scale_jitter > 0:
             fill = [round(255 * m) for m in mean]
-            steps.append(
-                v2.RandomAffine(
-                    degrees=0,
-                    translate=(scale_jitter / 2, scale_jitter / 2),
-                    scale=(1 - scale_jitter, 1 + scale_jitter),
-                    fill=fill,
-                )
-            )
+            shift, zoom = (scale_jitter / 2, scale_jitter / 2), (1 - scale_jitter, 1 + scale_jitter)
+            steps.append(v2.RandomAffine(degrees=0, translate=shift, scale=zoom, fill=fill))
         if colour_jitter > 0:
             steps.append(v2.ColorJitter(brightness=colour_jitter, contrast=colour_jitter))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]

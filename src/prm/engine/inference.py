@@ -8,7 +8,6 @@ the dataset (only RLEs are kept).
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from prm.data import COCODataset, DataError, load_image
 from prm.data.images import to_image_tensor, to_uint8_image
 from prm.evaluation import results_entries, run_evaluation
-from prm.files import AtomicFile
+from prm.evaluation.results import ResultsWriter
 from prm.paths import output_path, safe_relative_name
 from prm.predictor import Predictor, working_size
 from prm.visualize import prediction_panel
@@ -214,10 +213,8 @@ def predict_dataset(
         A :class:`PredictionSummary` (``metrics`` filled when ``metrics`` were asked for).
     """
     summary = PredictionSummary()
-    category_ids = list(dataset.category_ids)
-    names = list(dataset.classes)
-    coco = isinstance(dataset, COCODataset)
-    writer = _ResultsWriter(results_file) if results_file is not None else None
+    category_ids, names = list(dataset.category_ids), list(dataset.classes)
+    writer = ResultsWriter(results_file) if results_file is not None else None
     inputs = _input_files(dataset) if overlay_dir is not None else None
 
     def pairs() -> Iterator[tuple[dict, dict]]:
@@ -228,18 +225,10 @@ def predict_dataset(
             summary.images += 1
             summary.instances += len(prediction["scores"])
             if writer is not None:
-                image_id = target["image_id"]
-                if coco:  # COCO results files use the integer image ids
-                    image_id = int(image_id)
-                writer.add(results_entries(prediction, image_id, category_ids))
+                writer.add(results_entries(prediction, _result_id(dataset, target), category_ids))
             if overlay_dir is not None and len(summary.overlays) < num_overlays:
-                _write_overlay(
-                    summary,
-                    overlay_dir,
-                    target["image_id"],
-                    (image, prediction, names, target),
-                    inputs,
-                )
+                panel = (image, prediction, names, target)
+                _write_overlay(summary, overlay_dir, target["image_id"], panel, inputs)
             if on_image is not None:
                 on_image(image, target, prediction)
             yield target, prediction
@@ -297,19 +286,16 @@ def predict_shards(
     """
     from prm.engine.shards import run_shard
 
-    category_ids = list(dataset.category_ids)
-    names = list(dataset.classes)
-    coco = isinstance(dataset, COCODataset)
+    category_ids, names = list(dataset.category_ids), list(dataset.classes)
     inputs = _input_files(dataset) if overlay_dir is not None else None
     summary = PredictionSummary()
 
     def work(index: int, image: torch.Tensor, target: dict, props) -> dict[str, Any]:
         prediction = predictor([image], [props])[0]
-        image_id = int(target["image_id"]) if coco else target["image_id"]
         if overlay_dir is not None and index < num_overlays:
             panel = (image, prediction, names, target)
             _write_overlay(summary, overlay_dir, target["image_id"], panel, inputs)
-        return {"results": results_entries(prediction, image_id, category_ids)}
+        return {"results": results_entries(prediction, _result_id(dataset, target), category_ids)}
 
     records = run_shard(
         dataset,
@@ -327,7 +313,7 @@ def predict_shards(
     )
     if records is None:
         return None
-    writer = _ResultsWriter(results_file or Path(out_dir) / "results.json")
+    writer = ResultsWriter(results_file or Path(out_dir) / "results.json")
     for index, record in records.items():
         if "skipped" in record:
             summary.skipped.append((dataset.image_id(index), record["skipped"]))
@@ -356,42 +342,44 @@ def predict_files(
     ``image_id`` (made unique by :func:`unique_image_ids` when two files share a stem)
     and ``label + 1`` as ``category_id``. Overlays never overwrite an input file.
     """
-    summary = PredictionSummary()
-    category_ids = list(range(1, len(class_names) + 1))
-    paths = [Path(p) for p in paths]
-    ids = unique_image_ids(paths)
-    inputs = {p.resolve() for p in paths}
-    writer = _ResultsWriter(results_file) if results_file is not None else None
-    with _finish_on_error(writer, summary):
-        for path, image_id in tqdm(
-            list(zip(paths, ids, strict=True)),
-            desc="predict",
-            disable=not progress,
-            dynamic_ncols=True,
-        ):
-            try:
-                image = to_image_tensor(load_image(path, exif_transpose=True))
-            except (DataError, FileNotFoundError) as exc:
-                warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
-                summary.skipped.append((str(path), str(exc)))
-                continue
-            props = None
-            if proposals is not None:
-                props = proposals(image_id, _proposal_image(image, _max_size(predictor)))
-            prediction = predictor([image], [props])[0]
-            summary.images += 1
-            summary.instances += len(prediction["scores"])
-            if writer is not None:
-                writer.add(results_entries(prediction, image_id, category_ids))
-            if overlay_dir is not None and len(summary.overlays) < num_overlays:
-                _write_overlay(
-                    summary,
-                    overlay_dir,
-                    image_id,
-                    (image, prediction, class_names),
-                    inputs,
-                )
-    return summary
+    files = _ImageFiles(paths, class_names)
+    return predict_dataset(
+        predictor,
+        files,
+        proposals=proposals,
+        results_file=results_file,
+        overlay_dir=overlay_dir,
+        num_overlays=num_overlays,
+        progress=progress,
+    )
+
+
+class _ImageFiles:
+    """Image files as a dataset without ground truth: the items of :func:`predict_files`."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], class_names: Sequence[str]):
+        self.paths = [Path(p) for p in paths]
+        self.ids = unique_image_ids(self.paths)
+        self.classes = list(class_names)
+        self.category_ids = list(range(1, len(class_names) + 1))
+        self.skipped: list[tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            return load_image(path, exif_transpose=True), {"image_id": self.ids[index]}
+        except (DataError, FileNotFoundError) as exc:
+            warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
+            self.skipped.append((str(path), str(exc)))
+            return None
+
+
+def _result_id(dataset, target: dict):
+    """The image id a results file gives an image: COCO's are integers."""
+    return int(target["image_id"]) if isinstance(dataset, COCODataset) else target["image_id"]
 
 
 def _input_files(dataset) -> set[Path] | None:
@@ -402,6 +390,8 @@ def _input_files(dataset) -> set[Path] | None:
         return {(dataset.root / row["file"]).resolve() for row in dataset.rows}
     if isinstance(dataset, COCODataset):
         return {(dataset.image_dir / im["file_name"]).resolve() for im in dataset.images}
+    if isinstance(dataset, _ImageFiles):
+        return {p.resolve() for p in dataset.paths}
     return None
 
 
@@ -464,34 +454,8 @@ def _write_overlay(summary, overlay_dir, image_id, panel_args, inputs=None) -> N
     summary.overlays.append(path)
 
 
-class _ResultsWriter:
-    """A COCO results JSON written image by image (flushed), so that no result is lost.
-
-    The list goes to a :class:`~prm.files.AtomicFile`, renamed to ``path`` when complete;
-    after an error it is closed as valid JSON and renamed to ``<stem>.partial.json``.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.file = AtomicFile(self.path, "x")
-        self.file.handle.write("[")
-        self.count = 0
-
-    def add(self, entries: list[dict]) -> None:
-        for entry in entries:
-            self.file.handle.write(",\n" if self.count else "\n")
-            self.file.handle.write(json.dumps(entry))
-            self.count += 1
-        self.file.handle.flush()
-
-    def close(self, complete: bool = True) -> Path:
-        self.file.handle.write("\n]\n")
-        partial = self.path.with_name(f"{self.path.stem}.partial.json")
-        return self.file.commit(None if complete else partial)
-
-
 @contextmanager
-def _finish_on_error(writer: _ResultsWriter | None, summary: PredictionSummary):
+def _finish_on_error(writer: ResultsWriter | None, summary: PredictionSummary):
     """Close the results file when done; on an error keep what was done as partial."""
     try:
         yield

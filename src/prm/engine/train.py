@@ -20,7 +20,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -74,71 +74,54 @@ def _seed_everything(seed: int) -> None:
 
 def build_datasets(config: TrainConfig, with_val: bool = True):
     """The training set (with training transforms, bad items skipped) and the val set."""
-    kwargs: dict[str, Any] = {"on_error": "skip"}
-    if config.dataset in GENERATED:
-        kwargs["num_images"] = config.num_train_images
+    train_kwargs: dict[str, Any] = {"on_error": "skip"}
     if config.dataset == "voc":
-        kwargs["use_difficult"] = not config.drop_difficult
-    train_kwargs = dict(kwargs)
-    val_kwargs = dict(kwargs)
+        train_kwargs["use_difficult"] = not config.drop_difficult
+    val_kwargs = dict(train_kwargs)
+    if config.dataset in GENERATED:
+        train_kwargs["num_images"] = config.num_train_images
+        val_kwargs["num_images"] = config.num_val_images
     for part, prefix in ((train_kwargs, ""), (val_kwargs, "val_")):
         for key in ("annotation_file", "image_dir"):
             value = getattr(config, prefix + key)
+            if value is not None and config.dataset != "coco":
+                raise ValueError(f"{prefix + key} is for the coco dataset, not {config.dataset}")
             if value is not None:
-                if config.dataset != "coco":
-                    raise ValueError(
-                        f"{prefix + key} is for the coco dataset, not {config.dataset}"
-                    )
                 part[key] = Path(value)
     if config.dataset in ("voc", "coco"):
         train_kwargs["instance_masks"] = False  # training reads image-level labels only
     defaults = reader(config.dataset).DEFAULT_SPLITS
     train_split = config.train_split if config.train_split is not None else defaults["train"]
     val_split = defaults["val"] if config.val_split == "auto" else config.val_split
-    train_set = build_dataset(
-        config.dataset,
-        config.root,
-        train_split,
-        transform=TrainTransform(
-            config.image_size,
-            flip=config.flip,
-            scale_jitter=config.scale_jitter,
-            colour_jitter=config.colour_jitter,
-        ),
-        **train_kwargs,
-    )
+    jitter = {"scale_jitter": config.scale_jitter, "colour_jitter": config.colour_jitter}
+    augment = TrainTransform(config.image_size, flip=config.flip, **jitter)
+    plain = InferenceTransform(config.image_size)
+
+    def read(split: str, transform, kwargs: dict):
+        return build_dataset(config.dataset, config.root, split, transform=transform, **kwargs)
+
+    train_set = read(train_split, augment, train_kwargs)
     if len(train_set) == 0:
         raise ValueError(f"the {config.dataset} training split {train_split!r} has no images")
     if config.val_fraction is not None:
-        return _hold_out(config, train_set, train_split, train_kwargs, with_val)
-    val_set = None
-    if with_val and val_split:
-        if config.dataset in GENERATED:
-            val_kwargs["num_images"] = config.num_val_images
-        val_set = build_dataset(
-            config.dataset,
-            config.root,
-            val_split,
-            transform=InferenceTransform(config.image_size),
-            **val_kwargs,
-        )
-    return train_set, val_set
+        train_idx, val_idx = held_out_indices(len(train_set), config.val_fraction, config.seed)
+        # The same split read again with the inference transform (no augmentation).
+        val_set = HeldOutPart(read(train_split, plain, train_kwargs), val_idx) if with_val else None
+        return HeldOutPart(train_set, train_idx), val_set
+    if not (with_val and val_split):
+        return train_set, None
+    return train_set, read(val_split, plain, val_kwargs)
 
 
-class HeldOutPart(torch.utils.data.Dataset):
-    """Some items of a dataset (by index), with its ``classes`` and ``category_ids``."""
+class HeldOutPart(torch.utils.data.Subset):
+    """Some items of a dataset (by index), with its ``classes``, ``category_ids`` and ids."""
 
-    def __init__(self, dataset, indices: list[int]):
-        self.dataset = dataset
-        self.indices = list(indices)
-        self.classes = list(dataset.classes)
-        self.category_ids = list(dataset.category_ids)
+    def __init__(self, dataset, indices: Sequence[int]):
+        super().__init__(dataset, list(indices))
+        self.classes, self.category_ids = list(dataset.classes), list(dataset.category_ids)
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.dataset[self.indices[index]]
+    def image_id(self, index: int) -> str:
+        return self.dataset.image_id(self.indices[index])
 
 
 def held_out_indices(size: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -152,22 +135,6 @@ def held_out_indices(size: int, fraction: float, seed: int) -> tuple[list[int], 
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
     count = min(max(1, round(fraction * size)), size - 1)
     return sorted(order[count:]), sorted(order[:count])
-
-
-def _hold_out(config: TrainConfig, train_set, train_split, train_kwargs, with_val: bool):
-    train_idx, val_idx = held_out_indices(len(train_set), config.val_fraction, config.seed)
-    val_set = None
-    if with_val:
-        # The same split read again with the inference transform (no augmentation).
-        full = build_dataset(
-            config.dataset,
-            config.root,
-            train_split,
-            transform=InferenceTransform(config.image_size),
-            **train_kwargs,
-        )
-        val_set = HeldOutPart(full, val_idx)
-    return HeldOutPart(train_set, train_idx), val_set
 
 
 def model_from_config(config: TrainConfig, class_names: list[str]) -> PeakResponseNet:
@@ -402,14 +369,10 @@ class _Run:
         # Best validation mAP so far, its epoch, and validations since it improved.
         self.best: dict[str, Any] = {"value": None, "epoch": None, "stale": 0}
         self.writer = None
-        self.val_loader = None
-        if val_set is not None:
-            self.val_loader = DataLoader(
-                val_set,
-                batch_size=config.batch_size,
-                num_workers=config.workers,
-                collate_fn=collate,
-            )
+        loading = {"batch_size": config.batch_size, "num_workers": config.workers}
+        self.val_loader = (
+            None if val_set is None else DataLoader(val_set, **loading, collate_fn=collate)
+        )
 
     def resume(self, resume: bool | str | Path) -> None:
         """Load the checkpoint ``resume`` names, then prepare the output folder and the

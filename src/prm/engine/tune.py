@@ -122,8 +122,14 @@ def retrieve_filtered(
     return predictor.retrieve(part, proposals, retrieval)
 
 
-def _loosest(values: Sequence[Any]) -> Any:
-    return None if any(v is None for v in values) else min(values)
+def _loosest(predictor: Predictor, selections: list[PeakSelection]) -> Predictor:
+    """A copy of ``predictor`` with the grid's loosest thresholds: one back-propagation
+    per image then serves every setting."""
+    loose = copy.copy(predictor)
+    values = {n: [getattr(s, n) for s in selections] for n in PREDICTOR_SETTINGS}
+    loosest = {n: None if None in v else min(v) for n, v in values.items()}
+    loose.peak_selection = replace(predictor.peak_selection, **loosest)
+    return loose
 
 
 def _grid_warnings(grid: Mapping[str, Sequence[Any]], best: dict[str, Any], values) -> list[str]:
@@ -191,35 +197,13 @@ def tune_retrieval(
         warns (and lists in ``warnings``) when every setting scores 0, and when a numeric
         setting's best value is the smallest or largest of its grid.
     """
-    known = {f for f in RetrievalConfig.__dataclass_fields__} | set(PREDICTOR_SETTINGS)
-    unknown = sorted(set(grid) - known)
-    if unknown:
-        raise ValueError(f"unknown retrieval settings in the grid: {unknown}")
-    if not grid or any(len(v) == 0 for v in grid.values()):
-        raise ValueError("the grid needs at least one value for each setting")
     threshold = _threshold(metric)
-    names = list(grid)
-    settings = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
-    selections = [
-        replace(predictor.peak_selection, **{k: v for k, v in s.items() if k in PREDICTOR_SETTINGS})
-        for s in settings
-    ]
-    configs = [
-        replace(predictor.retrieval, **{k: v for k, v in s.items() if k not in PREDICTOR_SETTINGS})
-        for s in settings
-    ]
     classes = list(dataset.classes)
-    for config in configs:
-        config.validate(len(classes))
+    settings, selections, configs = _grid(predictor, grid, len(classes))
     evaluators = [
         InstanceSegmentationEvaluator(classes, iou_thresholds=[threshold]) for _ in configs
     ]
-    # One back-propagation per image, with the loosest thresholds of the grid.
-    loose = copy.copy(predictor)
-    loose.peak_selection = replace(
-        predictor.peak_selection,
-        **{n: _loosest([getattr(s, n) for s in selections]) for n in PREDICTOR_SETTINGS},
-    )
+    loose = _loosest(predictor, selections)
 
     for index, image, target, props in dataset_images(
         dataset, proposals, limit, progress=progress, desc="tune retrieval"
@@ -236,25 +220,12 @@ def tune_retrieval(
                 found = scale_back(found, size, work)
             evaluator.process([target], [found])
 
-    key = f"instance/mAP_r@{threshold:g}"
-    trials = []
-    for params, evaluator in zip(settings, evaluators):
-        summary = evaluator.summarize()
-        per_class_ap = {c: summary.get(f"instance/AP_r@{threshold:g}/{c}") for c in classes}
-        trials.append({"params": params, "value": summary[key], "per_class": per_class_ap})
+    key, trials = _trials(settings, evaluators, classes, threshold)
     values = [t["value"] if t["value"] is not None else -1.0 for t in trials]
     best_index = max(range(len(trials)), key=values.__getitem__)  # first best wins
     best = configs[best_index]
     if per_class:
-        chosen = {name: [] for name in _PER_CLASS}
-        for c in classes:
-            aps = [t["per_class"][c] if t["per_class"][c] is not None else -1.0 for t in trials]
-            # Ties (and classes without ground truth) keep the best shared setting.
-            pick = best_index if aps[best_index] >= max(aps) else aps.index(max(aps))
-            for name in _PER_CLASS:
-                value = getattr(configs[pick], name)
-                chosen[name].append(value[classes.index(c)] if isinstance(value, list) else value)
-        best = replace(best, **chosen)
+        best = replace(best, **_per_class_choice(trials, configs, classes, best_index))
     found = _grid_warnings(grid, settings[best_index], [t["value"] for t in trials])
     for message in found:
         warnings.warn(message, stacklevel=2)
@@ -266,3 +237,48 @@ def tune_retrieval(
         peak_selection=selections[best_index],
         warnings=found,
     )
+
+
+def _grid(predictor: Predictor, grid: Mapping[str, Sequence[Any]], num_classes: int):
+    """The grid's settings (dicts), with the peak selection and the validated retrieval
+    settings of each, in grid order."""
+    known = {f for f in RetrievalConfig.__dataclass_fields__} | set(PREDICTOR_SETTINGS)
+    unknown = sorted(set(grid) - known)
+    if unknown:
+        raise ValueError(f"unknown retrieval settings in the grid: {unknown}")
+    if not grid or any(len(v) == 0 for v in grid.values()):
+        raise ValueError("the grid needs at least one value for each setting")
+    settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    peaks = [{k: v for k, v in s.items() if k in PREDICTOR_SETTINGS} for s in settings]
+    selections = [replace(predictor.peak_selection, **p) for p in peaks]
+    configs = [
+        replace(predictor.retrieval, **{k: v for k, v in s.items() if k not in peaks[i]})
+        for i, s in enumerate(settings)
+    ]
+    for config in configs:
+        config.validate(num_classes)
+    return settings, selections, configs
+
+
+def _trials(settings, evaluators, classes, threshold: float) -> tuple[str, list[dict]]:
+    """The metric's key and one trial (params, value, AP per class) per setting."""
+    key = f"instance/mAP_r@{threshold:g}"
+    trials = []
+    for params, evaluator in zip(settings, evaluators):
+        summary = evaluator.summarize()
+        per_class_ap = {c: summary.get(f"instance/AP_r@{threshold:g}/{c}") for c in classes}
+        trials.append({"params": params, "value": summary[key], "per_class": per_class_ap})
+    return key, trials
+
+
+def _per_class_choice(trials, configs, classes, best_index: int) -> dict[str, list]:
+    """``alpha``, ``beta`` and ``tau`` per class: each class's best setting of the grid."""
+    chosen = {name: [] for name in _PER_CLASS}
+    for c in classes:
+        aps = [t["per_class"][c] if t["per_class"][c] is not None else -1.0 for t in trials]
+        # Ties (and classes without ground truth) keep the best shared setting.
+        pick = best_index if aps[best_index] >= max(aps) else aps.index(max(aps))
+        for name in _PER_CLASS:
+            value = getattr(configs[pick], name)
+            chosen[name].append(value[classes.index(c)] if isinstance(value, list) else value)
+    return chosen

@@ -144,10 +144,8 @@ class PointwiseLocalizationEvaluator(Evaluator):
                 f"'class_peaks' of image {image} has shape {tuple(peaks.shape)}, "
                 f"expected ({self.num_classes}, 2)"
             )
-        if self.input_size is None:
-            scale = (1.0, 1.0)
-        else:
-            scale = (self.input_size[1] / size[1], self.input_size[0] / size[0])
+        frame = self.input_size or size
+        scale = (frame[1] / size[1], frame[0] / size[0])
         present = np.zeros(self.num_classes, dtype=bool)
         correct = np.zeros(self.num_classes, dtype=bool)
         boxes = masks_to_boxes(masks) if self.region == "box" else None  # once per image

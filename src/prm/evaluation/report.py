@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,15 +17,44 @@ from prm.files import write_text_atomic
 
 from .ap import voc_ap
 
-__all__ = ["format_table", "plot_pr_curves", "write_report"]
+__all__ = ["format_table", "plot_pr_curves", "split_metrics", "write_report"]
 
 
-def _cell(value) -> str:
+def format_cell(value: Any, undefined: str = "-") -> str:
+    """A metric as tables show it: fractions in percent (1 decimal), counts as they are."""
     if value is None:
-        return "-"
-    if isinstance(value, bool) or isinstance(value, int):
-        return str(value)
-    return f"{100 * value:.1f}"
+        return undefined
+    if isinstance(value, float):
+        return f"{100 * value:.1f}"
+    return str(value)
+
+
+def split_metrics(
+    metrics: Mapping[str, Any], classes: Sequence[str]
+) -> tuple[dict[str, Any], list[str], dict[str, dict[str, Any]]]:
+    """``(summary, per-class columns, {class: {column: value}})`` of a flat metrics dict.
+
+    Keys ``<family>/<name>/<class>`` are per class (in :func:`format_table` and the HTML
+    report); a class name may hold ``/``. With no class list, any key of 3+ parts is.
+    """
+    # Longest first: a class named "a/b" must win over a class named "b".
+    names = sorted(set(classes) | {"background"}, key=len, reverse=True)
+    summary: dict[str, Any] = {}
+    columns: list[str] = []
+    per_class: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        head, _, tail = key.rpartition("/")
+        if classes:
+            found = next((n for n in names if key.endswith(f"/{n}")), None)
+            if found is not None:
+                head, tail = key[: -len(found) - 1], found
+        if head and "/" in head and (tail in names or not classes):
+            if head not in columns:
+                columns.append(head)
+            per_class.setdefault(tail, {})[head] = value
+        else:
+            summary[key] = value
+    return summary, columns, per_class
 
 
 def format_table(metrics: Mapping, classes: Sequence[str] = ()) -> str:
@@ -40,22 +70,11 @@ def format_table(metrics: Mapping, classes: Sequence[str] = ()) -> str:
     Returns:
         The table, lines joined by newlines.
     """
-    names = set(classes) | {"background"}
-    summary: list[tuple[str, object]] = []
-    columns: list[str] = []
-    per_class: dict[str, dict[str, object]] = {}
-    for key, value in metrics.items():
-        head, _, tail = key.rpartition("/")
-        if head and tail in names and "/" in head:
-            if head not in columns:
-                columns.append(head)
-            per_class.setdefault(tail, {})[head] = value
-        else:
-            summary.append((key, value))
-
-    width = max([len(k) for k, _ in summary] + [6])
+    # With no class list only "background" rows are per class.
+    summary, columns, per_class = split_metrics(metrics, list(classes) or ["background"])
+    width = max([len(k) for k in summary] + [6])
     lines = [f"{'metric':<{width}}  value (%)"]
-    lines += [f"{key:<{width}}  {_cell(value):>9}" for key, value in summary]
+    lines += [f"{key:<{width}}  {format_cell(value):>9}" for key, value in summary.items()]
     if columns:
         # A class no metric says anything about (no ground truth, no prediction) is noise.
         rows = [
@@ -71,7 +90,8 @@ def format_table(metrics: Mapping, classes: Sequence[str] = ()) -> str:
         lines.append(f"{'class':<{name_width}}  {header}")
         for row in rows:
             cells = "  ".join(
-                f"{_cell(per_class[row].get(c)):>{w}}" for c, w in zip(columns, widths, strict=True)
+                f"{format_cell(per_class[row].get(c)):>{w}}"
+                for c, w in zip(columns, widths, strict=True)
             )
             lines.append(f"{row:<{name_width}}  {cells}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from pycocotools import mask as mask_utils
 
-from prm.files import write_atomic
+from prm.files import AtomicFile
 from prm.masks import encode_rle
 
 __all__ = ["load_results", "save_results", "results_entries"]
@@ -90,24 +90,46 @@ def save_results(
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
-    count = 0
+    writer = ResultsWriter(path)
     image_ids = iter(image_ids)
-
-    def write(f) -> None:
-        nonlocal count
-        f.write(b"[")
+    try:
         for prediction in predictions:
             try:
                 image_id = next(image_ids)
             except StopIteration:
                 raise ValueError(f"{path}: more predictions than image ids") from None
-            for entry in results_entries(prediction, image_id, category_ids):
-                f.write((",\n" if count else "\n").encode() + json.dumps(entry).encode())
-                count += 1
-        f.write(b"\n]\n")
+            writer.add(results_entries(prediction, image_id, category_ids))
+    except BaseException:
+        writer.file.discard()  # an interrupted run leaves no half-written results file
+        raise
+    writer.close()
+    return writer.count
 
-    write_atomic(path, write)  # an interrupted run leaves no half-written results file
-    return count
+
+class ResultsWriter:
+    """A COCO results JSON written image by image (flushed), so that no result is lost.
+
+    The list goes to a :class:`~prm.files.AtomicFile`, renamed to ``path`` when complete;
+    after an error it is closed as valid JSON and renamed to ``<stem>.partial.json``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.file = AtomicFile(self.path, "x")
+        self.file.handle.write("[")
+        self.count = 0
+
+    def add(self, entries: list[dict]) -> None:
+        for entry in entries:
+            self.file.handle.write(",\n" if self.count else "\n")
+            self.file.handle.write(json.dumps(entry))
+            self.count += 1
+        self.file.handle.flush()
+
+    def close(self, complete: bool = True) -> Path:
+        self.file.handle.write("\n]\n")
+        partial = self.path.with_name(f"{self.path.stem}.partial.json")
+        return self.file.commit(None if complete else partial)
 
 
 def load_results(
@@ -236,11 +258,7 @@ def _is_int(value: Any) -> bool:
 
 def _read_rle(segmentation: Any, where: str) -> dict:
     """A validated compressed RLE ``{"size": [H, W], "counts": str}``."""
-    if (
-        not isinstance(segmentation, dict)
-        or "size" not in segmentation
-        or "counts" not in segmentation
-    ):
+    if not isinstance(segmentation, dict) or not {"size", "counts"} <= segmentation.keys():
         raise ValueError(
             f"{where}: segmentation must be an RLE {{'size': [H, W], 'counts': ...}}, got "
             f"{str(segmentation)[:60]}"

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prm.data.images import to_uint8_image
 from prm.evaluation.ap import precision_recall, voc_ap
 from prm.evaluation.base import ground_truth, predicted_instances, prediction_masks, target_size
 from prm.evaluation.instance import _crowd_overlap, match_instances
@@ -99,16 +100,6 @@ def match_image(
         class_ap[c] = voc_ap(precision, recall) if len(precision) else 0.0
     score = float(np.mean(list(class_ap.values()))) if class_ap else None
     return {"score": score, "matches": matches, "missed": missed, "class_ap": class_ap}
-
-
-def _uint8_image(image: Any) -> np.ndarray:
-    """(H, W, 3) uint8 from a float [0, 1] / uint8 (3, H, W) tensor or a PIL image."""
-    if isinstance(image, torch.Tensor):
-        array = image.detach().cpu()
-        if array.is_floating_point():
-            array = (array.clamp(0, 1) * 255).round().to(torch.uint8)
-        return array.permute(1, 2, 0).numpy()
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def _small(maps: torch.Tensor) -> np.ndarray:
@@ -252,7 +243,7 @@ class _LazyEntry:
         gt_labels = torch.as_tensor(self.target["labels"]).long()
         crowd = self.target.get("iscrowd")
         out = {
-            "image": _uint8_image(self.image),
+            "image": to_uint8_image(self.image).cpu().permute(1, 2, 0).numpy(),
             "masks": masks.numpy(),
             "labels": labels.numpy(),
             "scores": torch.as_tensor(self.prediction["scores"]).float().numpy(),

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from prm.evaluation.report import format_cell, split_metrics
 from prm.files import write_text_atomic
 
 from .gallery import GROUPS, INDEX_FILE, load_gallery, match_image
@@ -110,43 +111,9 @@ def _read_json(path: Path, required: bool) -> Any:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def split_metrics(
-    metrics: Mapping[str, Any], classes: Sequence[str]
-) -> tuple[dict[str, Any], list[str], dict[str, dict[str, Any]]]:
-    """``(summary, per-class columns, {class: {column: value}})`` of a flat metrics dict.
-
-    Keys ``<family>/<name>/<class>`` are per class (the rule of the text table); a class
-    name may itself hold ``/``. With no class list, any key of three or more parts is.
-    """
-    # Longest first: a class named "a/b" must win over a class named "b".
-    names = sorted(set(classes) | {"background"}, key=len, reverse=True)
-    summary: dict[str, Any] = {}
-    columns: list[str] = []
-    per_class: dict[str, dict[str, Any]] = {}
-    for key, value in metrics.items():
-        head, _, tail = key.rpartition("/")
-        if classes:
-            found = next((n for n in names if key.endswith(f"/{n}")), None)
-            if found is not None:
-                head, tail = key[: -len(found) - 1], found
-        if head and "/" in head and (tail in names or not classes):
-            if head not in columns:
-                columns.append(head)
-            per_class.setdefault(tail, {})[head] = value
-        else:
-            summary[key] = value
-    return summary, columns, per_class
-
-
 def cell(value: Any) -> str:
-    """A metric as the report shows it: fractions in percent (1 decimal), counts as is."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool) or isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{100 * value:.1f}"
-    return str(value)
+    """A metric as the report shows it (:func:`~prm.evaluation.report.format_cell`)."""
+    return format_cell(value, "–")
 
 
 def _num(value: Any) -> str:
@@ -154,6 +121,11 @@ def _num(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return repr(float(value))
     return ""
+
+
+def _td(value: Any, show=cell, extra: str = "") -> str:
+    """A number's table cell: shown by ``show``, sorted by its raw value."""
+    return f'<td class="num{extra}" data-value="{_num(value)}">{esc(show(value))}</td>'
 
 
 def _main_column(columns: Sequence[str]) -> str | None:
@@ -223,10 +195,8 @@ def build_report(
 
 def _header(name: str, run: Mapping, compare: bool) -> str:
     info = run["info"]
-    facts = []
-    for key in ("command", "checkpoint", "results"):
-        if info.get(key):
-            facts.append(f"<dt>{esc(key)}</dt><dd><code>{esc(info[key])}</code></dd>")
+    keys = [key for key in ("command", "checkpoint", "results") if info.get(key)]
+    facts = [f"<dt>{esc(key)}</dt><dd><code>{esc(info[key])}</code></dd>" for key in keys]
     dataset = info.get("dataset")
     if isinstance(dataset, Mapping):
         text = ", ".join(f"{k}={v}" for k, v in dataset.items() if v is not None)
@@ -245,8 +215,7 @@ def _summary_section(summary: Mapping[str, Any]) -> str:
     for key, value in summary.items():
         family, _, rest = key.partition("/")
         families.setdefault(family if rest else "", []).append(
-            f'<tr data-key="{esc(key)}"><th scope="row">{esc(rest or key)}</th>'
-            f'<td class="num" data-value="{_num(value)}">{esc(cell(value))}</td></tr>'
+            f'<tr data-key="{esc(key)}"><th scope="row">{esc(rest or key)}</th>{_td(value)}</tr>'
         )
     tables = "".join(
         f'<table class="metrics"><caption>{esc(family or "other")}</caption>'
@@ -273,25 +242,17 @@ def _class_section(
     )
     body = []
     for row in rows:
-        cells = "".join(
-            f'<td class="num" data-value="{_num(per_class[row].get(c))}">'
-            f"{esc(cell(per_class[row].get(c)))}</td>"
-            for c in columns
-        )
+        cells = "".join(_td(per_class[row].get(c)) for c in columns)
         body.append(f'<tr><th scope="row" data-value="{esc(row)}">{esc(row)}</th>{cells}</tr>')
     main = _main_column(columns)
-    bars = []
-    if main is not None:
-        for row in rows:
-            value = per_class[row].get(main)
-            if not isinstance(value, (int, float)):
-                continue
-            width = max(0.0, min(100.0, 100 * float(value)))
-            bars.append(
-                f'<div class="bar-row"><span class="bar-label">{esc(row)}</span>'
-                f'<span class="bar"><span style="width:{width:.1f}%"></span></span>'
-                f'<span class="bar-value">{esc(cell(value))}</span></div>'
-            )
+    values = [(row, per_class[row].get(main)) for row in rows] if main is not None else []
+    bars = [
+        f'<div class="bar-row"><span class="bar-label">{esc(row)}</span>'
+        f'<span class="bar"><span style="width:{max(0.0, min(100.0, 100 * float(v))):.1f}%">'
+        f'</span></span><span class="bar-value">{esc(cell(v))}</span></div>'
+        for row, v in values
+        if isinstance(v, (int, float))
+    ]
     chart = (
         f"<h3>{esc(main)} per class (%)</h3><div class='bars' id='class-bars'>{''.join(bars)}</div>"
         if bars
@@ -388,19 +349,18 @@ def _other_predictions(other: Mapping, items: Sequence[dict]) -> dict[str, dict]
 
     From its gallery when it saved the same image, else decoded from its results file.
     """
-    found: dict[str, dict] = {}
     gallery = other["dir"] / "gallery"
-    if (gallery / INDEX_FILE).is_file():
-        _, theirs = load_gallery(gallery)
-        for item in theirs:
-            found[str(item["image_id"])] = item
+    found = (
+        {str(i["image_id"]): i for i in load_gallery(gallery)[1]}
+        if (gallery / INDEX_FILE).is_file()
+        else {}
+    )
     wanted = {str(item["image_id"]) for item in items} - set(found)
     results = other["info"].get("results")
     category_ids = other["info"].get("category_ids")
     if not wanted or not results or not category_ids:
         return found
-    path = Path(results)
-    path = path if path.is_absolute() else other["dir"] / path
+    path = other["dir"] / results  # relative to the run folder, unless absolute
     if not path.is_file():
         return found
     from prm.masks import decode_rle
@@ -434,30 +394,15 @@ def _compare_section(
     classes: Sequence[str],
     images: Path,
 ) -> str:
-    import torch
-
     other_name = other["info"].get("name") or other["dir"].resolve().name
     mine, my_columns, my_class = split_metrics(run["metrics"], classes)
     theirs, _, their_class = split_metrics(other["metrics"], classes)
     a, b = esc(name), esc(other_name)
-
-    def diff(x: Any, y: Any) -> Any:
-        number = (int, float)
-        if isinstance(x, number) and isinstance(y, number) and not isinstance(x, bool):
-            return x - y
-        return None
-
-    rows = []
-    for key in [k for k in mine if k in theirs]:
-        x, y = mine[key], theirs[key]
-        d = diff(x, y)
-        sign = "" if d is None else (" up" if d > 0 else " down" if d < 0 else "")
-        rows.append(
-            f'<tr data-key="{esc(key)}"><th scope="row">{esc(key)}</th>'
-            f'<td class="num" data-value="{_num(x)}">{esc(cell(x))}</td>'
-            f'<td class="num" data-value="{_num(y)}">{esc(cell(y))}</td>'
-            f'<td class="num{sign}" data-value="{_num(d)}">{esc(_signed(d))}</td></tr>'
-        )
+    rows = [
+        _diff_row(f'<tr data-key="{esc(k)}"><th scope="row">{esc(k)}</th>', mine[k], theirs[k])
+        for k in mine
+        if k in theirs
+    ]
     parts = [
         f'<section id="compare"><h2>Comparison: {a} vs {b}</h2>'
         f'<p class="note">Differences are {a} minus {b}, in percentage points.</p>'
@@ -467,18 +412,13 @@ def _compare_section(
     ]
     main = _main_column(my_columns)
     if main is not None:
-        body = []
-        for c in [c for c in classes if c in my_class and c in their_class]:
-            x, y = my_class[c].get(main), their_class[c].get(main)
-            if x is None and y is None:
-                continue
-            d = diff(x, y)
-            body.append(
-                f'<tr><th scope="row" data-value="{esc(c)}">{esc(c)}</th>'
-                f'<td class="num" data-value="{_num(x)}">{esc(cell(x))}</td>'
-                f'<td class="num" data-value="{_num(y)}">{esc(cell(y))}</td>'
-                f'<td class="num" data-value="{_num(d)}">{esc(_signed(d))}</td></tr>'
-            )
+        shared = [c for c in classes if c in my_class and c in their_class]
+        pairs = [(c, my_class[c].get(main), their_class[c].get(main)) for c in shared]
+        body = [
+            _diff_row(f'<tr><th scope="row" data-value="{esc(c)}">{esc(c)}</th>', x, y, False)
+            for c, x, y in pairs
+            if x is not None or y is not None
+        ]
         parts.append(
             f"<h3>{esc(main)} per class</h3><div class='scroll'><table class='sortable' "
             'id="compare-class-table"><thead><tr>'
@@ -488,56 +428,54 @@ def _compare_section(
             '<th data-type="num"><button>difference</button></th></tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>"
         )
-    predictions = _other_predictions(other, items)
-    cards = []
-    for k, item in enumerate(items):
-        theirs_item = predictions.get(str(item["image_id"]))
-        if theirs_item is None:
-            continue
-        h, w = item["image"].shape[:2]
-        masks = theirs_item.get("masks")
-        if masks is None:
-            masks = np.zeros((0, h, w), dtype=bool)
-        if masks.shape[1:] != (h, w):
-            continue  # not the same picture
-        target = {
-            "masks": torch.from_numpy(np.asarray(item["gt_masks"], bool)),
-            "labels": torch.as_tensor(item["gt_labels"]).long(),
-            "iscrowd": torch.from_numpy(np.asarray(item["gt_crowd"], bool)),
-        }
-        prediction = {
-            "masks": torch.from_numpy(np.asarray(masks, bool)),
-            "labels": torch.as_tensor(theirs_item["labels"]).long(),
-            "scores": torch.as_tensor(theirs_item["scores"]).float(),
-        }
-        result = match_image(target, prediction, len(classes))
-        drawn = {
-            "image": item["image"],
-            "masks": masks,
-            "labels": theirs_item["labels"],
-            "scores": theirs_item["scores"],
-            "matches": result["matches"],
-        }
-        if "peaks" in theirs_item:
-            drawn["peaks"] = theirs_item["peaks"]
-        file = f"c{k:03d}-other.png"
-        render_prediction(drawn, classes).save(images / file)
-        mine_file = f"g{k:03d}-pred.png"
-        truth_file = f"g{k:03d}-gt.png"
-        their_score = result["score"]
-        cards.append(
-            f'<article class="card"><h4>image <code>{esc(item["image_id"])}</code> &middot; '
-            f"{a}: {esc(_score_text(item['score']))} &middot; {b}: "
-            f"{esc(_score_text(their_score))}</h4><div class='panels'>"
-            + _figure(mine_file, f"{name}: {_counts(item)}")
-            + _figure(file, f"{other_name}: {_counts({**result, 'matches': result['matches']})}")
-            + _figure(truth_file, "ground truth")
-            + "</div></article>"
-        )
+    cards = _compare_cards(other, (name, other_name), items, classes, images)
     if cards:
         parts.append(f"<h3>The same images</h3>{''.join(cards)}")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _diff_row(head: str, x: Any, y: Any, coloured: bool = True) -> str:
+    """A comparison row: ``head`` (``<tr><th>``), both values and their difference."""
+    numbers = isinstance(x, (int, float)) and isinstance(y, (int, float))
+    d = x - y if numbers and not isinstance(x, bool) else None
+    sign = "" if d is None or not coloured else (" up" if d > 0 else " down" if d < 0 else "")
+    return f"{head}{_td(x)}{_td(y)}{_td(d, _signed, sign)}</tr>"
+
+
+def _compare_cards(other, names, items, classes, images: Path) -> list[str]:
+    """The other run's predictions drawn beside this run's on the gallery's images."""
+    (name, other_name), (a, b) = names, map(esc, names)
+    predictions = _other_predictions(other, items)
+    cards = []
+    for k, item in enumerate(items):
+        theirs = predictions.get(str(item["image_id"]))
+        if theirs is None:
+            continue
+        masks = theirs.get("masks")
+        if masks is None:
+            masks = np.zeros((0, *item["image"].shape[:2]), dtype=bool)
+        if masks.shape[1:] != item["image"].shape[:2]:
+            continue  # not the same picture
+        target = {
+            "masks": item["gt_masks"],
+            "labels": item["gt_labels"],
+            "iscrowd": item["gt_crowd"],
+        }
+        prediction = {"masks": masks, "labels": theirs["labels"], "scores": theirs["scores"]}
+        result = match_image(target, prediction, len(classes))
+        drawn = {**theirs, "image": item["image"], "masks": masks, "matches": result["matches"]}
+        render_prediction(drawn, classes).save(images / f"c{k:03d}-other.png")
+        cards.append(
+            f'<article class="card"><h4>image <code>{esc(item["image_id"])}</code> &middot; '
+            f"{a}: {esc(_score_text(item['score']))} &middot; {b}: "
+            f"{esc(_score_text(result['score']))}</h4><div class='panels'>"
+            + _figure(f"g{k:03d}-pred.png", f"{name}: {_counts(item)}")
+            + _figure(f"c{k:03d}-other.png", f"{other_name}: {_counts(result)}")
+            + _figure(f"g{k:03d}-gt.png", "ground truth")
+            + "</div></article>"
+        )
+    return cards
 
 
 def _signed(value: Any) -> str:

@@ -128,10 +128,7 @@ def render_item(
     scale = _scale_of(image)
     big = (h * scale, w * scale)
     panels: dict[str, list[tuple[str, str]]] = {
-        "prediction": [],
-        "truth": [],
-        "prms": [],
-        "crms": [],
+        k: [] for k in ("prediction", "truth", "prms", "crms")
     }
 
     def save(picture: Image.Image, kind: str, caption: str, key: str) -> None:
