@@ -97,6 +97,23 @@ def test_predict_and_evaluate_a_dataset(checkpoint, tmp_path, capsys):
     assert (tmp_path / "eval" / "gallery" / "index.json").is_file()
 
 
+def test_predict_without_split_remembers_the_split_it_predicted(checkpoint, tmp_path):
+    # `prm report --resample` rebuilds the gallery from run.json's split: it must be the
+    # reader's evaluation split that predict used, not None (the reader's training split).
+    out = tmp_path / "pred"
+    code = main(
+        [
+            "predict", "--checkpoint", str(checkpoint), "--dataset", "shapes",
+            "--limit", "1", "--out", str(out), "--proposals", "prm", "--evaluate",
+            "--quiet", "--metrics", "instance", "--overlays", "0",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["dataset"]["split"] == "val"
+    assert json.loads((out / "results.json").read_text())[0]["image_id"].startswith("val_")
+
+
 def test_predict_images_skips_unreadable_files(checkpoint, tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -396,8 +396,12 @@ def run(args: argparse.Namespace) -> int:
             **common,
         )
         if sampler is not None:
+            from prm.data.build import reader
+
+            # run.json must name the split predicted, so that `prm report` resamples it.
+            split = args.split or reader(args.dataset).DEFAULT_SPLITS["eval"]
             checkpoint = str(Path(args.checkpoint).resolve())
-            page = write_report(args, sampler, dataset, "results.json", args.split, checkpoint)
+            page = write_report(args, sampler, dataset, "results.json", split, checkpoint)
             print(f"report: {page}")
     _print_summary(summary)
     return 0
