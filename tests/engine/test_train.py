@@ -156,7 +156,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", "29517", "-m", "prm.cli", "train", "--preset", "shapes",
+        "--standalone", "-m", "prm.cli", "train", "--preset", "shapes",  # a free port
         "--root", str(tmp_path / "data"), "--out", str(out), "--epochs", "1",
         "--image-size", "64", "--batch-size", "4", "--device", "cpu", "--quiet",
         "--set", "num_train_images=32", "--set", "num_val_images=8",
