@@ -282,14 +282,14 @@ def checked_dataset(args: argparse.Namespace, model, **kwargs):
 def _run_sharded(args: argparse.Namespace, out) -> int:
     """``prm predict --dataset`` as a resumable pass, sharded under torchrun."""
     from prm.engine.inference import predict_shards
-    from prm.engine.shards import process_group
+    from prm.engine.train import _Distributed, resolve_device
 
     if args.evaluate:
         raise ValueError(
             "--evaluate does not run with --resume or under torchrun: evaluate the merged "
             f"results with `prm evaluate --predictions {out / 'results.json'}`"
         )
-    with process_group() as (rank, world_size, barrier):
+    with _Distributed(resolve_device(args.device), backend="gloo") as ddp:
         model, predictor, source = predictor_and_source(args)
         summary = predict_shards(
             predictor,
@@ -299,9 +299,9 @@ def _run_sharded(args: argparse.Namespace, out) -> int:
             overlay_dir=out / "overlays" if args.overlays > 0 else None,
             num_overlays=args.overlays,
             limit=args.limit,
-            rank=rank,
-            world_size=world_size,
-            barrier=barrier,
+            rank=ddp.rank,
+            world_size=ddp.world_size,
+            barrier=ddp.barrier,
             settings=predictor_settings(args),
             progress=not args.quiet,
         )

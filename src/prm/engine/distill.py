@@ -371,8 +371,7 @@ def distill(
     from prm.engine.train import _Distributed, resolve_device
 
     config.validate()
-    ddp = _Distributed(resolve_device(config.device))
-    try:
+    with _Distributed(resolve_device(config.device)) as ddp:
         if dataset is None:
             dataset = build_dataset(config.dataset, config.root, config.split)
         data = PseudoLabelDataset(config.pseudo_labels, dataset)
@@ -382,11 +381,7 @@ def distill(
                 f"{ddp.world_size} processes"
             )
         model, optimizer, start = _set_up(config, data.classes, ddp, resume)
-        net = model
-        if ddp.enabled:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[ddp.device.index] if ddp.device.type == "cuda" else None
-            )
+        net = ddp.wrap(model)
         for epoch in range(start, config.epochs):
             record = _train_epoch(net, optimizer, data, config, ddp, epoch, progress)
             record["ranks_in_sync"] = ddp.in_sync(model)
@@ -396,8 +391,6 @@ def distill(
             if on_epoch is not None:
                 on_epoch(epoch + 1)
         return Path(config.out) / "last.pt"
-    finally:
-        ddp.close()
 
 
 def _set_up(config: DistillConfig, classes, ddp, resume: bool):
