@@ -233,13 +233,10 @@ def read_tuned_settings(path, retrieval, selection):
         ValueError: naming the file, for unknown fields or invalid values.
     """
     from dataclasses import fields, replace
-    from pathlib import Path
 
     from prm.files import read_yaml
     from prm.retrieval import RetrievalConfig
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"retrieval configuration {path} does not exist")
     retrieval = RetrievalConfig.from_yaml(path, base=retrieval)
     document = read_yaml(path, "retrieval configuration") or {}
     peaks = document.get("predictor", {}) if "retrieval" in document else {}
