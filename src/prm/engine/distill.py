@@ -333,11 +333,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31)
 
 
-def _lr(config: DistillConfig, progress: float) -> float:
-    warm = min(1.0, progress * config.epochs * 4)  # a quarter-epoch linear warm-up
-    return config.lr * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def _model_config(config: DistillConfig, classes: list[str]) -> dict[str, Any]:
     return {
         "kind": MODEL_KIND,
@@ -455,8 +450,10 @@ def _train_epoch(net, optimizer, data, config: DistillConfig, ddp, epoch: int, p
         disable=not (progress and ddp.is_main),
     )
     for step in bar:
+        done = (epoch * steps + step) / (config.epochs * steps)
+        warm = min(1.0, done * config.epochs * 4)  # a quarter-epoch linear warm-up
         for group in optimizer.param_groups:
-            group["lr"] = _lr(config, (epoch * steps + step) / (config.epochs * steps))
+            group["lr"] = config.lr * warm * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         images, targets = [], []
         for i in order[step * config.batch_size : (step + 1) * config.batch_size]:
             image, target = data[i]

@@ -220,12 +220,6 @@ def lr_factor(config: TrainConfig, epochs_done: float) -> float:
     return 1.0
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, epochs_done: float) -> None:
-    factor = lr_factor(config, epochs_done)
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * factor
-
-
 @torch.no_grad()
 def classification_map(
     model: nn.Module,
@@ -471,7 +465,9 @@ class _Run:
             if step >= steps:
                 break
             skipped += bad
-            _set_lr(optimizer, config, epoch + step / steps)
+            factor = lr_factor(config, epoch + step / steps)
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
             if len(targets) == 0:
                 continue
             images = images.to(device, non_blocking=True)
