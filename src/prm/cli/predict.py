@@ -361,13 +361,13 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.evaluate and args.images:
         raise ValueError("--evaluate needs --dataset (images alone have no ground truth)")
-    if args.dataset and (args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+    if args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if args.images:
+            raise ValueError(
+                "--resume and torchrun work on a --dataset; for image files use "
+                "--dataset folder --root FOLDER"
+            )
         return _run_sharded(args, out)
-    if args.images and (args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
-        raise ValueError(
-            "--resume and torchrun work on a --dataset; for image files use "
-            "--dataset folder --root FOLDER"
-        )
     model, predictor, source = predictor_and_source(args)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     common = {

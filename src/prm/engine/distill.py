@@ -333,18 +333,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31)
 
 
-def _model_config(config: DistillConfig, classes: list[str]) -> dict[str, Any]:
-    return {
-        "kind": MODEL_KIND,
-        "backbone": config.backbone,
-        "num_classes": len(classes),
-        "class_names": list(classes),
-        "min_size": config.min_size,
-        "max_size": config.max_size,
-        "inference": dict(config.inference or {}),
-    }
-
-
 def distill(
     config: DistillConfig,
     *,
@@ -489,7 +477,15 @@ def _save_epoch(config: DistillConfig, model, optimizer, classes, record: dict) 
         "optimizer": optimizer.state_dict(),
         "epoch": record["epoch"],
         "config": _comparable(config),
-        "model_config": _model_config(config, classes),
+        "model_config": {  # what load_distilled rebuilds the model from
+            "kind": MODEL_KIND,
+            "backbone": config.backbone,
+            "num_classes": len(classes),
+            "class_names": list(classes),
+            "min_size": config.min_size,
+            "max_size": config.max_size,
+            "inference": dict(config.inference or {}),
+        },
         "class_names": list(classes),
         "metrics": record,
     }
