@@ -20,9 +20,16 @@ computed once (cached under ``--cache``); every setting then keeps a subset of t
 peaks and retrieves from cached proposals. The fixtures are tiny (36 mapped instances in
 all): the numbers say what happens on these photos, not what a benchmark would say.
 
+``--sweep`` measures the defaults with one lever changed at a time (``SWEEP``: input size,
+``max_side``, proposal count, OpenCV's superpixels) on both halves, each row the mean over
+four selective-search ranking seeds (``SEEDS``): the seed alone moves PRM's mAP^r@0.5 on
+half B between 12.2 and 22.4, so one seed cannot tell two proposal settings apart. A
+default moves only where the new value is better on one half and no worse on the other.
+
 Results: ``real_photos.json`` (PRM's choices, held out with CAM on the same peaks),
 ``real_photos_cam.json`` (CAM's own choices), ``real_photos_defaults.json`` (the
-defaults on every photo) and ``real_photos_timing.json`` in ``benchmarks/results``.
+defaults on every photo), ``real_photos_sweep.json`` (``--sweep``) and
+``real_photos_timing.json`` in ``benchmarks/results``.
 
 Usage:
     python benchmarks/real_photos.py --data ../shared/data --no-timing --kinds prm \
@@ -31,13 +38,15 @@ Usage:
         --out benchmarks/results/real_photos_cam.json
     python benchmarks/real_photos.py --data ../shared/data --no-timing --defaults-only \
         --out benchmarks/results/real_photos_defaults.json
+    python benchmarks/real_photos.py --data ../shared/data --sweep
     python benchmarks/real_photos.py --data ../shared/data --timing-only --threads 1 \
-        --timing-photos 4 --timing-proposals ss ss-opencv none
+        --timing-proposals ss ss@320 ss-opencv none
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -556,8 +565,14 @@ def _timed(row: dict, key: str, fn, *args):
     return result
 
 
-def time_pipeline(photos, threads, input_size, proposals_kind):
-    """Seconds per photo of ``prm explain``'s pipeline at the defaults, stage by stage."""
+def time_pipeline(photos, threads, input_size, kinds):
+    """Seconds per photo of ``prm explain``'s pipeline at the defaults, stage by stage.
+
+    ``kinds``: the proposals, ``"ss"`` or ``"ss-opencv"`` (selective search with
+    scikit-image's or OpenCV's superpixels), optionally with ``"@N"`` for ``max_side``
+    N, or ``"none"`` (the proposal-free fallback). Each photo goes through every kind in
+    turn, so that a change of the machine's load touches them alike.
+    """
     import torch
 
     from prm.data.images import to_uint8_image
@@ -567,25 +582,33 @@ def time_pipeline(photos, threads, input_size, proposals_kind):
     torch.set_num_threads(threads)
     settings = with_settings(DEFAULTS, input_size=input_size)
     models = {m: pretrained_model(m, settings=settings) for m in ("coco", "voc")}
-    generator = None
-    if proposals_kind in ("ss", "ss-opencv"):
-        segmenter = "opencv" if proposals_kind == "ss-opencv" else "skimage"
-        generator = SelectiveSearch(segmenter=segmenter, max_side=settings.max_side)
+    generators = {}
+    for kind in kinds:
+        name, _, side = kind.partition("@")
+        if name in ("ss", "ss-opencv"):
+            segmenter = "opencv" if name == "ss-opencv" else "skimage"
+            max_side = int(side) if side else settings.max_side
+            generators[kind] = SelectiveSearch(segmenter=segmenter, max_side=max_side)
+        elif name != "none":
+            raise ValueError(f"unknown proposals {kind!r}: ss, ss-opencv (@N), none")
     rows = []
-    for photo in photos:
+    for photo, kind in itertools.product(photos, kinds):
         model = models[photo["map"]]
         predictor = pretrained_predictor(model, settings=settings, proposal_fn="prm")
         image = photo["image"]
-        row = {"id": photo["id"], "threads": threads, "input_size": input_size}
+        row = {"id": photo["id"], "proposals": kind, "threads": threads, "input_size": input_size}
         proposals = None
-        if generator is not None:
-            proposals = _timed(row, "proposals", generator.propose, to_uint8_image(image))
+        if kind in generators:
+            proposals = _timed(row, "proposals", generators[kind].propose, to_uint8_image(image))
         x = predictor.preprocess(image)[None]
         with torch.no_grad():
             _timed(row, "forward", model.class_response_maps, x)
         response, fallback = _timed(row, "forward_and_prms", predictor.respond, image, proposals)
         row["peaks"] = len(response["peak_cells"])
         _timed(row, "retrieval", predictor.retrieve, response, fallback)
+        for unit in ("", "_cpu"):
+            stages = ("proposals", "forward_and_prms", "retrieval")
+            row[f"total{unit}_s"] = round(sum(row.get(f"{k}{unit}_s", 0.0) for k in stages), 3)
         rows.append(row)
         print(f"  timing {row}", flush=True)
     return rows
@@ -599,7 +622,10 @@ def main() -> None:
     parser.add_argument("--timing-only", action="store_true", help="skip the metrics")
     parser.add_argument("--no-timing", action="store_true", help="skip the timing")
     parser.add_argument(
-        "--timing-proposals", nargs="+", default=["ss", "ss-opencv"], help="ss, ss-opencv, none"
+        "--timing-proposals",
+        nargs="+",
+        default=["ss", "ss-opencv", "ss@320", "none"],
+        help="ss, ss-opencv (each optionally @MAX_SIDE), none",
     )
     parser.add_argument("--timing-photos", type=int, help="time only the first N photos")
     parser.add_argument("--kinds", nargs="+", default=["prm", "cam"], help="whose settings")
@@ -687,9 +713,8 @@ def main() -> None:
 
         timed = photos[: args.timing_photos]
         out["timing"] = [
-            time_pipeline(timed, t, DEFAULTS.input_size, kind)
+            time_pipeline(timed, t, DEFAULTS.input_size, args.timing_proposals)
             for t in args.threads
-            for kind in args.timing_proposals
         ]
     out["load_after"] = os.getloadavg()
     out["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
