@@ -475,7 +475,9 @@ class _Cells:
             count = incidence @ self.members.T.astype(np.float32)  # (G, P)
             size = np.bincount(group, minlength=len(sets)).astype(np.float32)
             mixed = (count > 0) & (count < size[:, None])
-            edge = mixed.T.astype(np.float64) @ group_sums
+            # (P, G) in C order, as before this product was sparse: the same BLAS call,
+            # so the same sums to the last bit.
+            edge = np.ascontiguousarray(mixed.T).astype(np.float64) @ group_sums
         return inside, edge
 
 
