@@ -475,8 +475,8 @@ class _Cells:
             count = incidence @ self.members.T.astype(np.float32)  # (G, P)
             size = np.bincount(group, minlength=len(sets)).astype(np.float32)
             mixed = (count > 0) & (count < size[:, None])
-            # (P, G) in C order, as before this product was sparse: the same BLAS call,
-            # so the same sums to the last bit.
+            # (P, G) in C order: the BLAS product, and so the sums to the last bit, are
+            # those of a mask counted per proposal (cached results stay byte-identical).
             edge = np.ascontiguousarray(mixed.T).astype(np.float64) @ group_sums
         return inside, edge
 
