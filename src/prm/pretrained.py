@@ -67,6 +67,9 @@ class PretrainedSettings:
         prm_blur: Gaussian blur of each PRM, sigma in input pixels (:func:`blur_maps`).
         segmenter: the selective search's Felzenszwalb implementation (``"skimage"`` or
             ``"opencv"``, :class:`prm.proposals.SelectiveSearch`).
+        max_side: selective search segments a copy of the photo resized to this longer
+            side (masks still come back at the photo's size); ``None``: the photo's own
+            resolution.
         alpha, beta, proposal_count: retrieval settings (:class:`prm.retrieval.RetrievalConfig`).
     """
 
@@ -86,6 +89,7 @@ class PretrainedSettings:
     smooth_strided: bool = True
     prm_blur: float = 0.0
     segmenter: str = "skimage"
+    max_side: int | None = None
     alpha: float = 0.8
     beta: float = 1e-5
     proposal_count: int = 300
@@ -105,6 +109,8 @@ class PretrainedSettings:
         for name in ("prm_blur", "alpha", "beta"):
             check_number(name, getattr(self, name), minimum=0)
         check_number("proposal_count", self.proposal_count, minimum=1, integer=True)
+        if self.max_side is not None:
+            check_number("max_side", self.max_side, minimum=8, integer=True)
         if self.segmenter not in ("skimage", "opencv"):
             raise ValueError(f"segmenter must be 'skimage' or 'opencv', got {self.segmenter!r}")
 
@@ -254,8 +260,8 @@ def pretrained_predictor(
         model: from :func:`pretrained_model` (built with the defaults when omitted).
         settings: thresholds, input size, refinements, segmenter and retrieval.
         proposal_fn: ``"selective-search"`` (:class:`prm.proposals.SelectiveSearch`
-            with ``settings.segmenter``), ``"prm"`` (the proposal-free fallback),
-            ``"grabcut"``, or a callable.
+            with ``settings.segmenter`` and ``settings.max_side``), ``"prm"`` (the
+            proposal-free fallback), ``"grabcut"``, or a callable.
         **kwargs: other :class:`~prm.predictor.Predictor` arguments (``response="crm"``
             for the CAM baseline, ``retrieval`` to replace the settings', ``score``, ...).
     """
@@ -267,7 +273,7 @@ def pretrained_predictor(
     if proposal_fn == "selective-search":
         from prm.proposals import SelectiveSearch
 
-        proposal_fn = SelectiveSearch(segmenter=settings.segmenter)
+        proposal_fn = SelectiveSearch(segmenter=settings.segmenter, max_side=settings.max_side)
     # The converted classifier scores by average pooling (peak_stimulation=False), which
     # would make Predictor default to the CAM baseline: PRMs are what this is for.
     kwargs.setdefault("response", "prm")

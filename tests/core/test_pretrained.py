@@ -135,3 +135,26 @@ def test_pretrained_predictor_blurs_and_deduplicates_prms_before_retrieval():
     assert torch.equal(cam.refine_response(response)["prms"][0], prms[0])  # CAMs unblurred
     with pytest.raises(ValueError, match="prm_blur"):
         PretrainedSettings(prm_blur=-1.0)
+
+
+def test_selective_search_and_its_flags_follow_the_settings():
+    import argparse
+
+    from prm.cli.explain import _settings, add_arguments
+    from prm.pretrained import DEFAULTS, PretrainedSettings, pretrained_predictor
+    from prm.proposals import SelectiveSearch
+
+    net = _grouped_net()
+    default = pretrained_predictor(net).proposal_fn
+    assert default == SelectiveSearch(segmenter=DEFAULTS.segmenter, max_side=DEFAULTS.max_side)
+    settings = PretrainedSettings(segmenter="opencv", max_side=320)
+    chosen = pretrained_predictor(net, settings=settings).proposal_fn
+    assert (chosen.segmenter, chosen.max_side) == ("opencv", 320)
+    with pytest.raises(ValueError, match="max_side"):
+        PretrainedSettings(max_side=4)
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert _settings(parser.parse_args(["a.jpg"])) == DEFAULTS
+    assert _settings(parser.parse_args(["a.jpg", "--max-side", "0"])).max_side is None
+    assert _settings(parser.parse_args(["a.jpg", "--max-side", "400"])).max_side == 400

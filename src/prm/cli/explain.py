@@ -37,6 +37,7 @@ _SETTING_FLAGS = [
     ("merge", float, "merge peaks joined by a ridge above this ratio (1 = off)"),
     ("merge-overlap", float, "drop a peak whose PRM shares this much mass with a stronger one's"),
     ("prm-blur", float, "Gaussian blur of each PRM, sigma in input pixels"),
+    ("max-side", int, "selective search segments the photo resized to this longer side (0: as is)"),
     ("beta", float, "retrieval's background penalty"),
     ("proposal-count", int, "proposals retrieval considers"),
 ]
@@ -130,6 +131,8 @@ def _settings(args: argparse.Namespace):
     values = {f.name: getattr(args, f.name) for f in fields(PretrainedSettings) if f.name in args}
     if values["merge"] is not None and values["merge"] >= 1.0:
         values["merge"] = None
+    if values["max_side"] is not None and values["max_side"] == 0:
+        values["max_side"] = None
     return PretrainedSettings(**values)
 
 
