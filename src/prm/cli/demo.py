@@ -12,9 +12,10 @@ EPILOG = """examples:
 
 It generates an embedded dataset (ShapeScenes, or GlyphScenes with --dataset glyphs:
 synthetic scenes with exact instance masks), trains a PRM
-network and a CAM baseline from image-level labels only, tunes the retrieval penalty of
-each on validation images, predicts the test split with selective-search proposals, and
-prints mAP^r, ABO, pointwise localisation and classification mAP of both.
+network and a CAM baseline from image-level labels only, tunes the retrieval weights
+(alpha, beta) of each on validation images, predicts the test split with
+selective-search proposals, and prints mAP^r, ABO, pointwise localisation and
+classification mAP of both.
 OUT/report holds index.html (the HTML report: PRM against CAM, open it in a browser),
 report.json, table.md, the results files and overlay PNGs (instances | PRMs | ground
 truth), and runs/<method>/ with each method's metrics, gallery and own report.
