@@ -20,7 +20,6 @@ ImageNet-1k does not have.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -259,10 +258,3 @@ class GroupedResponseNet(nn.Module):
     aggregate = PeakResponseNet.aggregate
     find_peaks = PeakResponseNet.find_peaks
     forward = PeakResponseNet.forward
-
-
-def log_probability(p: float) -> float:
-    """``log(p)``: a class threshold for :class:`GroupedResponseNet` (normalised scores)."""
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"a probability must lie in (0, 1], got {p}")
-    return math.log(p)

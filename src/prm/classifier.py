@@ -160,17 +160,13 @@ def _load_timm_file(model: nn.Module, path: Path) -> None:
     from prm.model import load_weights_file
 
     expected = model.state_dict()
+    head = getattr(model, "pretrained_cfg", {}).get("classifier", "classifier")
 
     def keep(key: str) -> str | None:
         key = key.removeprefix("module.")
-        return key if key in expected or not _is_head_key(model, key) else None
+        return key if key in expected or not key.startswith(f"{head}.") else None
 
     load_weights_file(model, path, "the timm model", "state_dict", keep)
-
-
-def _is_head_key(model: nn.Module, key: str) -> bool:
-    head = getattr(model, "pretrained_cfg", {}).get("classifier", "classifier")
-    return key.startswith(f"{head}.")
 
 
 def _timm_classifier(name: str, weights: Any) -> nn.Module:

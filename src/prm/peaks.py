@@ -37,11 +37,6 @@ def _check_maps(crm: torch.Tensor, name: str = "class response maps") -> None:
         raise ValueError(f"{name} contain NaN")
 
 
-def _check_window(win_size: int) -> None:
-    if not isinstance(win_size, int) or win_size < 1 or win_size % 2 == 0:
-        raise ValueError(f"win_size must be a positive odd integer, got {win_size!r}")
-
-
 def peak_mask(crm: torch.Tensor, win_size: int = 3) -> torch.Tensor:
     """Local maxima of each map, with the authors' plateau rule.
 
@@ -60,7 +55,8 @@ def peak_mask(crm: torch.Tensor, win_size: int = 3) -> torch.Tensor:
         Tensor[B, C, H, W] (bool): True at peaks.
     """
     _check_maps(crm)
-    _check_window(win_size)
+    if not isinstance(win_size, int) or win_size < 1 or win_size % 2 == 0:
+        raise ValueError(f"win_size must be a positive odd integer, got {win_size!r}")
     b, c, h, w = crm.shape
     offset = (win_size - 1) // 2
     padded = F.pad(crm, (offset,) * 4, value=-math.inf)

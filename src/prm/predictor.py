@@ -191,7 +191,8 @@ class Predictor:
         self.score = score
         self.chunk_size = chunk_size
         self.keep_prms = keep_prms
-        self.device = torch.device(device) if device is not None else _model_device(model)
+        param = next(model.parameters(), torch.empty(0))  # a model without any: CPU
+        self.device = torch.device(device) if device is not None else param.device
 
     @classmethod
     def from_checkpoint(
@@ -258,7 +259,7 @@ class Predictor:
             image = to_image_tensor(raw)
             props = proposals[index] if proposals is not None else None
             image, props, size, work = self.working_inputs(image, props, index)
-            output = self._predict_one(image, props, index)
+            output = self.retrieve(*self.respond(image, props, index))
             outputs.append(output if work == size else scale_back(output, size, work))
         return outputs
 
@@ -287,12 +288,6 @@ class Predictor:
             if tuple(proposals.shape[1:]) == size:  # else at the working size already
                 proposals = resize_nearest(proposals, work)
         return small, proposals, size, work
-
-    def _predict_one(
-        self, image: torch.Tensor, proposals: torch.Tensor | None, index: int
-    ) -> dict[str, torch.Tensor]:
-        response, proposals = self.respond(image, proposals, index)
-        return self.retrieve(response, proposals)
 
     @torch.no_grad()
     def respond(
@@ -463,8 +458,3 @@ def _proposal_size(proposals: torch.Tensor | CompactProposals) -> tuple[int, int
     if isinstance(proposals, CompactProposals):
         return proposals.size
     return tuple(proposals.shape[1:])
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")

@@ -148,13 +148,14 @@ class RetrievalConfig:
             data = data["retrieval"]
         return cls.from_dict(data, source=str(path), base=base)
 
-    def to_yaml(self, path: str | os.PathLike) -> Path:
-        """Write the settings as YAML under ``retrieval:`` (read back by :meth:`from_yaml`)."""
+    def to_yaml(self, path: str | os.PathLike, **sections: Any) -> Path:
+        """Write the settings as YAML under ``retrieval:`` (read back by :meth:`from_yaml`),
+        atomically; ``sections`` are written after it (``prm tune`` adds ``predictor:``)."""
         import yaml
 
         from prm.files import write_text_atomic
 
-        text = yaml.safe_dump({"retrieval": self.to_dict()}, sort_keys=False)
+        text = yaml.safe_dump({"retrieval": self.to_dict(), **sections}, sort_keys=False)
         return write_text_atomic(path, text)
 
     def validate(self, num_classes: int | None = None) -> None:

@@ -33,20 +33,10 @@ def _as_array(image: torch.Tensor | Image.Image | np.ndarray) -> np.ndarray:
     return to_uint8_image(image).cpu().permute(1, 2, 0).numpy().astype(np.float32)
 
 
-def _contour(mask: np.ndarray) -> np.ndarray:
-    inner = mask.copy()
-    inner[1:, :] &= mask[:-1, :]
-    inner[:-1, :] &= mask[1:, :]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    return mask & ~inner
-
-
 def _cross(draw: ImageDraw.ImageDraw, x: float, y: float, colour, size: int = 4) -> None:
-    draw.line([(x - size, y), (x + size, y)], fill=(0, 0, 0), width=3)
-    draw.line([(x, y - size), (x, y + size)], fill=(0, 0, 0), width=3)
-    draw.line([(x - size, y), (x + size, y)], fill=colour, width=1)
-    draw.line([(x, y - size), (x, y + size)], fill=colour, width=1)
+    for fill, width in (((0, 0, 0), 3), (colour, 1)):  # a black halo, then the colour
+        draw.line([(x - size, y), (x + size, y)], fill=fill, width=width)
+        draw.line([(x, y - size), (x, y + size)], fill=fill, width=width)
 
 
 def draw_instances(
@@ -71,6 +61,8 @@ def draw_instances(
     Returns:
         An RGB ``PIL.Image`` of the image's size.
     """
+    from scipy.ndimage import binary_erosion
+
     canvas = _as_array(image).copy()
     masks = prediction["masks"].cpu().numpy().astype(bool)
     labels = prediction["labels"].cpu().tolist()
@@ -82,7 +74,7 @@ def draw_instances(
         colour = PALETTE[(len(keep) - 1 - rank) % len(PALETTE)]
         m = masks[i]
         canvas[m] = (1 - alpha) * canvas[m] + alpha * colour
-        canvas[_contour(m)] = colour
+        canvas[m & ~binary_erosion(m, border_value=1)] = colour  # the outline
     out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
     peaks = prediction.get("peaks")

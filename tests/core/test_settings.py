@@ -24,6 +24,18 @@ def test_retrieval_config_yaml_round_trip(tmp_path):
     assert read == RetrievalConfig(alpha=3.0, beta=[0.1, 0.2], nms_threshold=None)
 
 
+def test_to_yaml_sections_are_what_predict_reads(tmp_path):
+    # `prm tune` writes the peak selection as a section after the retrieval settings.
+    from prm.cli.predict import read_tuned_settings
+
+    config = RetrievalConfig(beta=0.01)
+    path = config.to_yaml(tmp_path / "t.yaml", predictor={"peak_threshold": 0.5})
+    text = path.read_text()
+    assert text.index("retrieval:") < text.index("predictor:")
+    retrieval, selection = read_tuned_settings(path, RetrievalConfig(), PeakSelection())
+    assert retrieval == config and selection == PeakSelection(peak_threshold=0.5)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

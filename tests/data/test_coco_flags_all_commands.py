@@ -59,10 +59,16 @@ def _predict_tune_pseudo_label_and_proposals(export, checkpoint, tmp_path):
     # proposal-free fallback of every class it keeps at full size costs gigabytes.
     model = ["--checkpoint", str(checkpoint), "--proposals", "prm", "--quiet", "--max-size", "96"]
     out = tmp_path / "pred"
-    assert main(["predict", *model, *data, "--out", str(out), "--limit", "2"]) == 0
+    evaluate = ["--evaluate", "--metrics", "instance"]
+    assert main(["predict", *model, *data, "--out", str(out), "--limit", "2", *evaluate]) == 0
     results = json.loads((out / "results.json").read_text())
     known = {image["id"] for image in json.loads(labels.read_text())["images"]}
     assert {r["image_id"] for r in results} <= known
+    # `prm report` samples a new gallery from the export named by the same flags.
+    gallery = out / "gallery" / "index.json"
+    gallery.unlink()
+    assert main(["report", str(out), *data, "--resample", "--quiet"]) == 0
+    assert json.loads(gallery.read_text())["images"] == len(known)
     assert main(["tune", *model, *data, "--limit", "2", "--beta", "0", "0.001"]) == 0
     assert main(["pseudo-label", *model, *data, "--limit", "2", "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p" / "instances.json").is_file()

@@ -233,13 +233,10 @@ def read_tuned_settings(path, retrieval, selection):
         ValueError: naming the file, for unknown fields or invalid values.
     """
     from dataclasses import fields, replace
-    from pathlib import Path
 
     from prm.files import read_yaml
     from prm.retrieval import RetrievalConfig
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"retrieval configuration {path} does not exist")
     retrieval = RetrievalConfig.from_yaml(path, base=retrieval)
     document = read_yaml(path, "retrieval configuration") or {}
     peaks = document.get("predictor", {}) if "retrieval" in document else {}
@@ -282,14 +279,14 @@ def checked_dataset(args: argparse.Namespace, model, **kwargs):
 def _run_sharded(args: argparse.Namespace, out) -> int:
     """``prm predict --dataset`` as a resumable pass, sharded under torchrun."""
     from prm.engine.inference import predict_shards
-    from prm.engine.shards import process_group
+    from prm.engine.train import _Distributed, resolve_device
 
     if args.evaluate:
         raise ValueError(
             "--evaluate does not run with --resume or under torchrun: evaluate the merged "
             f"results with `prm evaluate --predictions {out / 'results.json'}`"
         )
-    with process_group() as (rank, world_size, barrier):
+    with _Distributed(resolve_device(args.device), backend="gloo") as ddp:
         model, predictor, source = predictor_and_source(args)
         summary = predict_shards(
             predictor,
@@ -299,9 +296,9 @@ def _run_sharded(args: argparse.Namespace, out) -> int:
             overlay_dir=out / "overlays" if args.overlays > 0 else None,
             num_overlays=args.overlays,
             limit=args.limit,
-            rank=rank,
-            world_size=world_size,
-            barrier=barrier,
+            rank=ddp.rank,
+            world_size=ddp.world_size,
+            barrier=ddp.barrier,
             settings=predictor_settings(args),
             progress=not args.quiet,
         )
@@ -364,13 +361,13 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.evaluate and args.images:
         raise ValueError("--evaluate needs --dataset (images alone have no ground truth)")
-    if args.dataset and (args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+    if args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if args.images:
+            raise ValueError(
+                "--resume and torchrun work on a --dataset; for image files use "
+                "--dataset folder --root FOLDER"
+            )
         return _run_sharded(args, out)
-    if args.images and (args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
-        raise ValueError(
-            "--resume and torchrun work on a --dataset; for image files use "
-            "--dataset folder --root FOLDER"
-        )
     model, predictor, source = predictor_and_source(args)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     common = {

@@ -50,13 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from prm.cli.predict import checked_dataset, predictor_and_source, predictor_settings
     from prm.engine.pseudo_label import PseudoLabelFilter, pseudo_label
-    from prm.engine.shards import process_group
+    from prm.engine.train import _Distributed, resolve_device
     from prm.validation import check_number
 
     check_number("--min-area", args.min_area, minimum=0, integer=True)
     if args.limit is not None:
         check_number("--limit", args.limit, minimum=1, integer=True)
-    with process_group() as (rank, world_size, barrier):
+    with _Distributed(resolve_device(args.device), backend="gloo") as ddp:
         model, predictor, source = predictor_and_source(args)
         extra = {"keep_empty": True} if args.dataset == "coco" else {}
         dataset = checked_dataset(args, model, **extra)
@@ -71,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
             filt=filt,
             proposals=source,
             limit=args.limit,
-            rank=rank,
-            world_size=world_size,
-            barrier=barrier,
+            rank=ddp.rank,
+            world_size=ddp.world_size,
+            barrier=ddp.barrier,
             settings=settings,
             progress=not args.quiet,
         )

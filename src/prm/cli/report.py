@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .dataset_args import add_dataset_arguments, dataset_from_args
+
 EPILOG = """examples:
   prm report predictions/                      # after prm predict --evaluate --out predictions/
   prm report runs/prm-eval --compare runs/cam-eval     # add the comparison with another run
@@ -28,8 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", metavar="OTHER_RUN", help="a run to compare with")
     parser.add_argument("--title", help="page title (default: the run's name)")
     parser.add_argument("--dataset", help="dataset to sample a gallery from (voc, coco, ...)")
-    parser.add_argument("--root", help="dataset folder")
-    parser.add_argument("--split", help="dataset split")
+    add_dataset_arguments(parser, required=False)
     parser.add_argument(
         "--results", help="results file for sampling (default: the one in run.json)"
     )
@@ -56,11 +57,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"{run_dir}: no dataset known to sample a gallery from; pass --dataset"
             )
-        from .dataset_args import dataset_from_args
-
-        given = {"root": args.root, "split": args.split} if args.dataset else remembered
         keys = ("root", "split", "annotations", "image_dir")
-        flags = argparse.Namespace(dataset=dataset_name, **{k: given.get(k) for k in keys})
+        flags = argparse.Namespace(dataset=dataset_name, **{k: remembered.get(k) for k in keys})
         results = args.results or info.get("results")
         if not results:
             raise ValueError(f"{run_dir}: no results file known; pass --results")
@@ -68,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         if not results.is_absolute() and not args.results:
             results = run_dir / results
         extra = {"keep_empty": True} if dataset_name == "coco" else {}
-        dataset = dataset_from_args(flags, on_error="skip", **extra)
+        dataset = dataset_from_args(args if args.dataset else flags, on_error="skip", **extra)
         sample_from_results(run_dir, results, dataset, args.gallery, progress=not args.quiet)
     path = build_report(run_dir, args.out, compare=args.compare, title=args.title)
     print(f"wrote {path}")

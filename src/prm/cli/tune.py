@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
     from pathlib import Path
 
     from prm.cli.predict import GRID, TUNED_FILE, build_predictor
@@ -88,15 +89,14 @@ def run(args: argparse.Namespace) -> int:
         shown = "-" if value is None else f"{100 * value:.1f}"
         print(f"{result.metric} = {shown:>5}  {trial['params']}")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / TUNED_FILE
-    write_tuned_settings(out, result.best, result.peak_selection)
+    # As read_tuned_settings reads it: the peak selection under `predictor:`.
+    result.best.to_yaml(out, predictor=asdict(result.peak_selection))
     for message in result.warnings:
         print(f"warning: {message}")
     print(f"best {result.metric} = {100 * (result.value or 0):.1f} -> {out}")
     if out == Path(args.checkpoint).parent / TUNED_FILE:
         print("`prm predict` with this checkpoint now uses these settings")
     if args.save_checkpoint:
-        from dataclasses import asdict
-
         from prm.engine.checkpoint import with_inference_settings
 
         saved = with_inference_settings(
@@ -107,18 +107,3 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"checkpoint with these settings -> {saved}")
     return 0
-
-
-def write_tuned_settings(path, retrieval, selection):
-    """Write the tuned settings as YAML, atomically: ``retrieval:`` (the
-    :class:`~prm.retrieval.RetrievalConfig`) and ``predictor:`` (the
-    :class:`~prm.backprop.PeakSelection`), as :func:`prm.cli.predict.read_tuned_settings`
-    reads them."""
-    from dataclasses import asdict
-
-    import yaml
-
-    from prm.files import write_text_atomic
-
-    document = {"retrieval": retrieval.to_dict(), "predictor": asdict(selection)}
-    return write_text_atomic(path, yaml.safe_dump(document, sort_keys=False))

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from pycocotools import mask as mask_utils
+
+from prm.masks import decode_rle
 
 from .common import ItemDataset, multi_hot
 from .images import DataError, load_image
@@ -173,16 +174,9 @@ class COCODataset(ItemDataset):
         path = self.image_dir / info["file_name"]
         image = load_image(path, exif_transpose=self.exif_transpose)
         h, w = image.height, image.width
-        if (h, w) != (int(info["height"]), int(info["width"])):
-            hint = (
-                "; the image may need exif_transpose=True"
-                if (w, h)
-                == (
-                    int(info["height"]),
-                    int(info["width"]),
-                )
-                else ""
-            )
+        expected = (int(info["height"]), int(info["width"]))
+        if (h, w) != expected:
+            hint = "; the image may need exif_transpose=True" if (w, h) == expected else ""
             raise DataError(
                 path,
                 f"image is {w}x{h} but {self.annotation_file.name} says "
@@ -199,29 +193,15 @@ class COCODataset(ItemDataset):
         for ann in anns:
             seg = ann["segmentation"]
             if isinstance(seg, list):  # polygons of one object
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-            else:
-                if [int(v) for v in seg["size"]] != [h, w]:
-                    raise DataError(
-                        self.annotation_file,
-                        f"annotation {ann.get('id')} RLE size {seg['size']} != image {[h, w]} "
-                        f"({path.name})",
-                    )
-                counts = seg["counts"]
-                if isinstance(counts, list):  # uncompressed RLE
-                    rle = mask_utils.frPyObjects(seg, h, w)
-                else:
-                    rle = {"size": [h, w], "counts": counts}
-                    if isinstance(counts, str):
-                        rle["counts"] = counts.encode("ascii")
-            rles.append(rle)
-        masks = torch.zeros(0, h, w, dtype=torch.bool)
-        if rles:  # one decode call for all: (H, W, N) uint8
-            with warnings.catch_warnings():
-                # pycocotools' Cython objects predate numpy 2's copy keyword; harmless.
-                warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
-                decoded = mask_utils.decode(rles)
-            masks = torch.from_numpy(decoded.transpose(2, 0, 1).astype(bool))
+                seg = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            elif [int(v) for v in seg["size"]] != [h, w]:
+                raise DataError(
+                    self.annotation_file,
+                    f"annotation {ann.get('id')} RLE size {seg['size']} != image {[h, w]} "
+                    f"({path.name})",
+                )
+            rles.append(seg)  # RLEs compressed or not: decode_rle reads both
+        masks = decode_rle(rles, (h, w))  # one decode call for all
         return {
             "masks": masks,
             "labels": torch.tensor(

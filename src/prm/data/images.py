@@ -28,12 +28,9 @@ __all__ = [
     "DataError",
     "load_image",
     "load_index_png",
-    "exif_orientation",
     "to_image_tensor",
     "to_uint8_image",
 ]
-
-_EXIF_ORIENTATION = 0x0112
 
 
 class DataError(ValueError):
@@ -47,14 +44,6 @@ class DataError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
-
-
-def exif_orientation(image: Image.Image) -> int:
-    """The EXIF orientation tag of ``image`` (1 = upright, 2..8 = flipped/rotated)."""
-    try:
-        return int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-    except Exception:  # a corrupt EXIF block must not make the pixels unreadable
-        return 1
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -161,12 +161,8 @@ def _local_grid(cx, cy, r, angle, aspect, size):
 def _regular_polygon(u, v, sides):
     """Inside a regular polygon of circumradius 1 with a vertex pointing up (-v)."""
     apothem = math.cos(math.pi / sides)
-    inside = None
-    for k in range(sides):
-        theta = math.pi / 2 + math.pi / sides + 2 * math.pi * k / sides
-        test = u * math.cos(theta) - v * math.sin(theta) <= apothem
-        inside = test if inside is None else inside & test
-    return inside
+    thetas = [math.pi / 2 + math.pi / sides + 2 * math.pi * k / sides for k in range(sides)]
+    return np.logical_and.reduce([u * math.cos(t) - v * math.sin(t) <= apothem for t in thetas])
 
 
 def _star(u, v, points=5, inner=0.45):
@@ -480,11 +476,8 @@ def render_scene(scene: Scene, noise: float = 4.0) -> tuple[np.ndarray, np.ndarr
         y0, y1, x0, x1 = layer.box
         window = image[y0:y1, x0:x1]
         window[layer.mask] = _paint(layer.texture, layer.box)[layer.mask]
-        if layer.label >= 0:
-            k += 1
-            instance_map[y0:y1, x0:x1][layer.mask] = k
-        else:
-            instance_map[y0:y1, x0:x1][layer.mask] = 0
+        k += layer.label >= 0  # clutter (label -1) hides the instances under it
+        instance_map[y0:y1, x0:x1][layer.mask] = k if layer.label >= 0 else 0
     if noise > 0:
         rng = np.random.default_rng(scene.noise_seed)
         image = image + rng.normal(0.0, noise, image.shape).astype(np.float32)

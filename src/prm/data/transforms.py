@@ -33,21 +33,7 @@ def _square(size: int | Sequence[int] | None) -> list[int] | None:
     return size
 
 
-class _Transform:
-    """A ``v2.Compose`` with a readable ``repr``; call it on a PIL image or uint8 tensor."""
-
-    def __init__(self, steps: list):
-        self.pipeline = v2.Compose(steps)
-
-    def __call__(self, image) -> torch.Tensor:
-        # A plain tensor, not a tv_tensors.Image, so that batches behave like any tensor.
-        return self.pipeline(image).as_subclass(torch.Tensor)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.pipeline})"
-
-
-class TrainTransform(_Transform):
+class TrainTransform:
     """Training transform of the authors' recipe: resize, random flip, normalise.
 
     Optional augmentation for training from scratch (off by default; both keep every
@@ -95,7 +81,14 @@ class TrainTransform(_Transform):
         if colour_jitter > 0:
             steps.append(v2.ColorJitter(brightness=colour_jitter, contrast=colour_jitter))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-        super().__init__(steps)
+        self.pipeline = v2.Compose(steps)
+
+    def __call__(self, image) -> torch.Tensor:
+        # A plain tensor, not a tv_tensors.Image, so that batches behave like any tensor.
+        return self.pipeline(image).as_subclass(torch.Tensor)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.pipeline})"
 
 
 class InferenceTransform:

@@ -333,23 +333,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31)
 
 
-def _lr(config: DistillConfig, progress: float) -> float:
-    warm = min(1.0, progress * config.epochs * 4)  # a quarter-epoch linear warm-up
-    return config.lr * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _model_config(config: DistillConfig, classes: list[str]) -> dict[str, Any]:
-    return {
-        "kind": MODEL_KIND,
-        "backbone": config.backbone,
-        "num_classes": len(classes),
-        "class_names": list(classes),
-        "min_size": config.min_size,
-        "max_size": config.max_size,
-        "inference": dict(config.inference or {}),
-    }
-
-
 def distill(
     config: DistillConfig,
     *,
@@ -371,8 +354,7 @@ def distill(
     from prm.engine.train import _Distributed, resolve_device
 
     config.validate()
-    ddp = _Distributed(resolve_device(config.device))
-    try:
+    with _Distributed(resolve_device(config.device)) as ddp:
         if dataset is None:
             dataset = build_dataset(config.dataset, config.root, config.split)
         data = PseudoLabelDataset(config.pseudo_labels, dataset)
@@ -382,11 +364,7 @@ def distill(
                 f"{ddp.world_size} processes"
             )
         model, optimizer, start = _set_up(config, data.classes, ddp, resume)
-        net = model
-        if ddp.enabled:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[ddp.device.index] if ddp.device.type == "cuda" else None
-            )
+        net = ddp.wrap(model)
         for epoch in range(start, config.epochs):
             record = _train_epoch(net, optimizer, data, config, ddp, epoch, progress)
             record["ranks_in_sync"] = ddp.in_sync(model)
@@ -396,8 +374,6 @@ def distill(
             if on_epoch is not None:
                 on_epoch(epoch + 1)
         return Path(config.out) / "last.pt"
-    finally:
-        ddp.close()
 
 
 def _set_up(config: DistillConfig, classes, ddp, resume: bool):
@@ -462,8 +438,10 @@ def _train_epoch(net, optimizer, data, config: DistillConfig, ddp, epoch: int, p
         disable=not (progress and ddp.is_main),
     )
     for step in bar:
+        done = (epoch * steps + step) / (config.epochs * steps)
+        warm = min(1.0, done * config.epochs * 4)  # a quarter-epoch linear warm-up
         for group in optimizer.param_groups:
-            group["lr"] = _lr(config, (epoch * steps + step) / (config.epochs * steps))
+            group["lr"] = config.lr * warm * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         images, targets = [], []
         for i in order[step * config.batch_size : (step + 1) * config.batch_size]:
             image, target = data[i]
@@ -499,7 +477,15 @@ def _save_epoch(config: DistillConfig, model, optimizer, classes, record: dict) 
         "optimizer": optimizer.state_dict(),
         "epoch": record["epoch"],
         "config": _comparable(config),
-        "model_config": _model_config(config, classes),
+        "model_config": {  # what load_distilled rebuilds the model from
+            "kind": MODEL_KIND,
+            "backbone": config.backbone,
+            "num_classes": len(classes),
+            "class_names": list(classes),
+            "min_size": config.min_size,
+            "max_size": config.max_size,
+            "inference": dict(config.inference or {}),
+        },
         "class_names": list(classes),
         "metrics": record,
     }

@@ -137,25 +137,29 @@ def dataset_images(
     """
     count = len(dataset) if limit is None else min(limit, len(dataset))
     for index in tqdm(range(count), desc=desc, disable=not progress, dynamic_ncols=True):
-        item = dataset[index]
-        if item is None:  # unreadable: the reader warned and recorded it
-            if skipped is not None:
-                skipped.append(dataset.skipped[-1] if dataset.skipped else (index, "?"))
-            continue
-        pil, target = item
-        image = to_image_tensor(pil)
-        props = None
-        if proposals is not None:
-            props = proposals(target["image_id"], _proposal_image(image, max_size))
-        yield index, image, target, props
+        loaded = _load_item(dataset, index, proposals, max_size)
+        if loaded is not None:
+            yield index, *loaded
+        elif skipped is not None:
+            skipped.append(dataset.skipped[-1] if dataset.skipped else (index, "?"))
 
 
-def _proposal_image(image: torch.Tensor, max_size: int | None) -> torch.Tensor:
-    """The uint8 image proposals are computed on: at most ``max_size`` on its longest side."""
+def _load_item(dataset, index: int, proposals: ProposalSource | None, max_size: int | None):
+    """``(image (3, H, W) float in [0, 1], target, proposals (P, H, W) or None)`` of item
+    ``index``, or ``None`` for an unreadable one (the reader warned and recorded it).
+    Proposals of an image larger than ``max_size`` are computed on it scaled down."""
+    item = dataset[index]
+    if item is None:
+        return None
+    pil, target = item
+    image = to_image_tensor(pil)
+    if proposals is None:
+        return image, target, None
     work = working_size(tuple(image.shape[1:]), max_size)
+    small = image
     if work != tuple(image.shape[1:]):
-        image = F.interpolate(image[None], size=work, mode="bilinear", antialias=True)[0]
-    return to_uint8_image(image.clamp(0, 1))
+        small = F.interpolate(image[None], size=work, mode="bilinear", antialias=True)[0]
+    return image, target, proposals(target["image_id"], to_uint8_image(small.clamp(0, 1)))
 
 
 @dataclass
@@ -216,10 +220,11 @@ def predict_dataset(
     category_ids, names = list(dataset.category_ids), list(dataset.classes)
     writer = ResultsWriter(results_file) if results_file is not None else None
     inputs = _input_files(dataset) if overlay_dir is not None else None
+    max_size = getattr(predictor, "max_size", None)
 
     def pairs() -> Iterator[tuple[dict, dict]]:
         for _, image, target, props in dataset_images(
-            dataset, proposals, limit, summary.skipped, progress, desc, _max_size(predictor)
+            dataset, proposals, limit, summary.skipped, progress, desc, max_size
         ):
             prediction = predictor([image], [props])[0]
             summary.images += 1
@@ -303,7 +308,7 @@ def predict_shards(
         work,
         settings=settings or {},
         proposals=proposals,
-        max_size=_max_size(predictor),
+        max_size=getattr(predictor, "max_size", None),
         limit=limit,
         rank=rank,
         world_size=world_size,
@@ -393,10 +398,6 @@ def _input_files(dataset) -> set[Path] | None:
     if isinstance(dataset, _ImageFiles):
         return {p.resolve() for p in dataset.paths}
     return None
-
-
-def _max_size(predictor) -> int | None:
-    return getattr(predictor, "max_size", None)
 
 
 def unique_image_ids(paths: Sequence[str | os.PathLike]) -> list[str]:

@@ -37,7 +37,7 @@ import torch
 
 from prm.engine.shards import read_records, run_shard
 from prm.files import write_text_atomic
-from prm.masks import encode_rle
+from prm.masks import encode_rle, masks_to_boxes
 
 __all__ = [
     "PseudoLabelFilter",
@@ -128,22 +128,16 @@ def _annotations(prediction: dict, kept: list[int], category_ids: Sequence[int])
         return []
     masks = torch.as_tensor(prediction["masks"]).cpu()[kept].bool()
     rles = encode_rle(masks)
+    boxes = masks_to_boxes(masks).int()
+    boxes[:, 2:] -= boxes[:, :2]  # COCO's (x, y, width, height)
     out = []
     for j, i in enumerate(kept):
-        mask = masks[j]
-        ys, xs = torch.nonzero(mask, as_tuple=True)
-        box = [
-            int(xs.min()),
-            int(ys.min()),
-            int(xs.max() - xs.min() + 1),
-            int(ys.max() - ys.min() + 1),
-        ]
         out.append(
             {
                 "category_id": int(category_ids[int(prediction["labels"][i])]),
                 "segmentation": {"size": list(rles[j]["size"]), "counts": rles[j]["counts"]},
-                "area": int(mask.sum()),
-                "bbox": box,
+                "area": int(masks[j].sum()),
+                "bbox": boxes[j].tolist(),
                 "iscrowd": 0,
                 "score": float(prediction["scores"][i]),
             }

@@ -15,49 +15,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from prm.data.images import to_image_tensor
 from prm.files import write_text_atomic
 
-__all__ = ["PARTS_DIR", "process_group", "read_records", "run_shard"]
+__all__ = ["PARTS_DIR", "read_records", "run_shard"]
 
 PARTS_DIR = "parts"
 
 #: ``work(index, image (3, H, W) float, target, proposals or None) -> fields of the line``.
 ShardWork = Callable[[int, torch.Tensor, dict, "torch.Tensor | None"], dict[str, Any]]
-
-
-@contextmanager
-def process_group() -> Iterator[tuple[int, int, Callable[[], None] | None]]:
-    """``(rank, world_size, barrier)`` of this process: ``torchrun``'s, else ``(0, 1, None)``.
-
-    Under ``torchrun`` a gloo process group is started (it only carries barriers, so it
-    serves CPU and GPU runs; on a GPU machine each rank uses ``cuda:LOCAL_RANK``) and
-    destroyed on exit.
-    """
-    import torch.distributed as dist
-
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    started = False
-    if world_size > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        dist.init_process_group("gloo")
-        started = True
-    try:
-        yield rank, world_size, (dist.barrier if world_size > 1 else None)
-    finally:
-        if started:
-            dist.destroy_process_group()
 
 
 def _read_part(path: Path) -> list[dict]:
@@ -168,21 +140,16 @@ def run_shard(
     _repair_part(part)
     done = set(read_records(out_dir))
     todo = [i for i in range(rank, count, world_size) if i not in done]
-    from prm.engine.inference import _proposal_image
+    from prm.engine.inference import _load_item
 
     with open(part, "a") as handle:
         for index in tqdm(todo, desc=f"{desc}[{rank}]", disable=not progress, dynamic_ncols=True):
-            item = dataset[index]
+            loaded = _load_item(dataset, index, proposals, max_size)
             entry: dict[str, Any] = {"index": index}
-            if item is None:
+            if loaded is None:
                 entry["skipped"] = str(dataset.skipped[-1][1]) if dataset.skipped else "unreadable"
             else:
-                pil, target = item
-                image = to_image_tensor(pil)
-                props = None
-                if proposals is not None:
-                    props = proposals(target["image_id"], _proposal_image(image, max_size))
-                entry.update(work(index, image, target, props))
+                entry.update(work(index, *loaded))
             handle.write(json.dumps(entry) + "\n")
             handle.flush()
     if barrier is not None:

@@ -220,12 +220,6 @@ def lr_factor(config: TrainConfig, epochs_done: float) -> float:
     return 1.0
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, epochs_done: float) -> None:
-    factor = lr_factor(config, epochs_done)
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * factor
-
-
 @torch.no_grad()
 def classification_map(
     model: nn.Module,
@@ -252,20 +246,27 @@ def classification_map(
 
 
 class _Distributed:
-    """Process-group bookkeeping for torchrun; a no-op in a single process."""
+    """Process-group bookkeeping for torchrun (closed on leaving a ``with``); a no-op in a
+    single process. On a GPU each rank uses ``cuda:LOCAL_RANK``; the backend is nccl
+    there, gloo on CPU, unless ``backend`` says (gloo serves barriers on both)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, backend: str | None = None):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.enabled = self.world_size > 1
         self.device = device
         if self.enabled and not dist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
             if device.type == "cuda":
                 self.device = torch.device("cuda", self.local_rank)
                 torch.cuda.set_device(self.device)
-            dist.init_process_group(backend)
+            dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
+
+    def __enter__(self) -> _Distributed:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @property
     def is_main(self) -> bool:
@@ -290,6 +291,13 @@ class _Distributed:
         gathered = [torch.zeros_like(checksum) for _ in range(self.world_size)]
         dist.all_gather(gathered, checksum)
         return all(torch.equal(g, gathered[0]) for g in gathered)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` in DistributedDataParallel under torchrun, else itself."""
+        if not self.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
@@ -320,8 +328,7 @@ def train(
     (the best validation mAP so far), ``metrics.jsonl`` (one JSON object per epoch) and
     TensorBoard events when enabled.
     """
-    ddp = _Distributed(resolve_device(config.device))
-    try:
+    with _Distributed(resolve_device(config.device)) as ddp:
         run = _Run(config, ddp, on_step, progress)
         run.resume(resume)
         for epoch in range(run.start_epoch, config.epochs):
@@ -337,8 +344,6 @@ def train(
         if (run.out / "best.pt").is_file() and run.best["epoch"] is not None:
             return run.out / "best.pt"
         return run.out / "last.pt"
-    finally:
-        ddp.close()
 
 
 class _Run:
@@ -406,11 +411,7 @@ class _Run:
                 _reconcile_metrics(out / "metrics.jsonl", self.start_epoch, state.get("metrics"))
             if config.tensorboard:
                 self.writer = _tensorboard(out)
-        self.net: nn.Module = torch.compile(self.model) if config.compile else self.model
-        if ddp.enabled:
-            self.net = nn.parallel.DistributedDataParallel(
-                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+        self.net = ddp.wrap(torch.compile(self.model) if config.compile else self.model)
 
     def stopped(self) -> bool:
         """Whether early stopping's patience is used up."""
@@ -464,7 +465,9 @@ class _Run:
             if step >= steps:
                 break
             skipped += bad
-            _set_lr(optimizer, config, epoch + step / steps)
+            factor = lr_factor(config, epoch + step / steps)
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
             if len(targets) == 0:
                 continue
             images = images.to(device, non_blocking=True)

@@ -196,7 +196,8 @@ class InstanceSegmentationEvaluator(Evaluator):
 
         Classes without ground truth are left out (recall is undefined for them).
         """
-        labels, scores, matches = self._records()
+        labels, scores = self._labels.array[:, 0], self._scores.array[:, 0]  # (K,) each
+        matches = self._matches.array.T  # (T, K)
         out: dict[float, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         for t, threshold in enumerate(self.iou_thresholds):
             out[threshold] = {}
@@ -237,10 +238,6 @@ class InstanceSegmentationEvaluator(Evaluator):
         results["instance/num_instances"] = total
         results["instance/num_predictions"] = len(self._scores)
         return results
-
-    def _records(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``labels (K,)``, ``scores (K,)``, ``matches (T, K)`` of all K predictions."""
-        return self._labels.array[:, 0], self._scores.array[:, 0], self._matches.array.T
 
 
 def score_order(labels: np.ndarray, scores: np.ndarray, ties: str = "chainercv") -> np.ndarray:
