@@ -349,3 +349,21 @@ def test_lite0_cpu_preset_trains_the_cut_pretrained_backbone(tmp_path, one_threa
     assert not torch.equal(
         state["blocks_2.0.conv_pw.weight"], imagenet["blocks.2.0.conv_pw.weight"]
     )
+
+
+def test_a_process_group_started_by_the_caller_is_left_open(monkeypatch):
+    # prm predict/pseudo-label/train inside a user's own torch.distributed job must not
+    # tear down the group that job started.
+    import torch.distributed as dist
+
+    from prm.engine.train import _Distributed
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        with _Distributed(torch.device("cpu")) as ddp:
+            assert ddp.enabled and not ddp.started
+        assert dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

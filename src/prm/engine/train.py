@@ -248,7 +248,8 @@ def classification_map(
 class _Distributed:
     """Process-group bookkeeping for torchrun (closed on leaving a ``with``); a no-op in a
     single process. On a GPU each rank uses ``cuda:LOCAL_RANK``; the backend is nccl
-    there, gloo on CPU, unless ``backend`` says (gloo serves barriers on both)."""
+    there, gloo on CPU, unless ``backend`` says (gloo serves barriers on both). A group
+    the caller had already started is used and left open."""
 
     def __init__(self, device: torch.device, backend: str | None = None):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -256,7 +257,8 @@ class _Distributed:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.enabled = self.world_size > 1
         self.device = device
-        if self.enabled and not dist.is_initialized():
+        self.started = self.enabled and not dist.is_initialized()
+        if self.started:
             if device.type == "cuda":
                 self.device = torch.device("cuda", self.local_rank)
                 torch.cuda.set_device(self.device)
@@ -300,7 +302,7 @@ class _Distributed:
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def close(self) -> None:
-        if self.enabled and dist.is_initialized():
+        if self.started and dist.is_initialized():
             dist.destroy_process_group()
 
 
