@@ -14,9 +14,12 @@ fallback).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -133,12 +136,12 @@ def run_demo(
     overrides["seed"] = seed
     base = load_config(preset, **overrides, **({} if epochs is None else {"epochs": epochs}))
     demo.lap("generate data")
-    checkpoints = {name: demo.train(base, name, on) for name, on in (("prm", True), ("cam", False))}
+    checkpoints = demo.train_both(base, workers)
 
     print("== selective-search proposals for the validation and test images ==")
     cache = _proposals(demo.out / "proposals", (val_set, demo.test_set), workers, progress)
     demo.lap("proposals")
-    predictors = demo.compare(checkpoints, cache, val_set if val_images > 0 else None)
+    predictors = demo.compare(checkpoints, cache, val_set if val_images > 0 else None, workers)
     self_training = None
     if distill:
         print("== self-training: PRM pseudo-labels -> Mask R-CNN ==")
@@ -148,7 +151,7 @@ def run_demo(
             seed, workers, progress,
         )  # fmt: skip
         demo.lap("self-training: proposals + pseudo-label + distill")
-        demo.evaluate(DISTILL_ROW, student, None, "distilled")
+        demo.rows[DISTILL_ROW] = demo.evaluate(DISTILL_ROW, student, None, "distilled")
         demo.lap(f"predict + evaluate: {DISTILL_ROW}")
     settings = {"dataset": dataset, "train_config": asdict(base), "val_images": val_images}
     return demo.finish(settings, test_images, self_training)
@@ -165,6 +168,7 @@ class _Demo:
         self.rows: dict[str, dict[str, Any]] = {}
         self.tuned: dict[str, dict[str, Any]] = {}
         self.timings: dict[str, float] = {}
+        self.grid = TUNING_GRID  # travels with the demo into its second process
         self.began = self.tick = time.perf_counter()
 
     def lap(self, name: str) -> None:
@@ -174,37 +178,81 @@ class _Demo:
 
     def train(self, base, name: str, stimulation: bool) -> Path:
         """Train the PRM (peak stimulation) or CAM network; returns its checkpoint."""
-        config = base.replace(out=str(self.out / name), peak_stimulation=stimulation)
-        print(f"== training the {name.upper()} network ({config.epochs} epochs) ==")
-        train(config, resume=True, progress=self.progress)
+        print(f"== training the {name.upper()} network ({base.epochs} epochs) ==")
+        checkpoint = _train_network(base, self.out, name, stimulation, self.progress)
         self.lap(f"train {name.upper()}")
-        # The last epoch, not best.pt: the preset's cosine schedule ends at a learning rate
-        # of 0, and the README's tables were measured with the last epoch.
-        return Path(config.out) / "last.pt"
+        return checkpoint
 
-    def compare(self, checkpoints: dict, cache, val_set) -> dict[str, Predictor]:
-        """Tune (on ``val_set`` unless ``None``), predict and evaluate each method."""
-        # method -> (network, proposals, proposal_fn, file name); the predictor retrieves with
-        # class response maps for the CAM network, which was trained without peak stimulation.
-        source = lambda image_id, image: cache.load(image_id)  # noqa: E731
-        runs = {
-            "CAM + selective search": ("cam", source, None, "cam"),
-            "PRM + selective search": ("prm", source, None, "prm"),
-            "PRM, no proposals (fallback)": ("prm", None, "prm", "prm-fallback"),
-        }
-        predictors = {}
-        for method, (net, proposals, proposal_fn, slug) in runs.items():
+    def train_both(self, base, workers: int) -> dict[str, Path]:
+        """Train the PRM and the CAM network: side by side in two processes when
+        ``workers > 1`` (the CAM one silent), else one after the other."""
+        if workers < 2:
+            return {
+                name: self.train(base, name, on) for name, on in (("prm", True), ("cam", False))
+            }
+        print(f"== training the PRM and CAM networks ({base.epochs} epochs, 2 processes) ==")
+        with _side_process() as (pool, threads):
+            cam = pool.submit(_train_network, base, self.out, "cam", False, False, threads)
+            prm = _train_network(base, self.out, "prm", True, self.progress)
+            checkpoints = {"prm": prm, "cam": cam.result()}
+        self.lap("train PRM + CAM (2 processes)")
+        return checkpoints
+
+    def compare(self, checkpoints: dict, cache, val_set, workers: int = 1) -> dict[str, Predictor]:
+        """Tune (on ``val_set`` unless ``None``), predict and evaluate each method.
+
+        With ``workers > 1`` the CAM and PRM rows run in a second process while this one
+        runs the fallback row (the slowest); the results are the same either way.
+        """
+        predictors: dict[str, Predictor] = {}
+        done: dict[str, tuple] = {}
+        if workers < 2:
+            for method in _ROWS:
+                done[method] = self.row(method, checkpoints, cache, val_set)
+        else:
+            side = [m for m in _ROWS if _ROWS[m][1]]  # the selective-search rows
+            print(f"== {' and '.join(side)}: in a second process ==")
+            with _side_process() as (pool, threads):
+                job = pool.submit(_rows_elsewhere, self, side, checkpoints, cache, val_set, threads)
+                for method in _ROWS:
+                    if method not in side:
+                        done[method] = self.row(method, checkpoints, cache, val_set)
+                done.update(job.result())
+        for method, (metrics, tuned, retrieval, seconds) in sorted(
+            done.items(), key=lambda item: list(_ROWS).index(item[0])
+        ):
+            net, _, proposal_fn, slug = _ROWS[method]
+            self.rows[method] = metrics
+            if tuned is not None:
+                self.tuned[method] = tuned
+            self.timings[f"tune + predict + evaluate: {method}"] = seconds
             predictor = Predictor(load_model(checkpoints[net]), proposal_fn=proposal_fn)
-            predictor.retrieval = replace(predictor.retrieval, proposal_count=PROPOSAL_COUNT)
-            if val_set is not None:
-                self.tuned[method] = _tune(predictor, val_set, proposals, self.progress)
-            self.evaluate(method, predictor, proposals, slug)
-            self.lap(f"tune + predict + evaluate: {method}")
+            predictor.retrieval = retrieval
             predictors[slug] = predictor
+        self.tick = time.perf_counter()
         return predictors
 
-    def evaluate(self, method: str, predictor, source, slug: str) -> None:
-        """Predict and evaluate the test split: a row of the table and a run folder."""
+    def row(self, method: str, checkpoints: dict, cache, val_set) -> tuple:
+        """One row of the table: tune, predict and evaluate ``method`` (see ``_ROWS``).
+
+        Returns:
+            ``(metrics, tuned settings or None, the RetrievalConfig used, seconds)``.
+        """
+        began = time.perf_counter()
+        net, uses_cache, proposal_fn, slug = _ROWS[method]
+        # The predictor retrieves with class response maps for the CAM network, which was
+        # trained without peak stimulation.
+        source = (lambda image_id, image: cache.load(image_id)) if uses_cache else None
+        predictor = Predictor(load_model(checkpoints[net]), proposal_fn=proposal_fn)
+        predictor.retrieval = replace(predictor.retrieval, proposal_count=PROPOSAL_COUNT)
+        tuned = None
+        if val_set is not None:
+            tuned = _tune(predictor, val_set, source, self.grid, self.progress)
+        metrics = self.evaluate(method, predictor, source, slug)
+        return metrics, tuned, predictor.retrieval, round(time.perf_counter() - began, 1)
+
+    def evaluate(self, method: str, predictor, source, slug: str) -> dict[str, float]:
+        """Predict and evaluate the test split into a run folder; returns the metrics."""
         report_dir, test_set = self.report_dir, self.test_set
         run_dir = report_dir / "runs" / slug
         sampler = GallerySampler(run_dir / "gallery", test_set.classes)
@@ -222,7 +270,6 @@ class _Demo:
             desc=method,
             on_image=sampler.add,
         )
-        self.rows[method] = summary.metrics
         write_run_report(
             run_dir,
             sampler,
@@ -232,6 +279,7 @@ class _Demo:
             category_ids=list(test_set.category_ids),
             results=f"../../results-{slug}.json",
         )
+        return summary.metrics
 
     def finish(self, settings: dict, test_images: int, self_training) -> dict[str, Any]:
         """Write ``report.json``, ``table.md`` and the HTML page; returns the report."""
@@ -255,6 +303,50 @@ class _Demo:
         title = f"prm demo: PRM vs CAM on {name}"
         build_report(runs / "prm", self.report_dir, compare=runs / "cam", title=title)
         return report
+
+
+#: The table's rows: method -> (network, reads the selective-search cache, proposal_fn,
+#: file name). Without proposals the predictor makes them from the PRMs (the fallback).
+_ROWS = {
+    "CAM + selective search": ("cam", True, None, "cam"),
+    "PRM + selective search": ("prm", True, None, "prm"),
+    "PRM, no proposals (fallback)": ("prm", False, "prm", "prm-fallback"),
+}
+
+
+def _train_network(base, out: Path, name: str, stimulation: bool, progress: bool, threads=None):
+    """Train the PRM (peak stimulation) or CAM network into ``out/name``; returns its
+    last checkpoint. ``threads``: torch threads of this process (when run in another)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    config = base.replace(out=str(out / name), peak_stimulation=stimulation)
+    train(config, resume=True, progress=progress)
+    # The last epoch, not best.pt: the preset's cosine schedule ends at a learning rate
+    # of 0, and the README's tables were measured with the last epoch.
+    return Path(config.out) / "last.pt"
+
+
+def _rows_elsewhere(demo: _Demo, methods, checkpoints, cache, val_set, threads: int) -> dict:
+    """:meth:`_Demo.row` of each of ``methods``, silently, in a second process."""
+    torch.set_num_threads(threads)
+    demo.progress = False
+    return {method: demo.row(method, checkpoints, cache, val_set) for method in methods}
+
+
+@contextlib.contextmanager
+def _side_process():
+    """A second ("spawn") process for half of the demo's work, and the torch threads each
+    process gets meanwhile: the cores are split between the two (one each on 2 cores,
+    where two single-threaded processes train 1.4x faster than one with two threads)."""
+    saved = torch.get_num_threads()
+    threads = max(1, saved // 2)
+    torch.set_num_threads(threads)
+    try:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            yield pool, threads
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _self_train(out: Path, teacher, data, images, epochs, seed, workers, progress):
@@ -314,11 +406,11 @@ def _proposals(folder: Path, splits, workers: int, progress: bool):
     return cache
 
 
-def _tune(predictor: Predictor, val_set, source, progress: bool) -> dict[str, Any]:
+def _tune(predictor: Predictor, val_set, source, grid, progress: bool) -> dict[str, Any]:
     """Tune the predictor's retrieval on the validation images (it keeps the best)."""
-    result = tune_retrieval(predictor, val_set, TUNING_GRID, proposals=source, progress=progress)
+    result = tune_retrieval(predictor, val_set, grid, proposals=source, progress=progress)
     predictor.retrieval = result.best
     return {
-        **{name: getattr(result.best, name) for name in (*TUNING_GRID, "proposal_count")},
+        **{name: getattr(result.best, name) for name in (*grid, "proposal_count")},
         "val " + result.metric: result.value,
     }

@@ -365,3 +365,41 @@ def test_settings_precedence_checkpoint_tuned_file_explicit_file_flags(checkpoin
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad_mode))
     with pytest.raises(ValueError, match="bad.yaml: peak_threshold_mode must be"):
         read_tuned_settings(tmp_path / "bad.yaml", RetrievalConfig(), PeakSelection())
+
+
+def test_demo_in_two_processes_gives_the_one_process_results(tmp_path):
+    """With workers > 1 the demo trains the two networks side by side and runs the
+    table's rows in two processes: the same checkpoints and byte-identical results files
+    as one process doing everything in turn."""
+    from prm.data import build_dataset
+    from prm.demo import _Demo, _proposals
+    from prm.engine import load_config
+
+    data = tmp_path / "data"
+    val_set = build_dataset("shapes", data, "val", num_images=2, seed=0)
+    test_set = build_dataset("shapes", data, "test", num_images=3, seed=0)
+    cache = _proposals(tmp_path / "proposals", (val_set, test_set), 1, False)
+    base = load_config(
+        "shapes", root=str(data), num_train_images=16, num_val_images=4, epochs=1, batch_size=8
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    demos = {}
+    try:
+        for workers in (1, 2):
+            demo = demos[workers] = _Demo(tmp_path / f"w{workers}", 2, False)
+            demo.test_set, demo.grid = test_set, {"alpha": [2.0], "beta": [1e-3, 1e-2]}
+            checkpoints = demo.train_both(base, workers)
+            demo.compare(checkpoints, cache, val_set, workers)
+            assert torch.get_num_threads() == 1  # restored after the parallel parts
+    finally:
+        torch.set_num_threads(threads)
+    assert "train PRM + CAM (2 processes)" in demos[2].timings and "train CAM" in demos[1].timings
+    for net in ("prm", "cam"):
+        one, two = (torch.load(tmp_path / f"w{n}" / net / "last.pt") for n in (1, 2))
+        assert all(torch.equal(one["model"][k], two["model"][k]) for k in one["model"]), net
+    for name in ("results-cam.json", "results-prm.json", "results-prm-fallback.json"):
+        one, two = ((tmp_path / f"w{n}" / "report" / name).read_bytes() for n in (1, 2))
+        assert one == two, name
+    assert demos[1].tuned == demos[2].tuned and demos[1].rows == demos[2].rows
+    assert list(demos[2].rows) == list(demos[1].rows)  # the table's order

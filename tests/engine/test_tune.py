@@ -179,6 +179,31 @@ def test_thresholds_filtered_from_a_loose_response_match_a_fresh_prediction(setu
     assert compared > 10  # the comparison saw instances, not only empty results
 
 
+def test_fallback_grid_equals_retrieving_each_setting_afresh(setup):
+    """The grid shares the fallback's proposals between settings that keep the same
+    peaks; the straightforward way makes them again for every setting."""
+    from prm.engine.tune import _grid, _loosest, retrieve_filtered
+    from prm.evaluation import InstanceSegmentationEvaluator
+
+    predictor, dataset, _ = setup  # proposal_fn "prm": the proposal-free fallback
+    grid = {"alpha": [0.8, 4.0], "beta": [1e-3, 1e-1], "peak_threshold": [0.7, 0.95]}
+    result = tune_retrieval(predictor, dataset, grid, metric="instance/mAP_r@0.25", progress=False)
+    _, selections, configs = _grid(predictor, grid, len(dataset.classes))
+    loose = _loosest(predictor, selections)
+    expected = []
+    for kept, config in zip(selections, configs):
+        evaluator = InstanceSegmentationEvaluator(dataset.classes, iou_thresholds=[0.25])
+        for index in range(len(dataset)):
+            image, target = dataset[index]
+            image = to_image_tensor(image)
+            response, proposals = loose.respond(image, None, index)
+            found = retrieve_filtered(predictor, response, proposals, kept, config, image)
+            evaluator.process([target], [found])
+        expected.append(evaluator.summarize()["instance/mAP_r@0.25"])
+    assert [t["value"] for t in result.trials] == expected
+    assert len(set(expected)) > 1  # the settings differ, so the comparison can tell
+
+
 def test_thresholds_and_proposal_count_in_the_grid(setup):
     predictor, dataset, _ = setup
     grid = {"peak_threshold": [0.9, 0.5], "class_threshold": [-1e9, 0.0], "proposal_count": [3]}

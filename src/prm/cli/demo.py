@@ -51,7 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-images", type=int, default=300)
     parser.add_argument("--epochs", type=int, help="training epochs (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2, help="proposal processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes (2): selective search, and with 2 or more the PRM and CAM networks "
+        "train side by side and the table's rows run in two processes, each with half "
+        "of --threads (at least 1); 1 runs everything in one process, one after the other, "
+        "with the same results",
+    )
     parser.add_argument(
         "--distill",
         action="store_true",

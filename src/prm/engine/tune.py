@@ -212,10 +212,18 @@ def tune_retrieval(
         # Oversized images are tuned at the predictor's working size, as they are predicted.
         image, props, size, work = loose.working_inputs(image, props, index)
         response, props = loose.respond(image, props, index)
+        # Settings that keep the same peaks share their filtered response and the
+        # fallback's proposals (made from those peaks' maps; alpha, beta and the
+        # rest do not change them): the grid of a proposal-free predictor then costs
+        # one set of proposals per peak selection, not per setting.
+        kept_parts: dict[PeakSelection, tuple] = {}
         for config, kept, evaluator in zip(configs, selections, evaluators):
-            found = retrieve_filtered(
-                predictor, response, props, kept, config, image if fallback else None
-            )
+            if kept not in kept_parts:
+                part = filter_response(response, kept)
+                made = predictor._fallback_proposals(part, image) if fallback else props
+                kept_parts[kept] = part, made
+            part, made = kept_parts[kept]
+            found = predictor.retrieve(dict(part), made, config)
             if work != size:
                 found = scale_back(found, size, work)
             evaluator.process([target], [found])
