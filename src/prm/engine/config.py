@@ -180,7 +180,10 @@ PRESETS: dict[str, TrainConfig] = {
         epochs=6,
         batch_size=16,
         optimizer="adamw",
-        lr=3e-3,
+        # Chosen on ShapeScenes' validation images over 3e-3 with no warm-up (issue 13):
+        # classification mAP 93.4 vs 92.0 after 6 epochs, tuned mAP^r@0.5 59.3 vs 56.1.
+        lr=6e-3,
+        warmup_epochs=0.5,
         backbone_lr_mult=1.0,
         weight_decay=1e-4,
         lr_schedule="cosine",
@@ -194,6 +197,9 @@ PRESETS: dict[str, TrainConfig] = {
 #: small backbone's cost per image on a CPU, and it learns GlyphScenes, which the small
 #: backbone trained from scratch does not (README, "GlyphScenes").
 PRESETS["lite0-cpu"] = PRESETS["shapes"].replace(
+    # its own learning rate: the measured GlyphScenes table used 3e-3, no warm-up
+    lr=3e-3,
+    warmup_epochs=0.0,
     backbone="timm:efficientnet_lite0@16",
     weights="lite0",
     sub_pixel_factor=2,
