@@ -116,7 +116,10 @@ def run_demo(
         test_images: test images evaluated (300).
         epochs: training epochs (the preset's by default).
         seed: seed of data generation and training.
-        workers: processes for proposal generation.
+        workers: processes for proposal generation; with 2 or more the PRM and CAM
+            networks also train side by side and the table's rows run in two processes,
+            each with half of torch's threads (at least 1). The results equal those of
+            ``workers=1`` run with that many threads.
         num_overlays: overlay PNGs per method.
         distill: add a row "PRM -> Mask R-CNN": the tuned PRM + selective search network
             pseudo-labels the training images (:data:`DISTILL_FILTER`), ``prm distill``'s

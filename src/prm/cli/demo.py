@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """examples:
-  prm demo                          # the full demo (a few minutes on 2 CPU cores)
+  prm demo                          # the full demo (about 10 minutes on 2 CPU cores)
   prm demo --out /tmp/demo --train-images 500 --test-images 50 --epochs 2   # a smoke run
   prm demo --dataset glyphs --out prm-demo-glyphs   # grey glyphs: shape is the only cue
   prm demo --distill                # + PRM pseudo-labels -> Mask R-CNN (self-training)
