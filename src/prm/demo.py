@@ -119,7 +119,9 @@ def run_demo(
         workers: processes for proposal generation; with 2 or more the PRM and CAM
             networks also train side by side and the table's rows run in two processes,
             each with half of torch's threads (at least 1). The results equal those of
-            ``workers=1`` run with that many threads.
+            ``workers=1`` run with that many threads. The processes are spawned, so a
+            script that calls ``run_demo`` with ``workers > 1`` needs the
+            ``if __name__ == "__main__":`` guard.
         num_overlays: overlay PNGs per method.
         distill: add a row "PRM -> Mask R-CNN": the tuned PRM + selective search network
             pseudo-labels the training images (:data:`DISTILL_FILTER`), ``prm distill``'s
