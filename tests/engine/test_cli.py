@@ -396,7 +396,9 @@ def test_demo_in_two_processes_gives_the_one_process_results(tmp_path):
         torch.set_num_threads(threads)
     assert "train PRM + CAM (2 processes)" in demos[2].timings and "train CAM" in demos[1].timings
     for net in ("prm", "cam"):
-        one, two = (torch.load(tmp_path / f"w{n}" / net / "last.pt") for n in (1, 2))
+        one, two = (
+            torch.load(tmp_path / f"w{n}" / net / "last.pt", weights_only=True) for n in (1, 2)
+        )
         assert all(torch.equal(one["model"][k], two["model"][k]) for k in one["model"]), net
     for name in ("results-cam.json", "results-prm.json", "results-prm-fallback.json"):
         one, two = ((tmp_path / f"w{n}" / "report" / name).read_bytes() for n in (1, 2))
