@@ -68,13 +68,26 @@ class TimmFeatures(nn.Module):
     dilated): EfficientNet-Lite0 cut at 16 has 112 channels at 1/16, a class response
     map twice as fine as at 1/32 for less computation.
 
+    With ``head=(n, width)``, ``n`` layers ``conv3x3-BN-ReLU`` of ``width`` channels,
+    randomly initialised (Kaiming, fan-out), follow the (cut) model at its stride, and
+    ``out_channels`` is ``width``. Trained from scratch on a frozen pretrained stem they
+    learn the task's shapes, and their peak response maps stay on one object where a
+    fine-tuned deep stack spreads them over the image (README, "GlyphScenes").
+
     Args:
         model: a timm model with ``forward_features`` (convolutional: a 4-D output).
         name: its timm name (kept for messages).
         max_stride: ``None`` (the whole model) or the largest stride to keep.
+        head: ``None`` or ``(layers, width)`` of the convolutional head.
     """
 
-    def __init__(self, model: nn.Module, name: str = "", max_stride: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str = "",
+        max_stride: int | None = None,
+        head: tuple[int, int] | None = None,
+    ):
         super().__init__()
         model.reset_classifier(0)
         self.name = name
@@ -96,17 +109,32 @@ class TimmFeatures(nn.Module):
             self.out_channels = int(model.num_features)
             self.stride = int(info[-1]["reduction"]) if info else None
         self.model = model
+        self.head: nn.Sequential | None = None
+        if head is not None:
+            self.head = _conv_head(self.out_channels, *head)
+            self.out_channels = head[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cut:
-            return self.model(x)[0]
-        features = self.model.forward_features(x)
+            features = self.model(x)[0]
+        else:
+            features = self.model.forward_features(x)
         if features.dim() != 4:
             raise ValueError(
                 f"timm model {self.name!r} gives {features.dim()}-D features; PRM needs a "
                 "convolutional model with (B, D, h, w) features"
             )
-        return features
+        return features if self.head is None else self.head(features)
+
+
+def _conv_head(in_channels: int, layers: int, width: int) -> nn.Sequential:
+    """``layers`` x ``conv3x3-BN-ReLU`` at ``width`` channels, Kaiming-initialised."""
+    modules: list[nn.Module] = []
+    for i in range(layers):
+        conv = nn.Conv2d(in_channels if i == 0 else width, width, 3, 1, 1, bias=False)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        modules += [conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+    return nn.Sequential(*modules)
 
 
 def lite0_available() -> bool:
@@ -203,7 +231,9 @@ def build_timm_backbone(name: str, weights: Any = None) -> TimmFeatures:
         name: a timm model name, with or without the ``"timm:"`` prefix
             (``"efficientnet_lite0"``, ``"mobilenetv3_large_100"``, ``"convnext_tiny"``);
             a suffix ``@S`` cuts it after its last stage of stride <= ``S``
-            (``"efficientnet_lite0@16"``, see :class:`TimmFeatures`).
+            (``"efficientnet_lite0@16"``, see :class:`TimmFeatures`), and a further
+            ``+NxW`` adds a head of ``N`` ``conv3x3-BN-ReLU`` layers of ``W`` channels
+            trained from scratch (``"efficientnet_lite0@8+3x128"``).
         weights: ``None`` (random); ``"lite0"`` (EfficientNet-Lite0 ImageNet weights from
             the ``lite0`` extra, no download); ``"timm"`` (timm's hub weights, downloaded
             to the Hugging Face cache: needs a network); or the path of a timm state dict.
@@ -212,6 +242,16 @@ def build_timm_backbone(name: str, weights: Any = None) -> TimmFeatures:
         :class:`TimmFeatures` mapping ``(B, 3, H, W)`` to ``(B, D, H / s, W / s)``.
     """
     name = name.removeprefix(TIMM_PREFIX)
+    name, plus, head_spec = name.partition("+")
+    head = None
+    if plus:
+        layers, x, width = head_spec.partition("x")
+        if not (x and layers.isdigit() and width.isdigit() and int(layers) > 0 and int(width) > 0):
+            raise ValueError(
+                f"timm backbone {name}+{head_spec}: the part after '+' must be LAYERSxWIDTH, "
+                "e.g. +3x128"
+            )
+        head = (int(layers), int(width))
     name, at, stride = name.partition("@")
     max_stride = None
     if at:
@@ -220,7 +260,7 @@ def build_timm_backbone(name: str, weights: Any = None) -> TimmFeatures:
                 f"timm backbone {name}@{stride}: the part after '@' must be a stride, e.g. @16"
             )
         max_stride = int(stride)
-    return TimmFeatures(_timm_classifier(name, weights), name, max_stride)
+    return TimmFeatures(_timm_classifier(name, weights), name, max_stride, head)
 
 
 def imagenet_class_names() -> list[str]:

@@ -106,10 +106,11 @@ def run_demo(
     Args:
         out: working folder (data cache, runs, proposals, report).
         dataset: ``"shapes"`` (ShapeScenes) or ``"glyphs"`` (GlyphScenes); the same
-            recipe and tuning grid for both.
+            tuning grid for both.
         preset: the training recipe (``shapes``: the small backbone from scratch;
-            ``lite0-cpu``: EfficientNet-Lite0's ImageNet weights, needs the ``lite0``
-            extra), see :data:`prm.engine.PRESETS`.
+            ``lite0-cpu``: EfficientNet-Lite0's frozen ImageNet stem under a conv head
+            trained from scratch, needs the ``lite0`` extra; GlyphScenes needs it), see
+            :data:`prm.engine.PRESETS`.
         train_images: training images of the generated dataset (2000).
         val_images: validation images the retrieval settings are tuned on (100; 0 keeps
             the authors' values).

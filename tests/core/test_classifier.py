@@ -186,3 +186,52 @@ def test_timm_backbone_cut_at_a_stride_is_the_whole_models_intermediate_level():
         build_backbone("timm:efficientnet_lite0@x")
     with pytest.raises(ValueError, match="no feature level of stride <= 1"):
         build_backbone("timm:efficientnet_lite0@1")
+
+
+def test_timm_backbone_with_a_conv_head_trains_the_head_only_and_round_trips(tmp_path):
+    """``@8+3x128``: the cut model, then 3 new conv3x3-BN-ReLU layers of 128 channels.
+
+    With the cut model's 5 layers frozen one optimiser step moves the head and the
+    classifier only, and a checkpoint rebuilds the same network from its name.
+    """
+    from prm.engine import load_model
+    from prm.engine.checkpoint import save_checkpoint
+    from prm.engine.train import backbone_layers, freeze_layers
+    from prm.model import build_backbone, build_model
+
+    torch.manual_seed(0)
+    model = build_model("timm:efficientnet_lite0@8+3x128", 3, class_names=list("abc"))
+    backbone = model.backbone
+    assert (backbone.stride, backbone.out_channels) == (8, 128)
+    convs = [m for m in backbone.head if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (40, 128, (3, 3)), (128, 128, (3, 3)), (128, 128, (3, 3))
+    ]  # fmt: skip
+    x = torch.randn(4, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), backbone.head(backbone.model(x)[0]))
+    assert len(backbone_layers(backbone)) == 5 + 9  # stem, bn1, 3 stages; 3 x (conv, BN, ReLU)
+
+    model.train()
+    frozen = freeze_layers(model, 5)
+    assert frozen == backbone_layers(backbone)[:5]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss = model(x).sum()
+    loss.backward()
+    optimizer.step()
+    after = model.state_dict()
+    moved = {k for k in after if not torch.equal(after[k], before[k])}
+    assert moved and all(k.startswith(("backbone.head.", "classifier.")) for k in moved), moved
+    assert any(k.startswith("backbone.head.") and k.endswith("weight") for k in moved)
+
+    path = tmp_path / "head.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": model.config()})
+    loaded = load_model(path)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.class_response_maps(x), model.class_response_maps(x))
+    for bad in ("+3", "+x128", "+0x128", "+3x"):
+        with pytest.raises(ValueError, match="LAYERSxWIDTH"):
+            build_backbone("timm:efficientnet_lite0@8" + bad)

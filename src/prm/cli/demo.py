@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["shapes", "lite0-cpu"],
         default="shapes",
         help="training recipe: shapes (small CNN from scratch, default) or lite0-cpu "
-        "(EfficientNet-Lite0 ImageNet weights, cut at stride 16; the lite0 extra)",
+        "(EfficientNet-Lite0 ImageNet weights to stride 8, frozen, and a conv head trained "
+        "from scratch; the lite0 extra; the recipe for --dataset glyphs)",
     )
     parser.add_argument("--train-images", type=int, default=2000)
     parser.add_argument(

@@ -155,18 +155,21 @@ def backbone_layers(backbone: nn.Module) -> list[nn.Module]:
 
     The top-level modules of the module that holds them: a timm backbone's model, its
     sequences opened one level (EfficientNet-Lite0: ``conv_stem``, ``bn1``, then its 7
-    stages, whole or cut with ``@16``), a ``features`` sequence (VGG, the small
+    stages, whole or cut with ``@16``; then a ``+NxW`` head's convolution, BN and ReLU
+    modules), a ``features`` sequence (VGG, the small
     backbones: one layer per convolution, BN or ReLU), or the backbone's own children
     (ResNet: ``conv1``, ``bn1``, ``relu``, ``maxpool``, ``layer1`` ... ``layer4``).
     """
     timm_model = getattr(backbone, "model", None)
     if timm_model is not None:
+        head = getattr(backbone, "head", None)
+        head_layers = list(head.children()) if head is not None else []
         if getattr(backbone, "cut", False):
-            return list(timm_model.children())  # timm's feature wrapper opened them
+            return list(timm_model.children()) + head_layers  # timm's wrapper opened them
         layers: list[nn.Module] = []
         for child in timm_model.children():
             layers.extend(child.children() if isinstance(child, nn.Sequential) else [child])
-        return layers
+        return layers + head_layers
     return list(getattr(backbone, "features", backbone).children())
 
 
