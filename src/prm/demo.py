@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import os
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -134,6 +135,12 @@ def run_demo(
     """
     if dataset not in DEMO_DATASETS:
         raise ValueError(f"the demo runs on {', '.join(DEMO_DATASETS)}, not {dataset!r}")
+    if dataset == "glyphs" and preset == "shapes":
+        warnings.warn(
+            "the 'shapes' preset's small network stays at chance level on GlyphScenes; "
+            "--preset lite0-cpu (the lite0 extra) learns it (README, 'GlyphScenes')",
+            stacklevel=2,
+        )
     demo = _Demo(Path(out), num_overlays, progress)
     data_dir = demo.out / "data"
     val_set = build_dataset(dataset, data_dir, "val", num_images=val_images, seed=seed)
