@@ -58,6 +58,11 @@ _METRICS = ["instance", "pointwise", "classification", "prm_quality", "semantic"
 #: are tuned: on ShapeScenes' validation images PRM's best went from 52.1 (alpha 0.8, the
 #: authors') to 56.1 mAP^r@0.5 (alpha 2, beta 2e-3); README, "The demo".
 TUNING_GRID = {"alpha": [0.8, 2.0, 4.0], "beta": [3e-4, 1e-3, 2e-3, 4e-3, 1e-2]}
+#: With a teacher (``--teacher``) the class threshold is tuned too: the map loss pulls
+#: most of a student's response below 0, so its class scores sit lower than a labels-only
+#: network's and the default threshold 0 drops most true classes (on ShapeScenes'
+#: validation images 47.5 mAP^r@0.5 at 0 against 67.1 tuned; README, "Distilled recipe").
+TEACHER_GRID = {**TUNING_GRID, "class_threshold": [-6.0, -3.0, -1.0, 0.0]}
 #: Proposals read per image: selective search makes 150-220 on the demo's 128 px scenes
 #: and the first 200 hold more of the objects (recall@0.5 0.95 against 0.91 for 100).
 PROPOSAL_COUNT = 200
@@ -86,6 +91,7 @@ def run_demo(
     *,
     dataset: str = "shapes",
     preset: str = "shapes",
+    teacher: str | None = None,
     train_images: int = 2000,
     val_images: int = 100,
     test_images: int = 300,
@@ -112,11 +118,17 @@ def run_demo(
             ``lite0-cpu``: EfficientNet-Lite0's frozen ImageNet stem under a conv head
             trained from scratch, needs the ``lite0`` extra; GlyphScenes needs it), see
             :data:`prm.engine.PRESETS`.
+        teacher: a preset (``lite0-cpu``) to train teacher networks with first (a PRM
+            and a CAM one, as the demo's own); the demo's networks then train with
+            ``preset`` (``student``) on the labels plus their teacher's class response
+            maps (:mod:`prm.engine.teacher`), and the class threshold is tuned with
+            alpha and beta (:data:`TEACHER_GRID`). ``None``: labels only.
         train_images: training images of the generated dataset (2000).
         val_images: validation images the retrieval settings are tuned on (100; 0 keeps
             the authors' values).
         test_images: test images evaluated (300).
-        epochs: training epochs (the preset's by default).
+        epochs: training epochs of every network, teachers too (by default each
+            preset's).
         seed: seed of data generation and training.
         workers: processes for proposal generation; with 2 or more the PRM and CAM
             networks also train side by side and the table's rows run in two processes,
@@ -135,7 +147,7 @@ def run_demo(
     """
     if dataset not in DEMO_DATASETS:
         raise ValueError(f"the demo runs on {', '.join(DEMO_DATASETS)}, not {dataset!r}")
-    if dataset == "glyphs" and preset == "shapes":
+    if dataset == "glyphs" and preset in ("shapes", "student") and teacher is None:
         warnings.warn(
             "the 'shapes' preset's small network stays at chance level on GlyphScenes; "
             "--preset lite0-cpu (the lite0 extra) learns it (README, 'GlyphScenes')",
@@ -149,7 +161,16 @@ def run_demo(
     overrides["seed"] = seed
     base = load_config(preset, **overrides, **({} if epochs is None else {"epochs": epochs}))
     demo.lap("generate data")
-    checkpoints = demo.train_both(base, workers)
+    settings = {"dataset": dataset, "train_config": asdict(base), "val_images": val_images}
+    teachers = None
+    if teacher is not None:
+        teacher_base = load_config(
+            teacher, **overrides, **({} if epochs is None else {"epochs": epochs})
+        )
+        settings["teacher_config"] = asdict(teacher_base)
+        teachers = demo.train_both(teacher_base, workers, prefix="teacher-")
+        demo.grid = TEACHER_GRID
+    checkpoints = demo.train_both(base, workers, teachers)
 
     print("== selective-search proposals for the validation and test images ==")
     cache = _proposals(demo.out / "proposals", (val_set, demo.test_set), workers, progress)
@@ -166,7 +187,6 @@ def run_demo(
         demo.lap("self-training: proposals + pseudo-label + distill")
         demo.rows[DISTILL_ROW] = demo.evaluate(DISTILL_ROW, student, None, "distilled")
         demo.lap(f"predict + evaluate: {DISTILL_ROW}")
-    settings = {"dataset": dataset, "train_config": asdict(base), "val_images": val_images}
     return demo.finish(settings, test_images, self_training)
 
 
@@ -189,26 +209,37 @@ class _Demo:
         self.timings[name] = round(time.perf_counter() - self.tick, 1)
         self.tick = time.perf_counter()
 
-    def train(self, base, name: str, stimulation: bool) -> Path:
-        """Train the PRM (peak stimulation) or CAM network; returns its checkpoint."""
-        print(f"== training the {name.upper()} network ({base.epochs} epochs) ==")
-        checkpoint = _train_network(base, self.out, name, stimulation, self.progress)
-        self.lap(f"train {name.upper()}")
-        return checkpoint
-
-    def train_both(self, base, workers: int) -> dict[str, Path]:
-        """Train the PRM and the CAM network: side by side in two processes when
-        ``workers > 1`` (the CAM one silent), else one after the other."""
+    def train_both(
+        self, base, workers: int, teachers: dict | None = None, prefix: str = ""
+    ) -> dict[str, Path]:
+        """Train the PRM and the CAM network into ``out/<prefix>prm`` and ``.../cam``:
+        side by side in two processes when ``workers > 1`` (the CAM one silent), else one
+        after the other. ``teachers``: the checkpoint each one follows (by name)."""
+        teachers = teachers or {}
+        what = f"{prefix.rstrip('-')} networks" if prefix else "networks"
+        jobs = {"prm": (f"{prefix}prm", True), "cam": (f"{prefix}cam", False)}
+        if teachers:
+            what += " from their teachers"
         if workers < 2:
-            return {
-                name: self.train(base, name, on) for name, on in (("prm", True), ("cam", False))
-            }
-        print(f"== training the PRM and CAM networks ({base.epochs} epochs, 2 processes) ==")
+            checkpoints = {}
+            for name, (folder, on) in jobs.items():
+                print(f"== training the {name.upper()} {what} ({base.epochs} epochs) ==")
+                checkpoints[name] = _train_network(
+                    base, self.out, folder, on, self.progress, teacher=teachers.get(name)
+                )
+                self.lap(f"train {prefix}{name.upper()}")
+            return checkpoints
+        print(f"== training the PRM and CAM {what} ({base.epochs} epochs, 2 processes) ==")
         with _side_process() as (pool, threads):
-            cam = pool.submit(_train_network, base, self.out, "cam", False, False, threads)
-            prm = _train_network(base, self.out, "prm", True, self.progress)
+            cam = pool.submit(
+                _train_network, base, self.out, jobs["cam"][0], False, False, threads,
+                teachers.get("cam"),
+            )  # fmt: skip
+            prm = _train_network(
+                base, self.out, jobs["prm"][0], True, self.progress, teacher=teachers.get("prm")
+            )
             checkpoints = {"prm": prm, "cam": cam.result()}
-        self.lap("train PRM + CAM (2 processes)")
+        self.lap(f"train {prefix}PRM + {prefix}CAM (2 processes)")
         return checkpoints
 
     def compare(self, checkpoints: dict, cache, val_set, workers: int = 1) -> dict[str, Predictor]:
@@ -241,7 +272,7 @@ class _Demo:
                 self.tuned[method] = tuned
             self.timings[f"tune + predict + evaluate: {method}"] = seconds
             predictor = Predictor(load_model(checkpoints[net]), proposal_fn=proposal_fn)
-            predictor.retrieval = retrieval
+            predictor.retrieval, predictor.peak_selection = retrieval
             predictors[slug] = predictor
         self.tick = time.perf_counter()
         return predictors
@@ -250,7 +281,8 @@ class _Demo:
         """One row of the table: tune, predict and evaluate ``method`` (see ``_ROWS``).
 
         Returns:
-            ``(metrics, tuned settings or None, the RetrievalConfig used, seconds)``.
+            ``(metrics, tuned settings or None, (the RetrievalConfig and PeakSelection
+            used), seconds)``.
         """
         began = time.perf_counter()
         net, uses_cache, proposal_fn, slug = _ROWS[method]
@@ -263,7 +295,8 @@ class _Demo:
         if val_set is not None:
             tuned = _tune(predictor, val_set, source, self.grid, self.progress)
         metrics = self.evaluate(method, predictor, source, slug)
-        return metrics, tuned, predictor.retrieval, round(time.perf_counter() - began, 1)
+        used = (predictor.retrieval, predictor.peak_selection)
+        return metrics, tuned, used, round(time.perf_counter() - began, 1)
 
     def evaluate(self, method: str, predictor, source, slug: str) -> dict[str, float]:
         """Predict and evaluate the test split into a run folder; returns the metrics."""
@@ -328,12 +361,16 @@ _ROWS = {
 }
 
 
-def _train_network(base, out: Path, name: str, stimulation: bool, progress: bool, threads=None):
+def _train_network(
+    base, out: Path, name: str, stimulation: bool, progress: bool, threads=None, teacher=None
+):
     """Train the PRM (peak stimulation) or CAM network into ``out/name``; returns its
-    last checkpoint. ``threads``: torch threads of this process (when run in another)."""
+    last checkpoint. ``threads``: torch threads of this process (when run in another);
+    ``teacher``: the checkpoint whose maps it also follows."""
     if threads is not None:
         torch.set_num_threads(threads)
-    config = base.replace(out=str(out / name), peak_stimulation=stimulation)
+    teacher = None if teacher is None else str(teacher)
+    config = base.replace(out=str(out / name), peak_stimulation=stimulation, teacher=teacher)
     train(config, resume=True, progress=progress)
     # The last epoch, not best.pt: the preset's cosine schedule ends at a learning rate
     # of 0, and the README's tables were measured with the last epoch.
@@ -423,8 +460,9 @@ def _proposals(folder: Path, splits, workers: int, progress: bool):
 def _tune(predictor: Predictor, val_set, source, grid, progress: bool) -> dict[str, Any]:
     """Tune the predictor's retrieval on the validation images (it keeps the best)."""
     result = tune_retrieval(predictor, val_set, grid, proposals=source, progress=progress)
-    predictor.retrieval = result.best
+    predictor.retrieval, predictor.peak_selection = result.best, result.peak_selection
+    chosen = {**vars(result.best), **vars(result.peak_selection)}
     return {
-        **{name: getattr(result.best, name) for name in (*grid, "proposal_count")},
+        **{name: chosen[name] for name in (*grid, "proposal_count")},
         "val " + result.metric: result.value,
     }

@@ -403,16 +403,24 @@ class PeakResponseNet(nn.Module):
         """Peaks ``(K, 4)`` rows ``(b, c, y, x)`` of CRMs with this model's window/filter."""
         return find_peaks(crm, self.win_size, self.peak_filter)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, return_maps: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Class scores (logits).
 
         Args:
             images (Tensor[B, 3, H, W]): normalised images.
+            return_maps: also return the class response maps the scores come from (in
+                one pass, e.g. for a loss on the maps, under DDP too).
 
         Returns:
-            Tensor[B, C]: class scores, for a multi-label soft-margin loss.
+            Tensor[B, C]: class scores, for a multi-label soft-margin loss; with
+            ``return_maps``, ``(scores, crm)`` with ``crm`` as
+            :meth:`class_response_maps`.
         """
-        return self.aggregate(self.class_response_maps(images))
+        crm = self.class_response_maps(images)
+        scores = self.aggregate(crm)
+        return (scores, crm) if return_maps else scores
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments that define this model (stored in checkpoints)."""

@@ -41,3 +41,12 @@ def random_checkpoint(tmp_path):
         },
     )
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (bit-exact comparisons between processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

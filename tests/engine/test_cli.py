@@ -237,6 +237,40 @@ def test_demo_smoke_run(tmp_path, capsys):
     assert 'id="compare"' in page and "CAM + selective search" in page
 
 
+def test_demo_with_a_teacher_trains_students_that_record_it(tmp_path, monkeypatch):
+    import prm.data.shapes
+
+    monkeypatch.setattr(prm.data.shapes, "DEFAULT_SPLIT_SIZES", {"train": 16, "val": 4, "test": 4})
+    out = tmp_path / "taught"
+    threads = torch.get_num_threads()
+    try:
+        code = main(
+            [
+                "demo", "--dataset", "glyphs", "--teacher", "lite0-cpu", "--out", str(out),
+                "--train-images", "16", "--val-images", "2", "--test-images", "2",
+                "--epochs", "1", "--workers", "1", "--quiet", "--threads", "1",
+            ]
+        )  # fmt: skip
+    finally:
+        monkeypatch.undo()
+        torch.set_num_threads(threads)
+    assert code == 0
+    report = json.loads((out / "report" / "report.json").read_text())
+    # Teachers of the lite0-cpu recipe, students of the small network.
+    assert report["teacher_config"]["backbone"].startswith("timm:efficientnet_lite0")
+    assert report["train_config"]["backbone"] == "small"
+    assert report["train_config"]["teacher_weight"] == 5.0
+    assert {"train teacher-PRM", "train teacher-CAM", "train PRM", "train CAM"} <= set(
+        report["timings_s"]
+    )
+    for net in ("prm", "cam"):  # each student follows the teacher of its own kind
+        state = torch.load(out / net / "last.pt", weights_only=True)
+        assert state["teacher"]["path"] == str((out / f"teacher-{net}" / "last.pt").resolve())
+        assert state["model_config"]["peak_stimulation"] == (net == "prm")
+    for tuned in report["tuned_retrieval"].values():  # the class threshold is tuned too
+        assert tuned["class_threshold"] in (-6.0, -3.0, -1.0, 0.0)
+
+
 def test_predict_fails_when_no_image_could_be_read(checkpoint, tmp_path, capsys):
     """Issue 10, item 6: it exited 0 with an empty results file."""
     folder = tmp_path / "photos"

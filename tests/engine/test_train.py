@@ -38,14 +38,6 @@ TINY = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-exact comparisons between processes
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(tmp_path, name="run", **changes) -> TrainConfig:
     return TrainConfig(
         **{**TINY, "root": str(tmp_path / "data"), "out": str(tmp_path / name), **changes}

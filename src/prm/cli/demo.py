@@ -9,6 +9,7 @@ EPILOG = """examples:
   prm demo --out /tmp/demo --train-images 500 --test-images 50 --epochs 2   # a smoke run
   prm demo --dataset glyphs --out prm-demo-glyphs   # grey glyphs: shape is the only cue
   prm demo --distill                # + PRM pseudo-labels -> Mask R-CNN (self-training)
+  prm demo --dataset glyphs --teacher lite0-cpu   # a small network taught by Lite0's maps
 
 It generates an embedded dataset (ShapeScenes, or GlyphScenes with --dataset glyphs:
 synthetic scenes with exact instance masks), trains a PRM
@@ -39,11 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--preset",
-        choices=["shapes", "lite0-cpu"],
-        default="shapes",
-        help="training recipe: shapes (small CNN from scratch, default) or lite0-cpu "
+        choices=["shapes", "lite0-cpu", "student"],
+        help="training recipe: shapes (small CNN from scratch, the default) or lite0-cpu "
         "(EfficientNet-Lite0 ImageNet weights to stride 8, frozen, and a conv head trained "
-        "from scratch; the lite0 extra; the recipe for --dataset glyphs)",
+        "from scratch; the lite0 extra; the recipe for --dataset glyphs); with --teacher "
+        "the default is student (the shapes recipe, 10 epochs)",
+    )
+    parser.add_argument(
+        "--teacher",
+        choices=["lite0-cpu"],
+        help="first train teacher networks with this recipe, then the demo's networks on "
+        "the labels plus their teacher's class response maps (about 2.5x the time)",
     )
     parser.add_argument("--train-images", type=int, default=2000)
     parser.add_argument(
@@ -80,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
     from prm.demo import DEMO_DATASETS, run_demo
 
     out = args.out or ("prm-demo" if args.dataset == "shapes" else f"prm-demo-{args.dataset}")
+    args.preset = args.preset or ("student" if args.teacher else "shapes")
     keys = (
-        "dataset preset train_images val_images test_images epochs seed workers distill "
+        "dataset preset teacher train_images val_images test_images epochs seed workers distill "
         "distill_images distill_epochs"
     ).split()
     report = run_demo(out, progress=not args.quiet, **{k: getattr(args, k) for k in keys})

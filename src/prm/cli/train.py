@@ -23,6 +23,10 @@ EPILOG = """examples:
   prm train --dataset coco --annotations export/train.json --image-dir export/images \
       --val-fraction 0.1 --backbone timm:efficientnet_lite0 --weights lite0 --out runs/coco
 
+  # a small network trained from scratch, following a Lite0 network's class maps
+  prm train --preset lite0-cpu --dataset glyphs --out runs/teacher
+  prm train --preset student --dataset glyphs --teacher runs/teacher/last.pt --out runs/student
+
   # two processes with PyTorch DDP (gloo on CPU, nccl on GPU)
   torchrun --nproc_per_node 2 -m prm.cli train --preset voc --root VOCdevkit/VOC2012
 
@@ -37,7 +41,10 @@ DESCRIPTION = "Train a peak-stimulated fully convolutional classifier."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--preset", choices=["voc", "shapes", "lite0-cpu"], help="starting configuration"
+        "--preset",
+        choices=["voc", "shapes", "lite0-cpu", "student"],
+        help="starting configuration (student: the shapes recipe for 10 epochs, to train "
+        "with --teacher)",
     )
     parser.add_argument("--config", help="YAML file of configuration fields")
     parser.add_argument("--dataset", help="voc, coco, folder, shapes or glyphs")
@@ -91,6 +98,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train the CAM baseline (global average pooling)",
     )
+    parser.add_argument(
+        "--teacher",
+        metavar="CHECKPOINT",
+        help="a trained PRM network of the same classes: also train this network's class "
+        "response maps towards the teacher's",
+    )
+    parser.add_argument(
+        "--teacher-weight", type=float, help="weight of the teacher's loss (default 5)"
+    )
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--workers", type=int, help="DataLoader worker processes")
     parser.add_argument("--seed", type=int)
@@ -131,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     keys = (
         "dataset root train_split backbone epochs batch_size lr image_size sub_pixel_factor "
         "device workers seed out val_fraction annotation_file image_dir val_annotation_file "
-        "val_image_dir"
+        "val_image_dir teacher teacher_weight"
     ).split()
     overrides = {k: getattr(args, k) for k in keys}
     nulls = {}  # flags that explicitly ask for None ("none")

@@ -36,6 +36,7 @@ from prm.data import InferenceTransform, TrainTransform, build_dataset, collate
 from prm.data.build import reader
 from prm.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from prm.engine.config import TrainConfig, save_config
+from prm.engine.teacher import Teacher, teacher_loss
 from prm.evaluation import ClassificationEvaluator
 from prm.files import write_text_atomic
 from prm.model import PeakResponseNet, build_model
@@ -375,6 +376,16 @@ class _Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         freeze_layers(self.model, config.frozen_layers)
         self.optimizer = _optimizer(self.model, config)
+        self.teacher = None
+        if config.teacher is not None:
+            self.teacher = Teacher(
+                config.teacher,
+                self.classes,
+                mean=self.model.mean,
+                std=self.model.std,
+                device=self.device,
+                out=self.out,
+            )
         self.start_epoch = 0
         # Best validation mAP so far, its epoch, and validations since it improved.
         self.best: dict[str, Any] = {"value": None, "epoch": None, "stale": 0}
@@ -402,6 +413,7 @@ class _Run:
         if resume_path is not None:
             state = load_checkpoint(resume_path, map_location=self.device)
             check_compatible(state, resume_path, backbone=config.backbone, class_names=self.classes)
+            self._check_teacher(state.get("teacher"), resume_path)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.start_epoch = int(state["epoch"])
@@ -417,6 +429,16 @@ class _Run:
             if config.tensorboard:
                 self.writer = _tensorboard(out)
         self.net = ddp.wrap(torch.compile(self.model) if config.compile else self.model)
+
+    def _check_teacher(self, recorded: dict | None, checkpoint: Path) -> None:
+        """A run resumes with the teacher it was trained with, or with none if none."""
+        if self.teacher is not None:
+            self.teacher.check_same(recorded, checkpoint)
+        elif recorded is not None:
+            raise ValueError(
+                f"{checkpoint} was trained with teacher {recorded.get('path')}; resume it "
+                "with --teacher and that file, or start a new run"
+            )
 
     def stopped(self) -> bool:
         """Whether early stopping's patience is used up."""
@@ -460,6 +482,7 @@ class _Run:
         self.net.train()
         freeze_layers(self.model, config.frozen_layers)
         total_loss, seen, skipped, began = 0.0, 0, 0, time.perf_counter()
+        total_teacher = 0.0
         bar = tqdm(
             total=steps,
             desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -480,8 +503,16 @@ class _Run:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = torch.stack([t["image_labels"] for t in targets]).to(device)
             with autocast:
-                scores = self.net(images)
+                if self.teacher is None:
+                    scores = self.net(images)
+                else:
+                    scores, maps = self.net(images, return_maps=True)
+                    target = self.teacher.maps(images)
             loss = loss_fn(scores.float(), labels)
+            if self.teacher is not None:
+                distilled = teacher_loss(maps, target)
+                loss = loss + config.teacher_weight * distilled
+                total_teacher += distilled.item() * len(targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
@@ -506,7 +537,7 @@ class _Run:
                 f"epoch {epoch + 1} trained on no image ({skipped} unreadable); "
                 "see the warnings above"
             )
-        return {
+        record = {
             "epoch": epoch + 1,
             "train_loss": ddp.mean(total_loss / max(seen, 1)),
             "lr": optimizer.param_groups[1]["lr"],
@@ -515,6 +546,10 @@ class _Run:
             "world_size": ddp.world_size,
             "ranks_in_sync": ddp.in_sync(self.model),
         }
+        if self.teacher is not None:
+            # The unweighted map loss: how closely the student follows its teacher.
+            record["teacher_loss"] = ddp.mean(total_teacher / max(seen, 1))
+        return record
 
     def validate_and_save(self, epoch: int, record: dict[str, Any]) -> None:
         """Validate when due, then write the checkpoints and the epoch's log line (rank 0)."""
@@ -543,6 +578,7 @@ class _Run:
             "class_names": self.classes,
             "metrics": record,
             "best": self.best,
+            "teacher": None if self.teacher is None else self.teacher.record(),
         }
         if improved:
             save_checkpoint(out / "best.pt", state)
