@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from prm.data import build_dataset
 from prm.data.transforms import InferenceTransform
 from prm.engine import load_checkpoint, load_model, save_checkpoint, train
-from prm.engine.teacher import teacher_loss
+from prm.engine.teacher import file_sha256, teacher_loss
 
 from .test_train import tiny_config
 
@@ -138,3 +138,21 @@ def test_teacher_loss_is_the_soft_target_cross_entropy_of_resized_maps():
     assert same.grad.abs().max() < 1e-7
     with pytest.raises(ValueError, match="do not match the student's"):
         teacher_loss(student, torch.randn(2, 4, 4, 4))
+
+
+def test_cli_trains_with_a_teacher_and_warns_about_a_student_without_one(teacher, tmp_path):
+    from prm.cli import main
+
+    tmp, teacher_ckpt, _ = teacher
+    common = [
+        "train", "--preset", "student", "--root", str(tmp / "data"), "--image-size", "64",
+        "--epochs", "1", "--batch-size", "8", "--set", "num_train_images=16", "--set",
+        "num_val_images=4", "--quiet", "--threads", "1",
+    ]  # fmt: skip
+    with pytest.warns(UserWarning, match="student preset is meant to train with --teacher"):
+        assert main([*common, "--out", str(tmp_path / "alone")]) == 0
+    argv = [*common, "--out", str(tmp_path / "taught"), "--teacher", str(teacher_ckpt)]
+    assert main([*argv, "--teacher-weight", "2"]) == 0
+    state = load_checkpoint(tmp_path / "taught" / "last.pt")
+    assert state["config"]["teacher_weight"] == 2.0 and state["config"]["epochs"] == 1
+    assert state["teacher"]["sha256"] == file_sha256(teacher_ckpt)

@@ -162,6 +162,14 @@ def run(args: argparse.Namespace) -> int:
     sets = parse_sets(args.set)
     if sets:
         config = config.replace(**sets)
+    if args.preset == "student" and config.teacher is None:
+        import warnings
+
+        warnings.warn(
+            "the student preset is meant to train with --teacher CHECKPOINT; without one it "
+            "trains on the labels alone",
+            stacklevel=1,
+        )
     checkpoint = train(config, resume=args.resume, progress=not args.quiet)
     print(f"checkpoint: {checkpoint}")
     return 0
