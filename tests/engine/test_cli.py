@@ -425,12 +425,17 @@ def test_demo_in_two_processes_gives_the_one_process_results(tmp_path):
             demo = demos[workers] = _Demo(tmp_path / f"w{workers}", 2, False)
             demo.test_set, demo.grid = test_set, {"alpha": [2.0], "beta": [1e-3, 1e-2]}
             checkpoints = demo.train_both(base, workers)
+            # Students of those networks: each follows the teacher of its own kind.
+            students = demo.train_both(base, workers, checkpoints, prefix="student-")
+            for net in ("prm", "cam"):
+                record = torch.load(students[net], weights_only=True)["teacher"]
+                assert record["path"] == str(checkpoints[net].resolve()), (workers, net)
             demo.compare(checkpoints, cache, val_set, workers)
             assert torch.get_num_threads() == 1  # restored after the parallel parts
     finally:
         torch.set_num_threads(threads)
     assert "train PRM + CAM (2 processes)" in demos[2].timings and "train CAM" in demos[1].timings
-    for net in ("prm", "cam"):
+    for net in ("prm", "cam", "student-prm", "student-cam"):
         one, two = (
             torch.load(tmp_path / f"w{n}" / net / "last.pt", weights_only=True) for n in (1, 2)
         )
