@@ -117,6 +117,12 @@ def load_model(
     """
     state = load_checkpoint(path, map_location)
     check_compatible(state, path, backbone=backbone, class_names=class_names)
+    return model_from_state(state, path, **overrides)
+
+
+def model_from_state(state: dict[str, Any], path: str | Path, **overrides: Any) -> PeakResponseNet:
+    """The :class:`PeakResponseNet` of a checkpoint already read with
+    :func:`load_checkpoint` (``path`` names it in errors); see :func:`load_model`."""
     config = dict(state["model_config"])
     allowed = {"sub_pixel_factor", "peak_filter", "win_size", "inference"}
     if set(overrides) - allowed:

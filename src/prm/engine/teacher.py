@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from prm.engine.checkpoint import check_compatible, load_checkpoint, load_model
+from prm.engine.checkpoint import check_compatible, load_checkpoint, model_from_state
 
 __all__ = ["Teacher", "teacher_loss", "file_sha256"]
 
@@ -99,7 +99,7 @@ class Teacher:
                 f"teacher {self.path} is in the student's run folder {out}, where the "
                 "student's checkpoints would overwrite it; copy it elsewhere"
             )
-        state = load_checkpoint(self.path)
+        state = load_checkpoint(self.path, map_location=device)
         if "model_config" not in state:  # e.g. a Mask R-CNN of `prm distill`
             raise ValueError(
                 f"teacher {self.path} is not a PRM network checkpoint (no model_config): "
@@ -109,7 +109,7 @@ class Teacher:
             check_compatible(state, self.path, class_names=class_names)
         except ValueError as exc:
             raise ValueError(f"teacher: {exc}") from None
-        self.model = load_model(self.path, map_location=device).to(device).eval()
+        self.model = model_from_state(state, self.path).to(device).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         if self.model.mean != list(mean) or self.model.std != list(std):
