@@ -30,7 +30,7 @@ from prm.data.images import to_image_tensor, to_uint8_image
 from prm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, InferenceTransform
 from prm.masks import masks_to_boxes, resize_nearest
 from prm.proposals.compact import CompactProposals
-from prm.retrieval import RetrievalConfig, retrieve_instances
+from prm.retrieval import RetrievalConfig, RetrievalTerms, retrieve_instances
 from prm.validation import check_number
 
 # Longest side an image is worked on at by default (Predictor(max_size=...), --max-size).
@@ -348,12 +348,15 @@ class Predictor:
         response: dict[str, torch.Tensor],
         proposals: torch.Tensor,
         retrieval: RetrievalConfig | None = None,
+        terms: RetrievalTerms | None = None,
     ) -> dict[str, torch.Tensor]:
         """The second half of a prediction: one proposal per peak, NMS, full-size output.
 
         Args:
             response, proposals: from :meth:`respond`.
             retrieval: settings to use instead of the predictor's own.
+            terms: :func:`prm.retrieval.retrieval_terms` of this response and these
+                proposals, shared by many settings (tuning); the result is the same.
 
         Returns:
             The prediction dict (see :meth:`__call__`).
@@ -365,6 +368,7 @@ class Predictor:
             proposals,
             retrieval or self.retrieval,
             image_prms=_at_size(response.get("image_prms"), _proposal_size(proposals)),
+            terms=terms,
         )
         return self._assemble(response, found, _proposal_size(proposals))
 

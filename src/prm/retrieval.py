@@ -47,6 +47,8 @@ __all__ = [
     "score_proposals",
     "mask_nms",
     "retrieve_instances",
+    "RetrievalTerms",
+    "retrieval_terms",
 ]
 
 FloatOrPerClass = float | Sequence[float]
@@ -605,17 +607,105 @@ def score_proposals(
 
 
 def _scores(prms, background, peak_background, alpha, beta, crops, width, size_limit):
-    inside, edge, penalty, area = (
-        torch.from_numpy(v) for v in _pair_sums(prms, background, crops, width)
-    )
+    sums = tuple(torch.from_numpy(v) for v in _pair_sums(prms, background, crops, width))
+    scores = _combine(*sums, peak_background, alpha, beta, size_limit, tuple(prms.shape[1:]))
+    return scores.to(prms.device)
+
+
+def _combine(inside, edge, penalty, area, peak_background, alpha, beta, size_limit, size):
+    """``(K, P)`` float64 scores from the pair sums of :func:`_pair_sums` (as tensors):
+    the one place where alpha, beta and the size limit enter."""
     alpha, beta = alpha.cpu().double(), beta.cpu().double()
     scores = alpha[:, None] * inside.T + edge.T - beta[:, None] * penalty.T[peak_background.cpu()]
     if size_limit is not None:
-        image_area = prms.shape[1] * prms.shape[2]
+        image_area = size[0] * size[1]
         lo, hi = size_limit
         valid = (area >= lo * image_area) & (area < hi * image_area)
         scores = scores.masked_fill(~valid[None, :], float("-inf"))
-    return scores.to(prms.device)
+    return scores
+
+
+@dataclass(frozen=True, eq=False)
+class RetrievalTerms:
+    """The parts of one image's retrieval scores that ``alpha``, ``beta``, the size
+    limit and NMS do not change: the sums over every proposal of the peaks' PRMs, of the
+    PRMs over the contours and of the classes' backgrounds.
+
+    Tuning scores many settings on the same peaks and proposals; with the terms made
+    once (:func:`retrieval_terms`), each setting costs a weighted sum, an arg-max and
+    NMS instead of new sums. :func:`retrieve_instances` given the terms returns exactly
+    what it returns without them (the same sums, combined by the same code).
+
+    Attributes:
+        inside (Tensor[P, K]): ``<R_k, S_p>``, float64 (P: the proposals read).
+        edge (Tensor[P, K]): ``<R_k, S^_p>``.
+        penalty (Tensor[P, C']): ``<Q_c, S_p>`` for the classes of the peaks.
+        area (Tensor[P]): each proposal's area at the PRMs' size.
+        peak_background (Tensor[K], int64): the column of ``penalty`` of each peak.
+        candidates: the proposals at the PRMs' size (for NMS).
+        key: ``(the peaks' classes, tau of each of those classes, contour_width,
+            proposal_count)``: what the terms were made for.
+        size (tuple): the PRMs' ``(h, w)``.
+    """
+
+    inside: torch.Tensor
+    edge: torch.Tensor
+    penalty: torch.Tensor
+    area: torch.Tensor
+    peak_background: torch.Tensor
+    candidates: Any
+    key: tuple
+    size: tuple[int, int]
+
+
+def _terms_key(config: RetrievalConfig, labels: torch.Tensor) -> tuple:
+    labels = labels.cpu()
+    tau = config.per_peak("tau", torch.unique(labels))
+    return tuple(labels.tolist()), tuple(tau.tolist()), config.contour_width, config.proposal_count
+
+
+def retrieval_terms(
+    prms: torch.Tensor,
+    labels: torch.Tensor,
+    crm: torch.Tensor,
+    proposals: torch.Tensor | CompactProposals,
+    config: RetrievalConfig | None = None,
+) -> RetrievalTerms:
+    """The alpha- and beta-free sums of :func:`retrieve_instances` for these peaks and
+    proposals (arguments as there), to pass to it as ``terms`` for many settings.
+
+    Returns:
+        :class:`RetrievalTerms`; valid for settings with the same ``tau``,
+        ``contour_width`` and ``proposal_count`` (checked where they are used).
+    """
+    config = config or RetrievalConfig()
+    _check_inputs(prms, labels, crm, proposals, config)
+    return _make_terms(prms, labels, crm, _first_proposals(proposals, config), config)
+
+
+def _first_proposals(proposals, config: RetrievalConfig):
+    """The first ``proposal_count`` proposals, compact ones kept compact."""
+    count = min(config.proposal_count, len(proposals))
+    if isinstance(proposals, CompactProposals):
+        return proposals.select(slice(0, count))
+    return proposals[:count]
+
+
+def _make_terms(prms, labels, crm, candidates, config: RetrievalConfig) -> RetrievalTerms:
+    net_size = tuple(prms.shape[1:])
+    crops = _candidates(candidates, net_size, config.contour_width)
+    classes, inverse = torch.unique(labels, return_inverse=True)
+    key = _terms_key(config, labels)
+    if len(prms) == 0 or len(crops) == 0:
+        empty = torch.zeros((len(crops), len(prms)), dtype=torch.float64)
+        none = torch.zeros((len(crops), 0), dtype=torch.float64)
+        area = torch.zeros(len(crops), dtype=torch.float64)
+        return RetrievalTerms(empty, empty, none, area, inverse.cpu(), crops, key, net_size)
+    tau = config.per_peak("tau", classes).to(prms.device)
+    background = class_background(crm[classes].to(prms.device), net_size, tau)  # (C', h, w)
+    sums = _pair_sums(prms, background, crops, config.contour_width)
+    inside, edge, penalty, area = (torch.from_numpy(v) for v in sums)
+    return RetrievalTerms(inside, edge, penalty, area, inverse.cpu(), crops, key, net_size)
 
 
 def mask_nms(
@@ -671,6 +761,7 @@ def retrieve_instances(
     proposals: torch.Tensor | CompactProposals,
     config: RetrievalConfig | None = None,
     image_prms: torch.Tensor | None = None,
+    terms: RetrievalTerms | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pick one proposal per peak and de-duplicate the instances (docs/method.md §5).
 
@@ -690,6 +781,9 @@ def retrieve_instances(
         image_prms (Tensor[K, H, W], optional): ``prms`` already resized to the
             proposals' size (the proposal-free fallback makes them): the output PRMs are
             taken from them instead of resizing ``prms`` a second time.
+        terms: :func:`retrieval_terms` of these peaks and proposals, made with this
+            ``config``'s ``tau``, ``contour_width`` and ``proposal_count`` (else
+            ``ValueError``): the sums are then not taken again. The result is the same.
 
     Returns:
         A dict of instances, sorted by decreasing ``retrieval_scores``:
@@ -712,10 +806,13 @@ def retrieve_instances(
     device = prms.device
     compact = isinstance(proposals, CompactProposals)
     height, width = proposals.size if compact else tuple(proposals.shape[1:])
-    count = min(config.proposal_count, len(proposals))
-    candidates = proposals.select(slice(0, count)) if compact else proposals[:count]
-    crops = _candidates(candidates, tuple(prms.shape[1:]), config.contour_width)
-    best_score, best = _best_proposals(prms, labels, crm, crops, config)
+    candidates = _first_proposals(proposals, config)
+    if terms is None:
+        terms = _make_terms(prms, labels, crm, candidates, config)
+    else:
+        _check_terms(terms, prms, labels, candidates, config)
+    crops = terms.candidates
+    best_score, best = _best_proposals(terms, labels, config)
     found = torch.isfinite(best_score)
     if not found.any():
         return _empty_instances(height, width, device)
@@ -741,19 +838,47 @@ def retrieve_instances(
     }
 
 
-def _best_proposals(prms, labels, crm, crops: _Crops | _Cells, config: RetrievalConfig):
+def _best_proposals(terms: RetrievalTerms, labels, config: RetrievalConfig):
     """The best proposal of each peak, ``(K,)`` float64 scores (``-inf`` where none
     passes the size limits) and ``(K,)`` int64 indices (ties: the first wins)."""
-    if len(prms) == 0 or len(crops) == 0:
-        return torch.full((len(prms),), float("-inf"), dtype=torch.float64), labels.cpu()
-    net_size = tuple(prms.shape[1:])
-    classes, inverse = torch.unique(labels, return_inverse=True)
-    tau = config.per_peak("tau", classes).to(prms.device)
-    background = class_background(crm[classes].to(prms.device), net_size, tau)  # (C', h, w)
+    if len(labels) == 0 or len(terms.candidates) == 0:
+        return torch.full((len(labels),), float("-inf"), dtype=torch.float64), labels.cpu()
     alpha, beta = config.per_peak("alpha", labels), config.per_peak("beta", labels)
-    width, limit = config.contour_width, config.proposal_size_limit
-    scores = _scores(prms, background, inverse, alpha, beta, crops, width, limit)
-    return scores.cpu().max(1)
+    scores = _combine(
+        terms.inside,
+        terms.edge,
+        terms.penalty,
+        terms.area,
+        terms.peak_background,
+        alpha,
+        beta,
+        config.proposal_size_limit,
+        terms.size,
+    )
+    return scores.max(1)
+
+
+def _check_terms(terms: RetrievalTerms, prms, labels, candidates, config) -> None:
+    """Terms made for other peaks, proposals or settings would score silently wrong."""
+    if not isinstance(terms, RetrievalTerms):
+        raise TypeError(f"terms must be RetrievalTerms, got {type(terms).__name__}")
+    if terms.inside.shape[1] != len(prms) or terms.size != tuple(prms.shape[1:]):
+        raise ValueError(
+            f"terms were made for {terms.inside.shape[1]} peaks at {terms.size}, "
+            f"got {len(prms)} at {tuple(prms.shape[1:])}"
+        )
+    if len(terms.candidates) != len(candidates):
+        raise ValueError(
+            f"terms were made for {len(terms.candidates)} proposals, got {len(candidates)}"
+        )
+    key = _terms_key(config, labels)
+    if key != terms.key:
+        names = ("peak classes", "tau", "contour_width", "proposal_count")
+        differ = [n for n, a, b in zip(names, terms.key, key) if a != b]
+        raise ValueError(
+            f"terms were made for other {', '.join(differ)} ({terms.key} against {key}): "
+            "make them again with retrieval_terms"
+        )
 
 
 def _deduplicate(crops: _Crops | _Cells, best, best_score, labels, config: RetrievalConfig):

@@ -10,6 +10,7 @@ from prm.retrieval import (
     mask_nms,
     proposal_contours,
     resize_masks,
+    retrieval_terms,
     retrieve_instances,
     score_proposals,
 )
@@ -264,6 +265,58 @@ def test_compact_proposals_retrieve_as_dense_ones_and_the_authors_loop(seed):
         assert torch.equal(ours[key], from_dense[key])
     assert torch.allclose(ours["retrieval_scores"], from_dense["retrieval_scores"])
     assert torch.allclose(ours["prms"], from_dense["prms"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_shared_terms_retrieve_exactly_what_fresh_sums_retrieve(seed):
+    """Tuning makes the sums once and weighs them per setting: the same instances and
+    scores, to the bit, as retrieving each setting afresh (dense and compact)."""
+    from dataclasses import replace
+
+    g = torch.Generator().manual_seed(seed)
+    net_size, image_size, num_classes = (40, 48), (75, 61), 3
+    compact = random_regions(g, 60, image_size, cells=50)
+    prms, labels, crm, cfg = _peaks_and_settings(g, net_size, num_classes)
+    settings = [
+        {"alpha": a, "beta": b, "nms_threshold": n, "proposal_size_limit": limit}
+        for a in (0.3, 0.8, 4.0)
+        for b in (0.0, 2e-4, 1e-2)
+        for n in (0.3, None)
+        for limit in ((2e-5, 0.85), (0.05, 0.3))
+    ]
+    for form in (compact, compact.masks()):
+        terms = retrieval_terms(prms, labels, crm, form, cfg)
+        chosen = set()
+        for setting in settings:
+            config = replace(cfg, **setting)
+            fresh = retrieve_instances(prms, labels, crm, form, config)
+            shared = retrieve_instances(prms, labels, crm, form, config, terms=terms)
+            assert fresh.keys() == shared.keys()
+            for key in fresh:
+                assert torch.equal(fresh[key], shared[key]), (setting, key)
+            chosen.add(tuple(fresh["proposal_index"].tolist()))
+        assert len(chosen) > 3  # the settings choose differently: the test can tell
+
+
+def test_terms_of_other_peaks_or_settings_are_refused():
+    from dataclasses import replace
+
+    g = torch.Generator().manual_seed(0)
+    proposals = random_blobs(g, 30, (75, 61))
+    prms, labels, crm, cfg = _peaks_and_settings(g, (40, 48), 3)
+    terms = retrieval_terms(prms, labels, crm, proposals, cfg)
+    for config, named in (
+        (replace(cfg, tau=0.5), "tau"),
+        (replace(cfg, contour_width=3), "contour_width"),
+        (replace(cfg, proposal_count=10), "proposals"),
+    ):
+        with pytest.raises(ValueError, match=named):
+            retrieve_instances(prms, labels, crm, proposals, config, terms=terms)
+    with pytest.raises(ValueError, match="peaks"):
+        retrieve_instances(prms[:3], labels[:3], crm, proposals, cfg, terms=terms)
+    other = (labels + 1) % 3
+    with pytest.raises(ValueError, match="peak classes"):
+        retrieve_instances(prms, other, crm, proposals, cfg, terms=terms)
 
 
 @pytest.mark.parametrize("cells", [3, 40, 3000])

@@ -204,6 +204,48 @@ def test_fallback_grid_equals_retrieving_each_setting_afresh(setup):
     assert len(set(expected)) > 1  # the settings differ, so the comparison can tell
 
 
+def test_grid_with_given_proposals_equals_retrieving_each_setting_afresh(setup):
+    """The grid makes each image's retrieval sums once per peak selection and weighs
+    them per setting; the straightforward way retrieves every setting from scratch."""
+    from prm.engine.tune import _grid, _loosest, retrieve_filtered
+    from prm.evaluation import InstanceSegmentationEvaluator
+
+    predictor, dataset, _ = setup
+
+    def blocks(index, image):
+        boxes = torch.zeros((12, *image.shape[1:]), dtype=torch.bool)
+        for k in range(12):
+            top, left = 5 * (k % 6), 7 * (k // 2)
+            boxes[k, top : top + 12 + 3 * k, left : left + 20] = True
+        return boxes
+
+    grid = {
+        "alpha": [0.3, 4.0],
+        "beta": [0.0, 1e-2],
+        "tau": [0.5, 0.95],
+        "proposal_count": [6, 12],
+        "peak_threshold": [0.7, 0.95],
+    }
+    result = tune_retrieval(
+        predictor, dataset, grid, proposals=blocks, metric="instance/mAP_r@0.25", progress=False
+    )
+    _, selections, configs = _grid(predictor, grid, len(dataset.classes))
+    loose = _loosest(predictor, selections)
+    expected = []
+    for kept, config in zip(selections, configs):
+        evaluator = InstanceSegmentationEvaluator(dataset.classes, iou_thresholds=[0.25])
+        for index in range(len(dataset)):
+            image, target = dataset[index]
+            image = to_image_tensor(image)
+            response, proposals = loose.respond(image, blocks(index, image), index)
+            evaluator.process(
+                [target], [retrieve_filtered(predictor, response, proposals, kept, config)]
+            )
+        expected.append(evaluator.summarize()["instance/mAP_r@0.25"])
+    assert [t["value"] for t in result.trials] == expected
+    assert len(set(expected)) > 2  # the settings differ, so the comparison can tell
+
+
 def test_thresholds_and_proposal_count_in_the_grid(setup):
     predictor, dataset, _ = setup
     grid = {"peak_threshold": [0.9, 0.5], "class_threshold": [-1e9, 0.0], "proposal_count": [3]}

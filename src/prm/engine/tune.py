@@ -3,7 +3,9 @@
 The paper tunes ``(alpha, beta, tau)`` per class on validation images. Retrieval is cheap
 next to peak back-propagation, so :func:`tune_retrieval` computes each image's peak
 response maps and proposals once and scores every candidate setting on them, each with
-its own streaming evaluator: memory stays flat whatever the number of images.
+its own streaming evaluator: memory stays flat whatever the number of images. The sums
+behind the retrieval scores (:class:`~prm.retrieval.RetrievalTerms`) are taken once per
+image and peak selection, not once per setting: ``alpha`` and ``beta`` only weigh them.
 
 Besides the :class:`~prm.retrieval.RetrievalConfig` fields (``alpha``, ``beta``,
 ``tau``, ``proposal_count``, ``nms_threshold``, ...), the grid may hold the
@@ -29,7 +31,7 @@ from prm.backprop import PeakSelection, select_peaks
 from prm.engine.inference import dataset_images
 from prm.evaluation import InstanceSegmentationEvaluator
 from prm.predictor import Predictor, scale_back
-from prm.retrieval import RetrievalConfig
+from prm.retrieval import RetrievalConfig, RetrievalTerms, retrieval_terms
 
 __all__ = [
     "PREDICTOR_SETTINGS",
@@ -154,6 +156,12 @@ def _grid_warnings(grid: Mapping[str, Sequence[Any]], best: dict[str, Any], valu
     return found
 
 
+def _terms_settings(config: RetrievalConfig) -> tuple:
+    """The settings that :class:`~prm.retrieval.RetrievalTerms` depend on, hashable."""
+    tau = tuple(config.tau) if isinstance(config.tau, (list, tuple)) else config.tau
+    return tau, config.contour_width, config.proposal_count
+
+
 def _threshold(metric: str) -> float:
     prefix = "instance/mAP_r@"
     if not metric.startswith(prefix):
@@ -217,13 +225,22 @@ def tune_retrieval(
         # rest do not change them): the grid of a proposal-free predictor then costs
         # one set of proposals per peak selection, not per setting.
         kept_parts: dict[PeakSelection, tuple] = {}
+        # The sums behind the scores depend on the peaks, the proposals and tau /
+        # contour_width / proposal_count only: made once per image for each of those,
+        # each alpha / beta / NMS setting is then a weighted sum and an arg-max.
+        made_terms: dict[tuple, RetrievalTerms] = {}
         for config, kept, evaluator in zip(configs, selections, evaluators):
             if kept not in kept_parts:
                 part = filter_response(response, kept)
                 made = predictor._fallback_proposals(part, image) if fallback else props
                 kept_parts[kept] = part, made
             part, made = kept_parts[kept]
-            found = predictor.retrieve(dict(part), made, config)
+            key = (kept, *_terms_settings(config))
+            if key not in made_terms:
+                made_terms[key] = retrieval_terms(
+                    part["prms"], part["labels"], part["crm"], made, config
+                )
+            found = predictor.retrieve(dict(part), made, config, terms=made_terms[key])
             if work != size:
                 found = scale_back(found, size, work)
             evaluator.process([target], [found])
