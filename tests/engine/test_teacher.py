@@ -67,6 +67,29 @@ def test_the_student_follows_a_fixed_teacher(teacher, tmp_path, one_thread):
     assert load_checkpoint(alone)["teacher"] is None
 
 
+def test_the_linear_schedule_lowers_the_teacher_weight_by_epoch(teacher, tmp_path, one_thread):
+    from prm.engine.train import teacher_weight
+
+    tmp, teacher_ckpt, _ = teacher
+    common = {"epochs": 2, "teacher": str(teacher_ckpt), "teacher_weight": 4.0}
+    common["root"] = str(tmp / "data")
+    logs = {}
+    for schedule in ("constant", "linear"):
+        config = tiny_config(tmp_path, schedule, teacher_schedule=schedule, **common)
+        assert [teacher_weight(config, e) for e in (0, 1)] == (
+            [4.0, 4.0] if schedule == "constant" else [4.0, 2.0]
+        )
+        train(config, progress=False)
+        logs[schedule] = [json.loads(line) for line in open(tmp_path / schedule / "metrics.jsonl")]
+    assert [r["teacher_weight"] for r in logs["linear"]] == [4.0, 2.0]
+    # The same first epoch to the bit; the second follows the lower weight.
+    first, second = (logs[s][0]["train_loss"] for s in ("constant", "linear"))
+    assert first == second
+    assert logs["linear"][1]["train_loss"] != logs["constant"][1]["train_loss"]
+    with pytest.raises(ValueError, match="teacher_schedule must be"):
+        tiny_config(tmp_path, "bad", teacher_schedule="cosine")
+
+
 def test_resuming_needs_the_same_teacher(teacher, tmp_path, one_thread):
     tmp, teacher_ckpt, _ = teacher
     copy = tmp_path / "teacher.pt"
@@ -152,7 +175,8 @@ def test_cli_trains_with_a_teacher_and_warns_about_a_student_without_one(teacher
     with pytest.warns(UserWarning, match="student preset is meant to train with --teacher"):
         assert main([*common, "--out", str(tmp_path / "alone")]) == 0
     argv = [*common, "--out", str(tmp_path / "taught"), "--teacher", str(teacher_ckpt)]
-    assert main([*argv, "--teacher-weight", "2"]) == 0
+    assert main([*argv, "--teacher-weight", "2", "--teacher-schedule", "constant"]) == 0
     state = load_checkpoint(tmp_path / "taught" / "last.pt")
     assert state["config"]["teacher_weight"] == 2.0 and state["config"]["epochs"] == 1
+    assert state["config"]["teacher_schedule"] == "constant"
     assert state["teacher"]["sha256"] == file_sha256(teacher_ckpt)

@@ -107,6 +107,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--teacher-weight", type=float, help="weight of the teacher's loss (default 5)"
     )
+    parser.add_argument(
+        "--teacher-schedule",
+        choices=["constant", "linear"],
+        help="the teacher's weight in every epoch (constant), or falling by epoch to "
+        "weight x (1 - epoch / epochs) (linear; the student preset's)",
+    )
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--workers", type=int, help="DataLoader worker processes")
     parser.add_argument("--seed", type=int)
@@ -147,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     keys = (
         "dataset root train_split backbone epochs batch_size lr image_size sub_pixel_factor "
         "device workers seed out val_fraction annotation_file image_dir val_annotation_file "
-        "val_image_dir teacher teacher_weight"
+        "val_image_dir teacher teacher_weight teacher_schedule"
     ).split()
     overrides = {k: getattr(args, k) for k in keys}
     nulls = {}  # flags that explicitly ask for None ("none")

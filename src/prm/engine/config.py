@@ -55,6 +55,9 @@ class TrainConfig:
             student's class response maps are then also trained towards the teacher's
             (``None``: labels only).
         teacher_weight: the weight of that loss against the label loss (5).
+        teacher_schedule: ``constant``, or ``linear``: the weight falls by epoch, to
+            ``teacher_weight * (1 - e / epochs)`` in epoch ``e`` (0-based), so the last
+            epochs learn mostly from the labels.
 
     Optimisation (the authors': SGD, momentum 0.9, weight decay 1e-4 on everything,
     batch 16, 20 epochs, constant learning rate 0.01 for the classifier and 0.01 x 0.01
@@ -103,6 +106,7 @@ class TrainConfig:
 
     teacher: str | None = None
     teacher_weight: float = 5.0
+    teacher_schedule: str = "constant"
 
     optimizer: str = "sgd"
     epochs: int = 20
@@ -151,6 +155,10 @@ class TrainConfig:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(
                 f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
+            )
+        if self.teacher_schedule not in ("constant", "linear"):
+            raise ValueError(
+                f"teacher_schedule must be 'constant' or 'linear', got {self.teacher_schedule!r}"
             )
         if self.val_fraction is not None:
             check_number(

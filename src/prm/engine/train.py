@@ -224,6 +224,14 @@ def lr_factor(config: TrainConfig, epochs_done: float) -> float:
     return 1.0
 
 
+def teacher_weight(config: TrainConfig, epoch: int) -> float:
+    """The weight of the teacher's loss in epoch ``epoch`` (0-based): ``teacher_weight``,
+    or with the ``linear`` schedule ``teacher_weight * (1 - epoch / epochs)``."""
+    if config.teacher_schedule == "linear":
+        return config.teacher_weight * (1 - epoch / config.epochs)
+    return config.teacher_weight
+
+
 @torch.no_grad()
 def classification_map(
     model: nn.Module,
@@ -483,6 +491,7 @@ class _Run:
         freeze_layers(self.model, config.frozen_layers)
         total_loss, seen, skipped, began = 0.0, 0, 0, time.perf_counter()
         total_teacher = 0.0
+        weight = teacher_weight(config, epoch)
         bar = tqdm(
             total=steps,
             desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -511,7 +520,7 @@ class _Run:
             loss = loss_fn(scores.float(), labels)
             if self.teacher is not None:
                 distilled = teacher_loss(maps, target)
-                loss = loss + config.teacher_weight * distilled
+                loss = loss + weight * distilled
                 total_teacher += distilled.item() * len(targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -549,6 +558,7 @@ class _Run:
         if self.teacher is not None:
             # The unweighted map loss: how closely the student follows its teacher.
             record["teacher_loss"] = ddp.mean(total_teacher / max(seen, 1))
+            record["teacher_weight"] = weight
         return record
 
     def validate_and_save(self, epoch: int, record: dict[str, Any]) -> None:
