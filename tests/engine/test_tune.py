@@ -179,15 +179,13 @@ def test_thresholds_filtered_from_a_loose_response_match_a_fresh_prediction(setu
     assert compared > 10  # the comparison saw instances, not only empty results
 
 
-def test_fallback_grid_equals_retrieving_each_setting_afresh(setup):
-    """The grid shares the fallback's proposals between settings that keep the same
-    peaks; the straightforward way makes them again for every setting."""
+def _scored_afresh(predictor, dataset, grid, blocks=None) -> list[float]:
+    """The straightforward way: every setting retrieved from scratch on every image
+    (mAP^r@0.25 per setting, in grid order); ``blocks`` gives proposals, None the
+    fallback's (made again from the peaks each setting keeps)."""
     from prm.engine.tune import _grid, _loosest, retrieve_filtered
     from prm.evaluation import InstanceSegmentationEvaluator
 
-    predictor, dataset, _ = setup  # proposal_fn "prm": the proposal-free fallback
-    grid = {"alpha": [0.8, 4.0], "beta": [1e-3], "peak_threshold": [0.7, 0.95]}
-    result = tune_retrieval(predictor, dataset, grid, metric="instance/mAP_r@0.25", progress=False)
     _, selections, configs = _grid(predictor, grid, len(dataset.classes))
     loose = _loosest(predictor, selections)
     expected = []
@@ -196,10 +194,22 @@ def test_fallback_grid_equals_retrieving_each_setting_afresh(setup):
         for index in range(len(dataset)):
             image, target = dataset[index]
             image = to_image_tensor(image)
-            response, proposals = loose.respond(image, None, index)
-            found = retrieve_filtered(predictor, response, proposals, kept, config, image)
+            given = None if blocks is None else blocks(index, image)
+            response, proposals = loose.respond(image, given, index)
+            fallback = image if blocks is None else None
+            found = retrieve_filtered(predictor, response, proposals, kept, config, fallback)
             evaluator.process([target], [found])
         expected.append(evaluator.summarize()["instance/mAP_r@0.25"])
+    return expected
+
+
+def test_fallback_grid_equals_retrieving_each_setting_afresh(setup):
+    """The grid shares the fallback's proposals between settings that keep the same
+    peaks; the straightforward way makes them again for every setting."""
+    predictor, dataset, _ = setup  # proposal_fn "prm": the proposal-free fallback
+    grid = {"alpha": [0.8, 4.0], "beta": [1e-3], "peak_threshold": [0.7, 0.95]}
+    result = tune_retrieval(predictor, dataset, grid, metric="instance/mAP_r@0.25", progress=False)
+    expected = _scored_afresh(predictor, dataset, grid)
     assert [t["value"] for t in result.trials] == expected
     assert len(set(expected)) > 1  # the settings differ, so the comparison can tell
 
@@ -207,9 +217,6 @@ def test_fallback_grid_equals_retrieving_each_setting_afresh(setup):
 def test_grid_with_given_proposals_equals_retrieving_each_setting_afresh(setup):
     """The grid makes each image's retrieval sums once per peak selection and weighs
     them per setting; the straightforward way retrieves every setting from scratch."""
-    from prm.engine.tune import _grid, _loosest, retrieve_filtered
-    from prm.evaluation import InstanceSegmentationEvaluator
-
     predictor, dataset, _ = setup
 
     def blocks(index, image):
@@ -229,19 +236,7 @@ def test_grid_with_given_proposals_equals_retrieving_each_setting_afresh(setup):
     result = tune_retrieval(
         predictor, dataset, grid, proposals=blocks, metric="instance/mAP_r@0.25", progress=False
     )
-    _, selections, configs = _grid(predictor, grid, len(dataset.classes))
-    loose = _loosest(predictor, selections)
-    expected = []
-    for kept, config in zip(selections, configs):
-        evaluator = InstanceSegmentationEvaluator(dataset.classes, iou_thresholds=[0.25])
-        for index in range(len(dataset)):
-            image, target = dataset[index]
-            image = to_image_tensor(image)
-            response, proposals = loose.respond(image, blocks(index, image), index)
-            evaluator.process(
-                [target], [retrieve_filtered(predictor, response, proposals, kept, config)]
-            )
-        expected.append(evaluator.summarize()["instance/mAP_r@0.25"])
+    expected = _scored_afresh(predictor, dataset, grid, blocks)
     assert [t["value"] for t in result.trials] == expected
     assert len(set(expected)) > 2  # the settings differ, so the comparison can tell
 
