@@ -230,8 +230,8 @@ PRESETS["lite0-cpu"] = PRESETS["shapes"].replace(
 #: labels plus the teacher's class response maps at weight 5, falling linearly by epoch.
 #: Chosen on GlyphScenes' validation images (weight 1 / 5 / 20, 6-10 epochs): the small
 #: network learns the glyphs this way, and its PRMs retrieve better than the teacher's.
-#: The linear schedule: validation mAP^r@0.5 49.2 against 47.1 on GlyphScenes, 72.0
-#: against 72.8 on ShapeScenes (README, "Distilled recipe").
+#: The linear schedule: validation mAP^r@0.5 49.2 against 46.1 on GlyphScenes, 72.0
+#: against 72.0 on ShapeScenes (README, "Distilled recipe").
 PRESETS["student"] = PRESETS["shapes"].replace(
     epochs=10, teacher_weight=5.0, teacher_schedule="linear", out="runs/student"
 )
