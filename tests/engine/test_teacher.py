@@ -11,7 +11,7 @@ from prm.data.transforms import InferenceTransform
 from prm.engine import load_checkpoint, load_model, save_checkpoint, train
 from prm.engine.teacher import file_sha256, teacher_loss
 
-from .test_train import tiny_config
+from .test_train import TINY, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +180,55 @@ def test_cli_trains_with_a_teacher_and_warns_about_a_student_without_one(teacher
     assert state["config"]["teacher_weight"] == 2.0 and state["config"]["epochs"] == 1
     assert state["config"]["teacher_schedule"] == "constant"
     assert state["teacher"]["sha256"] == file_sha256(teacher_ckpt)
+
+
+def test_kept_teacher_maps_train_the_student_as_fresh_ones(teacher, tmp_path, monkeypatch):
+    """Without flips or jitter each image's teacher maps are the same every epoch, so
+    they are kept: the teacher runs once per image, and training is unchanged."""
+    import importlib
+
+    train_module = importlib.import_module("prm.engine.train")  # the module, not train()
+    from prm.model import PeakResponseNet
+
+    tmp, teacher_ckpt, _ = teacher
+    common = {"epochs": 3, "teacher": str(teacher_ckpt), "root": str(tmp / "data")}
+    common["flip"] = False
+    forwards = []
+    original = PeakResponseNet.class_response_maps
+
+    def counted(self, images):
+        if not any(p.requires_grad for p in self.parameters()):  # the frozen teacher
+            forwards.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(PeakResponseNet, "class_response_maps", counted)
+    logs, weights, calls = {}, {}, {}
+    for name, limit in (("fresh", 0), ("kept", 1 << 30)):
+        monkeypatch.setattr(train_module, "TEACHER_CACHE_BYTES", limit)
+        forwards.clear()
+        with torch.random.fork_rng():
+            train(tiny_config(tmp_path, name, **common), progress=False)
+        calls[name] = sum(forwards)
+        logs[name] = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+        weights[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
+    # 24 images in 3 full batches: kept, the teacher sees each once, in epoch 1.
+    assert calls == {"fresh": 3 * TINY["num_train_images"], "kept": TINY["num_train_images"]}
+    for fresh, kept in zip(logs["fresh"], logs["kept"]):
+        for key in ("train_loss", "teacher_loss", "val_classification_map"):
+            assert kept[key] == pytest.approx(fresh[key], rel=1e-5, abs=1e-7), key
+    for key, value in weights["fresh"].items():
+        torch.testing.assert_close(weights["kept"][key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_a_mirror_changes_letters_so_glyphs_train_without_flips(tmp_path):
+    from prm.engine.train import resolved_flip, same_input_every_epoch
+
+    assert resolved_flip(tiny_config(tmp_path, dataset="glyphs")) is False
+    assert resolved_flip(tiny_config(tmp_path, dataset="shapes")) is True
+    assert resolved_flip(tiny_config(tmp_path, dataset="glyphs", flip=True)) is True
+    assert resolved_flip(tiny_config(tmp_path, dataset="shapes", flip=False)) is False
+    assert same_input_every_epoch(tiny_config(tmp_path, dataset="glyphs"))
+    assert not same_input_every_epoch(tiny_config(tmp_path, dataset="glyphs", scale_jitter=0.1))
+    assert not same_input_every_epoch(tiny_config(tmp_path, dataset="shapes"))
+    with pytest.raises(ValueError, match="flip must be true, false or null"):
+        tiny_config(tmp_path, flip="yes")

@@ -68,6 +68,10 @@ class ItemDataset(Dataset):
     #: Reader options for evaluation (e.g. COCO keeps images without objects, so that
     #: false positives on them count).
     EVAL_OPTIONS: dict[str, object] = {}
+    #: Whether a mirror image shows the same classes. Training flips images at random
+    #: (``TrainConfig.flip``'s default) only for readers where this holds; a reader of
+    #: letters, digits or other chiral classes sets it to ``False``.
+    MIRROR_INVARIANT: bool = True
 
     def __init__(self, transform: Callable | None = None, on_error: str = "raise"):
         if on_error not in ON_ERROR:

@@ -324,6 +324,9 @@ class GlyphScenes(ShapeScenes):
     The cache file is ``<cache_dir>/glyphscenes-<split>-<hash>.npz``.
     """
 
+    # A mirrored letter is not that letter (a mirrored E, K or S is no letter at all):
+    # random flips would have the network learn 12 shapes for 6 classes.
+    MIRROR_INVARIANT = False
     _config_class = GlyphConfig
     _class_names = GLYPH_CLASSES
     _cache_prefix = "glyphscenes"

@@ -39,7 +39,9 @@ class TrainConfig:
             and ``root/<split>/``; with both, no ``root`` is needed);
             ``val_annotation_file`` / ``val_image_dir`` the same for the validation split.
         image_size: square training size (448 as the authors; the aspect is not kept).
-        flip: random horizontal flips.
+        flip: random horizontal flips; ``None`` (default): on, unless the dataset's
+            reader says a mirror image changes its classes (``MIRROR_INVARIANT``: off for
+            GlyphScenes' letters, on for every other reader).
         scale_jitter / colour_jitter: random zoom and shift / brightness and contrast
             changes (``prm.data.TrainTransform``; 0 = off).
         drop_difficult: VOC: drop ``difficult`` objects from the image labels (the
@@ -91,7 +93,7 @@ class TrainConfig:
     val_annotation_file: str | None = None
     val_image_dir: str | None = None
     image_size: int = 448
-    flip: bool = True
+    flip: bool | None = None
     scale_jitter: float = 0.0
     colour_jitter: float = 0.0
     drop_difficult: bool = False
@@ -171,6 +173,8 @@ class TrainConfig:
             )
         if self.early_stopping is not None and self.early_stopping < 1:
             raise ValueError(f"early_stopping must be None or >= 1, got {self.early_stopping}")
+        if self.flip not in (None, True, False):
+            raise ValueError(f"flip must be true, false or null (auto), got {self.flip!r}")
         if self.amp not in (None, "bf16"):
             raise ValueError(f"amp must be None or 'bf16', got {self.amp!r}")
         if self.gradient not in ("paper", "authors"):

@@ -15,6 +15,9 @@ glyphs from EfficientNet-Lite0's maps, and its PRMs retrieve better than the tea
 (README, "Distilled recipe").
 
 The teacher is frozen and in eval mode; it sees the same augmented batch as the student.
+When that batch is the same in every epoch (no flip, no jitter: GlyphScenes by default),
+each image's maps are kept after its first pass (``cache_bytes``), which spares the
+teacher's forward pass in every later epoch and changes no number.
 Every checkpoint of the student records the teacher's path and SHA-256, and a resumed
 run refuses a teacher file that changed since.
 """
@@ -22,6 +25,7 @@ run refuses a teacher file that changed since.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +96,11 @@ class Teacher:
         std: list[float],
         device: torch.device | str = "cpu",
         out: str | Path | None = None,
+        cache_bytes: int = 0,
     ):
         self.path = Path(path)
+        self.cache_bytes = int(cache_bytes)
+        self._cache: dict[str, torch.Tensor] = {}
         if out is not None and self.path.resolve().parent == Path(out).resolve():
             raise ValueError(
                 f"teacher {self.path} is in the student's run folder {out}, where the "
@@ -122,10 +129,24 @@ class Teacher:
         self.epoch = state.get("epoch")
 
     @torch.no_grad()
-    def maps(self, images: torch.Tensor) -> torch.Tensor:
+    def maps(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> torch.Tensor:
         """The teacher's class response maps ``(B, C, h, w)`` of normalised images
-        ``(B, 3, H, W)`` (no gradient)."""
-        return self.model.class_response_maps(images)
+        ``(B, 3, H, W)`` (no gradient).
+
+        ``keys`` name the images (their ``image_id``): with ``cache_bytes > 0`` the maps
+        of named images are kept, up to that many bytes, and a batch whose images are
+        all kept is answered without a forward pass. Only for inputs that are the same
+        every epoch (no flip, no jitter): the key must say everything about the input.
+        """
+        if keys is not None and self._cache and all(key in self._cache for key in keys):
+            return torch.stack([self._cache[key] for key in keys])
+        maps = self.model.class_response_maps(images)
+        if keys is not None and self.cache_bytes > 0:
+            size = maps[0].numel() * maps.element_size()
+            for key, one in zip(keys, maps):
+                if key not in self._cache and (len(self._cache) + 1) * size <= self.cache_bytes:
+                    self._cache[key] = one.clone(memory_format=torch.contiguous_format)
+        return maps
 
     def record(self) -> dict[str, Any]:
         """What the student's checkpoints keep of the teacher."""
