@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--teacher",
         choices=["lite0-cpu"],
         help="first train teacher networks with this recipe, then the demo's networks on "
-        "the labels plus their teacher's class response maps (about 3x the time)",
+        "the labels plus their teacher's class response maps (2.4-3x the time)",
     )
     parser.add_argument("--train-images", type=int, default=2000)
     parser.add_argument(
