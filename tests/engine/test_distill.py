@@ -163,6 +163,32 @@ def test_yaml_config_is_checked(tmp_path):
         load_distill_config(good, backbone="resnet9")
 
 
+def test_flips_follow_the_readers_mirror_rule(tmp_path, monkeypatch):
+    """As in `prm train`: flips by default, none where a mirror changes the classes
+    (GlyphScenes' letters), and an explicit value wins."""
+    import prm.engine.distill as module
+    from prm.data import GlyphScenes
+    from prm.engine.train import resolved_flip
+
+    flipped = []
+    real_flip = module._flip
+    monkeypatch.setattr(module, "_flip", lambda *a: flipped.append(1) or real_flip(*a))
+    distill(config(tmp_path, "auto"), progress=False)
+    assert flipped  # ShapeScenes: mirror-invariant, so flipped at random
+    flipped.clear()
+    distill(config(tmp_path, "off", flip=False), progress=False)
+    assert not flipped
+    monkeypatch.setattr(ShapeScenes, "MIRROR_INVARIANT", False)
+    distill(config(tmp_path, "chiral"), progress=False)
+    assert not flipped
+    distill(config(tmp_path, "forced", flip=True), progress=False)
+    assert flipped
+    assert not resolved_flip(DistillConfig(pseudo_labels="x", dataset="glyphs"))
+    assert not GlyphScenes.MIRROR_INVARIANT
+    with pytest.raises(ValueError, match="flip must be"):
+        config(tmp_path, "bad", flip="sometimes").validate()
+
+
 def test_ddp_with_two_cpu_processes(tmp_path):
     labels = ground_truth_json(tmp_path / "labels.json", ShapeScenes("train", 8))
     out = tmp_path / "ddp"

@@ -87,7 +87,9 @@ class DistillConfig:
         backbone_weights: for ``resnet50_fpn_v2``: ``"imagenet"`` or a state-dict path.
         min_size, max_size: Mask R-CNN's image resizing (shorter / longer side).
         epochs, batch_size, lr, momentum, weight_decay: SGD (cosine learning rate).
-        flip: random horizontal flips.
+        flip: random horizontal flips; ``None`` (default): on, unless the dataset's
+            reader says a mirror image changes its classes (``MIRROR_INVARIANT``: off
+            for GlyphScenes' letters), as ``prm train`` does.
         seed: seed of everything random.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         max_steps_per_epoch: cut epochs short (smoke tests).
@@ -111,7 +113,7 @@ class DistillConfig:
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    flip: bool = True
+    flip: bool | None = None
     seed: int = 0
     device: str = "auto"
     max_steps_per_epoch: int | None = None
@@ -126,6 +128,8 @@ class DistillConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.flip not in (None, True, False):
+            raise ValueError(f"flip must be true, false or null (auto), got {self.flip!r}")
         if not self.pseudo_labels:
             raise ValueError("pseudo_labels (the instances.json of `prm pseudo-label`) is required")
 
@@ -416,6 +420,8 @@ def _set_up(config: DistillConfig, classes, ddp, resume: bool):
 
 def _train_epoch(net, optimizer, data, config: DistillConfig, ddp, epoch: int, progress) -> dict:
     """One epoch of SGD steps on this rank's share; returns the epoch's log record."""
+    from prm.engine.train import resolved_flip
+
     steps = math.ceil(len(data) // ddp.world_size / config.batch_size)  # drop_last shards
     steps = min(steps, config.max_steps_per_epoch or steps)
     seed = _epoch_seed(config.seed, epoch)
@@ -430,6 +436,7 @@ def _train_epoch(net, optimizer, data, config: DistillConfig, ddp, epoch: int, p
     else:
         order = torch.randperm(len(data), generator=generator).tolist()
     flips = torch.rand(len(data), generator=generator) < 0.5  # the same on every rank
+    flip = resolved_flip(config)  # TrainConfig's rule: off where a mirror changes a class
     net.train()
     began, totals = time.perf_counter(), {}
     bar = tqdm(
@@ -445,7 +452,7 @@ def _train_epoch(net, optimizer, data, config: DistillConfig, ddp, epoch: int, p
         images, targets = [], []
         for i in order[step * config.batch_size : (step + 1) * config.batch_size]:
             image, target = data[i]
-            if config.flip and bool(flips[i]):
+            if flip and bool(flips[i]):
                 image, target = _flip(image, target)
             images.append(image.to(ddp.device))
             targets.append({k: v.to(ddp.device) for k, v in target.items()})
