@@ -386,7 +386,18 @@ class PeakResponseNet(nn.Module):
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
-        crm = self.classifier(self.backbone(images))
+        return self.maps_from_features(self.backbone(images))
+
+    def maps_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Class response maps from the backbone's output (as :meth:`class_response_maps`).
+
+        Args:
+            features (Tensor[B, D, h, w]): the backbone's features.
+
+        Returns:
+            Tensor[B, C, h * f, w * f]: CRMs.
+        """
+        crm = self.classifier(features)
         if self.sub_pixel_factor > 1:
             crm = F.interpolate(
                 crm, scale_factor=self.sub_pixel_factor, mode="bilinear", align_corners=True

@@ -343,6 +343,65 @@ def test_lite0_cpu_preset_trains_a_head_on_the_frozen_pretrained_stem(tmp_path, 
     assert len(model.backbone.head) == 9  # 3 x (conv, BN, ReLU), trained from scratch
 
 
+def test_kept_stem_features_train_as_the_whole_network(tmp_path, one_thread, monkeypatch):
+    """Frozen layers on an input that is the same every epoch run once per image; the
+    rest trains from their kept features exactly as the whole network would."""
+    import importlib
+
+    train_module = importlib.import_module("prm.engine.train")  # the module, not train()
+    real_split, stem_rows = train_module.frozen_stem, []
+
+    def counted(backbone, count):
+        split = real_split(backbone, count)
+        if split is not None:
+            split[0].register_forward_pre_hook(lambda _, args: stem_rows.append(len(args[0])))
+        return split
+
+    common = {"epochs": 3, "frozen_layers": 3, "flip": False, "channels_last": True}
+    logs, weights = {}, {}
+    for name, split in (("whole", lambda *_: None), ("kept", counted)):
+        monkeypatch.setattr(train_module, "frozen_stem", split)
+        with torch.random.fork_rng():
+            train(tiny_config(tmp_path, name, **common), progress=False)
+        logs[name] = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+        weights[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
+    assert sum(stem_rows) == TINY["num_train_images"]  # epoch 1 only, 3 batches of 8
+    for whole, kept in zip(logs["whole"], logs["kept"]):
+        for key in ("train_loss", "val_classification_map"):
+            assert kept[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key
+    for key, value in weights["whole"].items():
+        torch.testing.assert_close(weights["kept"][key], value, rtol=1e-5, atol=1e-7)
+    # Flipped input changes between epochs: the whole network runs on every batch.
+    stem_rows.clear()
+    train(tiny_config(tmp_path, "flipped", **{**common, "flip": True}), progress=False)
+    assert stem_rows == []
+
+
+def test_frozen_stem_splits_a_backbone_where_it_is_a_chain():
+    from prm.engine.train import frozen_stem
+    from prm.model import build_model
+
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    names = ["small", "resnet18"]
+    try:
+        import timm  # noqa: F401
+
+        names.append("timm:efficientnet_lite0@8+3x128")
+    except ModuleNotFoundError:
+        pass
+    for name in names:
+        backbone = build_model(name, 3, weights=None).backbone.eval()
+        for count in (1, 5):
+            stem, rest = frozen_stem(backbone, count)
+            with torch.no_grad():
+                assert torch.equal(rest(stem(images)), backbone(images)), (name, count)
+        assert frozen_stem(backbone, 0) is None
+        assert frozen_stem(backbone, len(list(frozen_stem(backbone, 1)[1])) + 1) is None
+    if "resnet18" in names and len(names) == 3:  # a whole timm model is not split
+        assert frozen_stem(build_model("timm:efficientnet_lite0", 3).backbone, 2) is None
+
+
 def test_a_process_group_started_by_the_caller_is_left_open(monkeypatch):
     # prm predict/pseudo-label/train inside a user's own torch.distributed job must not
     # tear down the group that job started.

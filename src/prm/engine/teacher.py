@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from prm.engine.checkpoint import check_compatible, load_checkpoint, model_from_state
+from prm.engine.kept import KeptOutputs
 
 __all__ = ["Teacher", "teacher_loss", "file_sha256"]
 
@@ -99,8 +100,6 @@ class Teacher:
         cache_bytes: int = 0,
     ):
         self.path = Path(path)
-        self.cache_bytes = int(cache_bytes)
-        self._cache: dict[str, torch.Tensor] = {}
         if out is not None and self.path.resolve().parent == Path(out).resolve():
             raise ValueError(
                 f"teacher {self.path} is in the student's run folder {out}, where the "
@@ -124,11 +123,11 @@ class Teacher:
                 f"teacher {self.path} normalises its input with mean {self.model.mean}, std "
                 f"{self.model.std}; the student with {list(mean)}, {list(std)}"
             )
+        self._kept = KeptOutputs(self.model.class_response_maps, cache_bytes)
         self.sha256 = file_sha256(self.path)
         self.backbone = state["model_config"].get("backbone")
         self.epoch = state.get("epoch")
 
-    @torch.no_grad()
     def maps(self, images: torch.Tensor, keys: Sequence[str] | None = None) -> torch.Tensor:
         """The teacher's class response maps ``(B, C, h, w)`` of normalised images
         ``(B, 3, H, W)`` (no gradient).
@@ -138,15 +137,7 @@ class Teacher:
         all kept is answered without a forward pass. Only for inputs that are the same
         every epoch (no flip, no jitter): the key must say everything about the input.
         """
-        if keys is not None and self._cache and all(key in self._cache for key in keys):
-            return torch.stack([self._cache[key] for key in keys])
-        maps = self.model.class_response_maps(images)
-        if keys is not None and self.cache_bytes > 0:
-            size = maps[0].numel() * maps.element_size()
-            for key, one in zip(keys, maps):
-                if key not in self._cache and (len(self._cache) + 1) * size <= self.cache_bytes:
-                    self._cache[key] = one.clone(memory_format=torch.contiguous_format)
-        return maps
+        return self._kept(images, keys)
 
     def record(self) -> dict[str, Any]:
         """What the student's checkpoints keep of the teacher."""
