@@ -35,9 +35,6 @@ class KeptOutputs:
         # format that ``fn`` returned, so what follows computes exactly as on fresh rows.
         self._format = torch.contiguous_format
 
-    def __len__(self) -> int:
-        return len(self._kept)
-
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, keys: Sequence[str] | None = None) -> torch.Tensor:
         """``fn(inputs)``, from memory when every key of the batch is kept.
