@@ -369,6 +369,7 @@ class Predictor:
             retrieval or self.retrieval,
             image_prms=_at_size(response.get("image_prms"), _proposal_size(proposals)),
             terms=terms,
+            with_prms=self.keep_prms,
         )
         return self._assemble(response, found, _proposal_size(proposals))
 

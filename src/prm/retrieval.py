@@ -49,6 +49,7 @@ __all__ = [
     "retrieve_instances",
     "RetrievalTerms",
     "retrieval_terms",
+    "retrieval_terms_by_tau",
 ]
 
 FloatOrPerClass = float | Sequence[float]
@@ -680,7 +681,42 @@ def retrieval_terms(
     """
     config = config or RetrievalConfig()
     _check_inputs(prms, labels, crm, proposals, config)
-    return _make_terms(prms, labels, crm, _first_proposals(proposals, config), config)
+    return _make_terms(prms, labels, crm, _first_proposals(proposals, config), [config])[0]
+
+
+def retrieval_terms_by_tau(
+    prms: torch.Tensor,
+    labels: torch.Tensor,
+    crm: torch.Tensor,
+    proposals: torch.Tensor | CompactProposals,
+    configs: Sequence[RetrievalConfig],
+) -> list[RetrievalTerms]:
+    """:func:`retrieval_terms` for each of ``configs``, which differ in ``tau`` only.
+
+    Only the background sums depend on ``tau``: one pass over the proposals takes the
+    sums of every tau's backgrounds, the PRMs' and the contours' together (a tuning grid
+    of T taus makes its terms in one pass, not T). Each result equals
+    ``retrieval_terms(..., config)`` to the bit.
+
+    Returns:
+        One :class:`RetrievalTerms` per config, in order.
+    """
+    configs = list(configs)
+    if not configs:
+        return []
+    first = configs[0]
+    for config in configs:
+        _check_inputs(prms, labels, crm, proposals, config)
+        if (config.contour_width, config.proposal_count) != (
+            first.contour_width,
+            first.proposal_count,
+        ):
+            raise ValueError(
+                "retrieval_terms_by_tau: the configs must share contour_width and "
+                f"proposal_count, got ({first.contour_width}, {first.proposal_count}) and "
+                f"({config.contour_width}, {config.proposal_count})"
+            )
+    return _make_terms(prms, labels, crm, _first_proposals(proposals, first), configs)
 
 
 def _first_proposals(proposals, config: RetrievalConfig):
@@ -691,21 +727,34 @@ def _first_proposals(proposals, config: RetrievalConfig):
     return proposals[:count]
 
 
-def _make_terms(prms, labels, crm, candidates, config: RetrievalConfig) -> RetrievalTerms:
+def _make_terms(prms, labels, crm, candidates, configs) -> list[RetrievalTerms]:
+    """The terms of each of ``configs`` (same contour width and proposal count), their
+    background sums taken in the same pass as the rest."""
     net_size = tuple(prms.shape[1:])
-    crops = _candidates(candidates, net_size, config.contour_width)
+    width = configs[0].contour_width
+    crops = _candidates(candidates, net_size, width)
     classes, inverse = torch.unique(labels, return_inverse=True)
-    key = _terms_key(config, labels)
+    keys = [_terms_key(config, labels) for config in configs]
     if len(prms) == 0 or len(crops) == 0:
         empty = torch.zeros((len(crops), len(prms)), dtype=torch.float64)
         none = torch.zeros((len(crops), 0), dtype=torch.float64)
         area = torch.zeros(len(crops), dtype=torch.float64)
-        return RetrievalTerms(empty, empty, none, area, inverse.cpu(), crops, key, net_size)
-    tau = config.per_peak("tau", classes).to(prms.device)
-    background = class_background(crm[classes].to(prms.device), net_size, tau)  # (C', h, w)
-    sums = _pair_sums(prms, background, crops, config.contour_width)
+        return [
+            RetrievalTerms(empty, empty, none, area, inverse.cpu(), crops, key, net_size)
+            for key in keys
+        ]
+    maps = crm[classes].to(prms.device)
+    backgrounds = [
+        class_background(maps, net_size, config.per_peak("tau", classes).to(prms.device))
+        for config in configs
+    ]  # (C', h, w) each
+    sums = _pair_sums(prms, torch.cat(backgrounds), crops, width)
     inside, edge, penalty, area = (torch.from_numpy(v) for v in sums)
-    return RetrievalTerms(inside, edge, penalty, area, inverse.cpu(), crops, key, net_size)
+    penalties = penalty.split(len(classes), dim=1)
+    return [
+        RetrievalTerms(inside, edge, part, area, inverse.cpu(), crops, key, net_size)
+        for part, key in zip(penalties, keys)
+    ]
 
 
 def mask_nms(
@@ -762,6 +811,7 @@ def retrieve_instances(
     config: RetrievalConfig | None = None,
     image_prms: torch.Tensor | None = None,
     terms: RetrievalTerms | None = None,
+    with_prms: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Pick one proposal per peak and de-duplicate the instances (docs/method.md §5).
 
@@ -784,6 +834,8 @@ def retrieve_instances(
         terms: :func:`retrieval_terms` of these peaks and proposals, made with this
             ``config``'s ``tau``, ``contour_width`` and ``proposal_count`` (else
             ``ValueError``): the sums are then not taken again. The result is the same.
+        with_prms: return the instances' PRMs (``False``: no ``"prms"`` entry, and the
+            maps are not resized: tuning scores masks only).
 
     Returns:
         A dict of instances, sorted by decreasing ``retrieval_scores``:
@@ -808,34 +860,37 @@ def retrieve_instances(
     height, width = proposals.size if compact else tuple(proposals.shape[1:])
     candidates = _first_proposals(proposals, config)
     if terms is None:
-        terms = _make_terms(prms, labels, crm, candidates, config)
+        terms = _make_terms(prms, labels, crm, candidates, [config])[0]
     else:
         _check_terms(terms, prms, labels, candidates, config)
     crops = terms.candidates
     best_score, best = _best_proposals(terms, labels, config)
     found = torch.isfinite(best_score)
     if not found.any():
-        return _empty_instances(height, width, device)
+        empty = _empty_instances(height, width, device)
+        return empty if with_prms else {k: v for k, v in empty.items() if k != "prms"}
     best, best_score = best[found], best_score[found]  # float64 until the output
     order, owner = _deduplicate(crops, best, best_score, labels[found].cpu(), config)
-    maps, size = (prms, (height, width)) if image_prms is None else (image_prms.to(device), None)
-    if not config.merge_peak_response:
-        owner = None
-    prm_full = _instance_prms(maps[found.to(device)].float(), order, owner, size)
     chosen = best[order]
     if compact:
         masks = candidates.select(chosen).masks()
     else:
         masks = candidates[chosen.to(candidates.device)].bool()
-    return {
+    instances = {
         "masks": masks.to(device),
         "labels": labels[found].cpu()[order].long().to(device),
         "retrieval_scores": best_score[order].float().to(device),
-        "prms": prm_full,
         "peak_index": found.nonzero()[:, 0][order].to(device),
         "proposal_index": chosen.to(device),
         "boxes": _boxes(masks).to(device),
     }
+    if with_prms:
+        maps, size = (
+            (prms, (height, width)) if image_prms is None else (image_prms.to(device), None)
+        )
+        owner = owner if config.merge_peak_response else None
+        instances["prms"] = _instance_prms(maps[found.to(device)].float(), order, owner, size)
+    return instances
 
 
 def _best_proposals(terms: RetrievalTerms, labels, config: RetrievalConfig):

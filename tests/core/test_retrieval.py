@@ -11,6 +11,7 @@ from prm.retrieval import (
     proposal_contours,
     resize_masks,
     retrieval_terms,
+    retrieval_terms_by_tau,
     retrieve_instances,
     score_proposals,
 )
@@ -296,6 +297,30 @@ def test_shared_terms_retrieve_exactly_what_fresh_sums_retrieve(seed):
                 assert torch.equal(fresh[key], shared[key]), (setting, key)
             chosen.add(tuple(fresh["proposal_index"].tolist()))
         assert len(chosen) > 3  # the settings choose differently: the test can tell
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_terms_of_many_taus_in_one_pass_equal_each_taus_own(seed):
+    """Tuning takes the background sums of every tau in the same pass: each tau's terms
+    equal its own :func:`retrieval_terms` to the bit (dense and compact proposals)."""
+    from dataclasses import replace
+
+    g = torch.Generator().manual_seed(seed)
+    compact = random_regions(g, 60, (75, 61), cells=50)
+    prms, labels, crm, cfg = _peaks_and_settings(g, (40, 48), 3)
+    configs = [replace(cfg, tau=t) for t in (0.5, 0.95, 1.3, [0.9, 1.2, 0.7])]
+    for form in (compact, compact.masks()):
+        shared = retrieval_terms_by_tau(prms, labels, crm, form, configs)
+        penalties = set()
+        for config, terms in zip(configs, shared, strict=True):
+            own = retrieval_terms(prms, labels, crm, form, config)
+            assert terms.key == own.key
+            for name in ("inside", "edge", "penalty", "area", "peak_background"):
+                assert torch.equal(getattr(terms, name), getattr(own, name)), name
+            penalties.add(tuple(terms.penalty.flatten().tolist()))
+        assert len(penalties) == len(configs)  # tau changes the sums: the test can tell
+    with pytest.raises(ValueError, match="contour_width"):
+        retrieval_terms_by_tau(prms, labels, crm, compact, [cfg, replace(cfg, contour_width=3)])
 
 
 def test_terms_of_other_peaks_or_settings_are_refused():

@@ -223,9 +223,10 @@ def test_demo_smoke_run(tmp_path, capsys):
         "PRM -> Mask R-CNN (distilled)",
     }
     assert "instance/mAP_r@0.5" in report["metrics"]["PRM -> Mask R-CNN (distilled)"]
-    # alpha and beta are tuned together; every row reads the demo's 200 proposals
+    # alpha, beta, tau and the contour are tuned together; every row reads 200 proposals
     for tuned in report["tuned_retrieval"].values():
         assert tuned["alpha"] in (0.8, 2.0, 4.0) and tuned["beta"] in (3e-4, 1e-3, 2e-3, 4e-3, 1e-2)
+        assert tuned["tau"] in (0.95, 1.1, 1.3) and tuned["contour_width"] in (5, 9)
         assert tuned["proposal_count"] == 200
     assert report["self_training"]["images"] == 6
     labels = json.loads((tmp_path / "demo" / "pseudo-labels" / "instances.json").read_text())

@@ -5,7 +5,8 @@ next to peak back-propagation, so :func:`tune_retrieval` computes each image's p
 response maps and proposals once and scores every candidate setting on them, each with
 its own streaming evaluator: memory stays flat whatever the number of images. The sums
 behind the retrieval scores (:class:`~prm.retrieval.RetrievalTerms`) are taken once per
-image and peak selection, not once per setting: ``alpha`` and ``beta`` only weigh them.
+image and peak selection, not once per setting: ``alpha`` and ``beta`` only weigh them,
+and the taus of a grid share one pass over the proposals.
 
 Besides the :class:`~prm.retrieval.RetrievalConfig` fields (``alpha``, ``beta``,
 ``tau``, ``proposal_count``, ``nms_threshold``, ...), the grid may hold the
@@ -31,7 +32,7 @@ from prm.backprop import PeakSelection, select_peaks
 from prm.engine.inference import dataset_images
 from prm.evaluation import InstanceSegmentationEvaluator
 from prm.predictor import Predictor, scale_back
-from prm.retrieval import RetrievalConfig, RetrievalTerms, retrieval_terms
+from prm.retrieval import RetrievalConfig, RetrievalTerms, retrieval_terms_by_tau
 
 __all__ = [
     "PREDICTOR_SETTINGS",
@@ -162,6 +163,17 @@ def _terms_settings(config: RetrievalConfig) -> tuple:
     return tau, config.contour_width, config.proposal_count
 
 
+def _taus_alike(configs, selections, kept: PeakSelection, config: RetrievalConfig) -> dict:
+    """``{terms key: config}``, one config per tau among the settings that keep the
+    peaks ``kept`` and share ``config``'s contour width and proposal count."""
+    alike = {}
+    for other, other_kept in zip(configs, selections):
+        key = (other_kept, *_terms_settings(other))
+        if other_kept == kept and key[2:] == _terms_settings(config)[1:]:
+            alike.setdefault(key, other)
+    return alike
+
+
 def _threshold(metric: str) -> float:
     prefix = "instance/mAP_r@"
     if not metric.startswith(prefix):
@@ -212,6 +224,9 @@ def tune_retrieval(
         InstanceSegmentationEvaluator(classes, iou_thresholds=[threshold]) for _ in configs
     ]
     loose = _loosest(predictor, selections)
+    # The metric reads masks, labels and scores: the instances' PRMs are not made.
+    scorer = copy.copy(predictor)
+    scorer.keep_prms = False
 
     for index, image, target, props in dataset_images(
         dataset, proposals, limit, progress=progress, desc="tune retrieval"
@@ -232,15 +247,19 @@ def tune_retrieval(
         for config, kept, evaluator in zip(configs, selections, evaluators):
             if kept not in kept_parts:
                 part = filter_response(response, kept)
-                made = predictor._fallback_proposals(part, image) if fallback else props
+                made = scorer._fallback_proposals(part, image) if fallback else props
                 kept_parts[kept] = part, made
             part, made = kept_parts[kept]
             key = (kept, *_terms_settings(config))
             if key not in made_terms:
-                made_terms[key] = retrieval_terms(
-                    part["prms"], part["labels"], part["crm"], made, config
+                # Every tau of the grid with these peaks, contour width and proposal
+                # count in one pass over the proposals.
+                taus = _taus_alike(configs, selections, kept, config)
+                shared = retrieval_terms_by_tau(
+                    part["prms"], part["labels"], part["crm"], made, list(taus.values())
                 )
-            found = predictor.retrieve(dict(part), made, config, terms=made_terms[key])
+                made_terms.update(zip(taus, shared))
+            found = scorer.retrieve(dict(part), made, config, terms=made_terms[key])
             if work != size:
                 found = scale_back(found, size, work)
             evaluator.process([target], [found])
