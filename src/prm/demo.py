@@ -132,7 +132,7 @@ def run_demo(
             and a CAM one, as the demo's own); the demo's networks then train with
             ``preset`` (``student``) on the labels plus their teacher's class response
             maps (:mod:`prm.engine.teacher`), and the class threshold is tuned with
-            alpha and beta (:data:`TEACHER_GRID`). ``None``: labels only.
+            the retrieval settings (:data:`TEACHER_GRID`). ``None``: labels only.
         train_images: training images of the generated dataset (2000).
         val_images: validation images the retrieval settings are tuned on (100; 0 keeps
             the authors' values).

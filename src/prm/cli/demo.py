@@ -13,8 +13,8 @@ EPILOG = """examples:
 
 It generates an embedded dataset (ShapeScenes, or GlyphScenes with --dataset glyphs:
 synthetic scenes with exact instance masks), trains a PRM
-network and a CAM baseline from image-level labels only, tunes the retrieval weights
-(alpha, beta) of each on validation images, predicts the test split with
+network and a CAM baseline from image-level labels only, tunes the retrieval settings
+(alpha, beta, tau, contour width) of each on validation images, predicts the test split with
 selective-search proposals, and prints mAP^r, ABO, pointwise localisation and
 classification mAP of both.
 OUT/report holds index.html (the HTML report: PRM against CAM, open it in a browser),
