@@ -5,8 +5,10 @@ next to peak back-propagation, so :func:`tune_retrieval` computes each image's p
 response maps and proposals once and scores every candidate setting on them, each with
 its own streaming evaluator: memory stays flat whatever the number of images. The sums
 behind the retrieval scores (:class:`~prm.retrieval.RetrievalTerms`) are taken once per
-image and peak selection, not once per setting: ``alpha`` and ``beta`` only weigh them,
-and the taus of a grid share one pass over the proposals.
+image and set of kept peaks, not once per setting: ``alpha`` and ``beta`` only weigh
+them, and the taus of a grid share one pass over the proposals. Settings that differ only
+in thresholds that keep the same peaks of an image predict the same instances there,
+which are retrieved and scored once.
 
 Besides the :class:`~prm.retrieval.RetrievalConfig` fields (``alpha``, ``beta``,
 ``tau``, ``proposal_count``, ``nms_threshold``, ...), the grid may hold the
@@ -85,11 +87,19 @@ def filter_response(
     Returns:
         the same dict with only the kept peaks (class scores and CRMs unchanged).
     """
+    return _with_peaks(response, _kept_peaks(response, selection))
+
+
+def _kept_peaks(response: dict[str, torch.Tensor], selection: PeakSelection) -> torch.Tensor:
+    """``(K,)`` bool: the peaks of ``response`` that ``selection`` keeps."""
     cells = response["peak_cells"]
     with_batch = torch.cat([cells.new_zeros((len(cells), 1)), cells], 1)
-    keep = select_peaks(
+    return select_peaks(
         response["crm"][None], with_batch, response["class_scores"][None], selection
     )
+
+
+def _with_peaks(response: dict[str, torch.Tensor], keep: torch.Tensor) -> dict:
     out = dict(response)
     out.pop("image_prms", None)  # the fallback's: made again from the kept peaks' maps
     for key in ("peak_cells", "labels", "peak_values", "prms"):
@@ -163,13 +173,13 @@ def _terms_settings(config: RetrievalConfig) -> tuple:
     return tau, config.contour_width, config.proposal_count
 
 
-def _taus_alike(configs, selections, kept: PeakSelection, config: RetrievalConfig) -> dict:
+def _taus_alike(configs, peak_keys, peaks: tuple, config: RetrievalConfig) -> dict:
     """``{terms key: config}``, one config per tau among the settings that keep the
-    peaks ``kept`` and share ``config``'s contour width and proposal count."""
+    peaks ``peaks`` and share ``config``'s contour width and proposal count."""
     alike = {}
-    for other, other_kept in zip(configs, selections):
-        key = (other_kept, *_terms_settings(other))
-        if other_kept == kept and key[2:] == _terms_settings(config)[1:]:
+    for other, other_peaks in zip(configs, peak_keys):
+        key = (other_peaks, *_terms_settings(other))
+        if other_peaks == peaks and key[2:] == _terms_settings(config)[1:]:
             alike.setdefault(key, other)
     return alike
 
@@ -235,26 +245,39 @@ def tune_retrieval(
         # Oversized images are tuned at the predictor's working size, as they are predicted.
         image, props, size, work = loose.working_inputs(image, props, index)
         response, props = loose.respond(image, props, index)
-        # Settings that keep the same peaks share their filtered response and the
-        # fallback's proposals (made from those peaks' maps; alpha, beta and the
-        # rest do not change them): the grid of a proposal-free predictor then costs
-        # one set of proposals per peak selection, not per setting.
-        kept_parts: dict[PeakSelection, tuple] = {}
+        # Settings whose thresholds keep the same peaks of this image share their
+        # filtered response and the fallback's proposals (made from those peaks' maps;
+        # alpha, beta and the rest do not change them): the grid of a proposal-free
+        # predictor then costs one set of proposals per set of peaks, not per setting.
+        peaks_of = {}
+        for kept in selections:
+            if kept not in peaks_of:
+                keep = _kept_peaks(response, kept)
+                peaks_of[kept] = tuple(keep.nonzero().flatten().tolist()), keep
+        peak_keys = [peaks_of[kept][0] for kept in selections]
+        parts: dict[tuple, tuple] = {}
         # The sums behind the scores depend on the peaks, the proposals and tau /
         # contour_width / proposal_count only: made once per image for each of those,
         # each alpha / beta / NMS setting is then a weighted sum and an arg-max.
         made_terms: dict[tuple, RetrievalTerms] = {}
-        for config, kept, evaluator in zip(configs, selections, evaluators):
-            if kept not in kept_parts:
-                part = filter_response(response, kept)
+        # Settings that differ only in thresholds that keep the same peaks predict the
+        # same instances: scored once.
+        records: dict[tuple, tuple] = {}
+        for config, peaks, evaluator, kept in zip(configs, peak_keys, evaluators, selections):
+            same = (peaks, repr(config))
+            if same in records:
+                evaluator.add_record(records[same])
+                continue
+            if peaks not in parts:
+                part = _with_peaks(response, peaks_of[kept][1])
                 made = scorer._fallback_proposals(part, image) if fallback else props
-                kept_parts[kept] = part, made
-            part, made = kept_parts[kept]
-            key = (kept, *_terms_settings(config))
+                parts[peaks] = part, made
+            part, made = parts[peaks]
+            key = (peaks, *_terms_settings(config))
             if key not in made_terms:
                 # Every tau of the grid with these peaks, contour width and proposal
                 # count in one pass over the proposals.
-                taus = _taus_alike(configs, selections, kept, config)
+                taus = _taus_alike(configs, peak_keys, peaks, config)
                 shared = retrieval_terms_by_tau(
                     part["prms"], part["labels"], part["crm"], made, list(taus.values())
                 )
@@ -262,7 +285,9 @@ def tune_retrieval(
             found = scorer.retrieve(dict(part), made, config, terms=made_terms[key])
             if work != size:
                 found = scale_back(found, size, work)
-            evaluator.process([target], [found])
+            evaluator._check_keys(target, found)
+            records[same] = evaluator.image_record(target, found)
+            evaluator.add_record(records[same])
 
     key, trials = _trials(settings, evaluators, classes, threshold)
     values = [t["value"] if t["value"] is not None else -1.0 for t in trials]

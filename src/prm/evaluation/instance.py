@@ -156,6 +156,12 @@ class InstanceSegmentationEvaluator(Evaluator):
         self._num_images = 0
 
     def process_image(self, target: Mapping, prediction: Mapping) -> None:
+        self.add_record(self.image_record(target, prediction))
+
+    def image_record(self, target: Mapping, prediction: Mapping) -> tuple:
+        """What one image adds to the metrics, without adding it (:meth:`add_record`
+        does): a tuner that predicts the same instances for several settings scores them
+        once. ``process_image(t, p)`` is ``add_record(image_record(t, p))``."""
         size, (gt_masks, gt_labels, crowd), (masks, labels, scores) = self.instances(
             target, prediction
         )
@@ -166,8 +172,7 @@ class InstanceSegmentationEvaluator(Evaluator):
 
         order = torch.from_numpy(score_order(labels.numpy(), scores.numpy(), self.ties))
         masks, labels, scores = masks[order], labels[order], scores[order]
-        if scores.dtype == torch.float64:
-            self._wide_scores[labels.unique().numpy()] = True
+        wide = labels.unique().numpy() if scores.dtype == torch.float64 else None
 
         gt, gt_l = gt_masks[~crowd], gt_labels[~crowd]
         crowds, crowd_l = gt_masks[crowd], gt_labels[crowd]
@@ -175,20 +180,33 @@ class InstanceSegmentationEvaluator(Evaluator):
         same = labels[:, None] == gt_l[None, :]
         iou_same = torch.where(same, iou, torch.full_like(iou, -1.0))
         crowd_overlap = _crowd_overlap(masks, labels, crowds, crowd_l)
-
-        self._labels.append(labels.numpy()[:, None])
-        self._scores.append(scores.double().numpy()[:, None])
-        self._matches.append(match_instances(iou_same, crowd_overlap, self.iou_thresholds).T)
-        self._n_pos += np.bincount(gt_l.numpy(), minlength=self.num_classes)
+        matches = match_instances(iou_same, crowd_overlap, self.iou_thresholds).T
+        positives = np.bincount(gt_l.numpy(), minlength=self.num_classes)
+        best_sum = best_any_sum = None
         if len(gt):
             best = iou_same.clamp(min=0).max(0).values if len(masks) else torch.zeros(len(gt))
             best_any = iou.max(0).values if len(masks) else torch.zeros(len(gt))
-            self._best_iou_sum += np.bincount(
+            best_sum = np.bincount(
                 gt_l.numpy(), weights=best.double().numpy(), minlength=self.num_classes
             )
-            self._best_iou_any_sum += np.bincount(
+            best_any_sum = np.bincount(
                 gt_l.numpy(), weights=best_any.double().numpy(), minlength=self.num_classes
             )
+        rows = (labels.numpy()[:, None], scores.double().numpy()[:, None], matches)
+        return rows, wide, positives, best_sum, best_any_sum
+
+    def add_record(self, record: tuple) -> None:
+        """Add an :meth:`image_record` to the metrics."""
+        (labels, scores, matches), wide, positives, best_sum, best_any_sum = record
+        if wide is not None:
+            self._wide_scores[wide] = True
+        self._labels.append(labels)
+        self._scores.append(scores)
+        self._matches.append(matches)
+        self._n_pos += positives
+        if best_sum is not None:
+            self._best_iou_sum += best_sum
+            self._best_iou_any_sum += best_any_sum
         self._num_images += 1
 
     def curves(self) -> dict[float, dict[str, tuple[np.ndarray, np.ndarray]]]:
