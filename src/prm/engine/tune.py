@@ -237,6 +237,7 @@ def tune_retrieval(
     # The metric reads masks, labels and scores: the instances' PRMs are not made.
     scorer = copy.copy(predictor)
     scorer.keep_prms = False
+    same_settings = [repr(config) for config in configs]  # hashable, made once
 
     for index, image, target, props in dataset_images(
         dataset, proposals, limit, progress=progress, desc="tune retrieval"
@@ -263,8 +264,9 @@ def tune_retrieval(
         # Settings that differ only in thresholds that keep the same peaks predict the
         # same instances: scored once.
         records: dict[tuple, tuple] = {}
-        for config, peaks, evaluator, kept in zip(configs, peak_keys, evaluators, selections):
-            same = (peaks, repr(config))
+        rows = zip(configs, peak_keys, evaluators, selections, same_settings)
+        for config, peaks, evaluator, kept, setting in rows:
+            same = (peaks, setting)
             if same in records:
                 evaluator.add_record(records[same])
                 continue
