@@ -343,9 +343,10 @@ def test_lite0_cpu_preset_trains_a_head_on_the_frozen_pretrained_stem(tmp_path, 
     assert len(model.backbone.head) == 9  # 3 x (conv, BN, ReLU), trained from scratch
 
 
-def test_kept_stem_features_train_as_the_whole_network(tmp_path, one_thread, monkeypatch):
-    """Frozen layers on an input that is the same every epoch run once per image; the
-    rest trains from their kept features exactly as the whole network would."""
+@pytest.mark.parametrize("flip", [False, True])
+def test_kept_stem_features_train_as_the_whole_network(tmp_path, one_thread, monkeypatch, flip):
+    """Frozen layers run once per input (an image, or with flips an image and its mirror);
+    the rest trains from their kept features as the whole network would."""
     import importlib
 
     train_module = importlib.import_module("prm.engine.train")  # the module, not train()
@@ -357,7 +358,7 @@ def test_kept_stem_features_train_as_the_whole_network(tmp_path, one_thread, mon
             split[0].register_forward_pre_hook(lambda _, args: stem_rows.append(len(args[0])))
         return split
 
-    common = {"epochs": 3, "frozen_layers": 3, "flip": False, "channels_last": True}
+    common = {"epochs": 3, "frozen_layers": 3, "flip": flip, "channels_last": True}
     logs, weights = {}, {}
     for name, split in (("whole", lambda *_: None), ("kept", counted)):
         monkeypatch.setattr(train_module, "frozen_stem", split)
@@ -365,15 +366,22 @@ def test_kept_stem_features_train_as_the_whole_network(tmp_path, one_thread, mon
             train(tiny_config(tmp_path, name, **common), progress=False)
         logs[name] = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
         weights[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
-    assert sum(stem_rows) == TINY["num_train_images"]  # epoch 1 only, 3 batches of 8
+    images = TINY["num_train_images"]  # 3 batches of 8 per epoch
+    if flip:
+        # Each image in the forms drawn so far: more than one form of some images, never
+        # more than two, and fewer rows than running the stem on every batch.
+        assert images < sum(stem_rows) <= 2 * images
+    else:
+        assert sum(stem_rows) == images  # epoch 1 only
     for whole, kept in zip(logs["whole"], logs["kept"]):
         for key in ("train_loss", "val_classification_map"):
-            assert kept[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key
+            assert kept[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key
     for key, value in weights["whole"].items():
-        torch.testing.assert_close(weights["kept"][key], value, rtol=1e-5, atol=1e-7)
-    # Flipped input changes between epochs: the whole network runs on every batch.
+        torch.testing.assert_close(weights["kept"][key], value, rtol=1e-4, atol=1e-6)
+    # Jittered input never repeats: the whole network runs on every batch.
     stem_rows.clear()
-    train(tiny_config(tmp_path, "flipped", **{**common, "flip": True}), progress=False)
+    jittered = {**common, "scale_jitter": 0.1}
+    train(tiny_config(tmp_path, "jittered", **jittered), progress=False)
     assert stem_rows == []
 
 

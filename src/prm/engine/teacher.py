@@ -133,9 +133,9 @@ class Teacher:
         ``(B, 3, H, W)`` (no gradient).
 
         ``keys`` name the images (their ``image_id``): with ``cache_bytes > 0`` the maps
-        of named images are kept, up to that many bytes, and a batch whose images are
-        all kept is answered without a forward pass. Only for inputs that are the same
-        every epoch (no flip, no jitter): the key must say everything about the input.
+        of each input (found by its name and a digest of its bytes, so an image and its
+        mirror are two inputs) are kept, up to that many bytes, and only inputs not seen
+        before go through the teacher (:class:`prm.engine.kept.KeptOutputs`).
         """
         return self._kept(images, keys)
 

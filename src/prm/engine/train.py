@@ -65,12 +65,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-#: Bytes of teacher maps kept across epochs when the training input does not change
-#: between epochs (:func:`same_input_every_epoch`): one teacher forward pass per image
-#: instead of one per image and epoch. GlyphScenes' 1,900 images need 12 MB.
+#: Bytes of teacher maps kept across epochs when training inputs repeat between epochs
+#: (:func:`inputs_repeat`): one teacher forward pass per image and form (itself or its
+#: mirror) instead of one per image and epoch. GlyphScenes' 1,900 images (not flipped)
+#: need 12 MB, ShapeScenes' 1,900 in both forms 23 MB.
 TEACHER_CACHE_BYTES = 1 << 30
 #: Bytes of frozen-stem features kept the same way (:func:`frozen_stem`): the frozen
-#: layers then run once per image. ``lite0-cpu`` on GlyphScenes' 1,900 images: 78 MB.
+#: layers then run once per image and form. ``lite0-cpu`` on GlyphScenes' 1,900 images:
+#: 78 MB; on ShapeScenes' (flipped) up to 156 MB.
 STEM_CACHE_BYTES = 1 << 30
 
 
@@ -133,10 +135,11 @@ def resolved_flip(config: TrainConfig) -> bool:
     return bool(getattr(reader(config.dataset), "MIRROR_INVARIANT", True))
 
 
-def same_input_every_epoch(config: TrainConfig) -> bool:
-    """Whether each training image reaches the network identically in every epoch (no
-    flip, no scale or colour jitter): then a teacher's maps of it can be kept."""
-    return not resolved_flip(config) and config.scale_jitter == 0 and config.colour_jitter == 0
+def inputs_repeat(config: TrainConfig) -> bool:
+    """Whether training inputs repeat between epochs: with no scale or colour jitter an
+    image reaches the network as itself or, with random flips, its mirror image. Then
+    a teacher's maps and a frozen stem's features of each input can be kept."""
+    return config.scale_jitter == 0 and config.colour_jitter == 0
 
 
 class HeldOutPart(torch.utils.data.Subset):
@@ -434,14 +437,14 @@ class _Run:
                 std=self.model.std,
                 device=self.device,
                 out=self.out,
-                cache_bytes=TEACHER_CACHE_BYTES if same_input_every_epoch(config) else 0,
+                cache_bytes=TEACHER_CACHE_BYTES if inputs_repeat(config) else 0,
             )
-        # Frozen layers compute the same features of an unchanged input in every epoch:
-        # they run once per image, later epochs train the rest from kept features. Not
-        # under DDP or torch.compile, which wrap the whole network.
+        # Frozen layers compute the same features of the same input in every epoch: they
+        # run once per input (an image or its mirror), later epochs train the rest from
+        # kept features. Not under DDP or torch.compile, which wrap the whole network.
         self.stem: tuple[KeptOutputs, nn.Module] | None = None
         split = frozen_stem(self.model.backbone, config.frozen_layers)
-        if split is not None and same_input_every_epoch(config):
+        if split is not None and inputs_repeat(config):
             if not (ddp.enabled or config.compile):
                 self.stem = KeptOutputs(split[0], STEM_CACHE_BYTES), split[1]
         self.start_epoch = 0
