@@ -294,3 +294,43 @@ def test_oversized_images_are_tuned_at_the_working_size(setup):
     with pytest.warns(UserWarning, match="larger than max_size 48"):
         summary = predict_dataset(fresh, dataset, metrics=["instance"], progress=False)
     assert summary.metrics["instance/mAP_r@0.25"] == pytest.approx(result.value)
+
+
+@pytest.mark.parametrize("score", ["peak", "retrieval"])
+def test_settings_that_choose_alike_retrieve_alike(score):
+    """The grid scores once the settings that pick the same proposals in the same order
+    (:func:`prm.engine.tune._choice`). Whenever two settings share that key, retrieving
+    each from scratch must give the same instances: the same peaks and proposals, in the
+    same order, and with ``score="retrieval"`` (the reported score) the same scores."""
+    from itertools import product
+
+    from prm.engine.tune import _choice
+    from prm.retrieval import RetrievalConfig, retrieval_terms, retrieve_instances
+
+    generator = torch.Generator().manual_seed(0)
+    shared = 0
+    for _ in range(6):
+        # Peaks of three classes whose maps overlap a few rectangles: several peaks
+        # choose one proposal, and NMS keeps the best scored.
+        prms = torch.rand(6, 32, 32, generator=generator) ** 8
+        prms /= prms.flatten(1).sum(1)[:, None, None]
+        labels = torch.randint(0, 3, (6,), generator=generator)
+        crm = torch.randn(3, 8, 8, generator=generator)
+        proposals = torch.zeros(8, 32, 32, dtype=torch.bool)
+        for k in range(8):
+            top, left = torch.randint(0, 16, (2,), generator=generator).tolist()
+            proposals[k, top : top + 8 + 2 * k, left : left + 16] = True
+        seen = {}
+        for alpha, beta, tau, nms in product([0.1, 1.0, 8.0], [0.0, 3e-3, 0.1], [0.3, 0.95], [0.3]):
+            config = RetrievalConfig(alpha=alpha, beta=beta, tau=tau, nms_threshold=nms)
+            terms = retrieval_terms(prms, labels, crm, proposals, config)
+            found = retrieve_instances(prms, labels, crm, proposals, config, with_prms=False)
+            outcome = (found["peak_index"].tolist(), found["proposal_index"].tolist())
+            if score == "retrieval":
+                outcome += (found["retrieval_scores"].tolist(),)
+            key = _choice(terms, labels, config, score)
+            if key in seen:
+                shared += 1
+                assert seen[key] == outcome, (alpha, beta, tau)
+            seen[key] = outcome
+    assert shared > 10  # settings did share keys, so the comparison saw something

@@ -8,7 +8,8 @@ behind the retrieval scores (:class:`~prm.retrieval.RetrievalTerms`) are taken o
 image and set of kept peaks, not once per setting: ``alpha`` and ``beta`` only weigh
 them, and the taus of a grid share one pass over the proposals. Settings that differ only
 in thresholds that keep the same peaks of an image predict the same instances there,
-which are retrieved and scored once.
+which are retrieved and scored once; so are settings that choose the same proposal for
+every peak with the same order of retrieval scores (all that NMS reads).
 
 Besides the :class:`~prm.retrieval.RetrievalConfig` fields (``alpha``, ``beta``,
 ``tau``, ``proposal_count``, ``nms_threshold``, ...), the grid may hold the
@@ -34,7 +35,12 @@ from prm.backprop import PeakSelection, select_peaks
 from prm.engine.inference import dataset_images
 from prm.evaluation import InstanceSegmentationEvaluator
 from prm.predictor import Predictor, scale_back
-from prm.retrieval import RetrievalConfig, RetrievalTerms, retrieval_terms_by_tau
+from prm.retrieval import (
+    RetrievalConfig,
+    RetrievalTerms,
+    _best_proposals,
+    retrieval_terms_by_tau,
+)
 
 __all__ = [
     "PREDICTOR_SETTINGS",
@@ -184,6 +190,25 @@ def _taus_alike(configs, peak_keys, peaks: tuple, config: RetrievalConfig) -> di
     return alike
 
 
+def _choice(terms: RetrievalTerms, labels: torch.Tensor, config: RetrievalConfig, score: str):
+    """What a retrieval with ``config`` decides, hashable: the proposal each peak chooses
+    and the order of the peaks' retrieval scores, which is all that non-maximum
+    suppression reads besides the proposals, labels and NMS settings. The scores
+    themselves only when they are the instances' reported scores (``score="retrieval"``).
+    """
+    best_score, best = _best_proposals(terms, labels, config)
+    found = torch.isfinite(best_score)
+    order = torch.sort(best_score[found], descending=True, stable=True).indices
+    decided = (
+        tuple(found.tolist()),
+        tuple(best[found].tolist()),
+        tuple(order.tolist()),
+        config.nms_threshold,
+        config.nms_class_agnostic,
+    )
+    return (*decided, tuple(best_score[found].tolist())) if score == "retrieval" else decided
+
+
 def _threshold(metric: str) -> float:
     prefix = "instance/mAP_r@"
     if not metric.startswith(prefix):
@@ -284,11 +309,18 @@ def tune_retrieval(
                     part["prms"], part["labels"], part["crm"], made, list(taus.values())
                 )
                 made_terms.update(zip(taus, shared))
+            # Settings that choose the same proposals in the same order predict the same
+            # instances: most of a grid's alpha / beta / tau settings do.
+            outcome = (peaks, _choice(made_terms[key], part["labels"], config, scorer.score))
+            if outcome in records:
+                records[same] = records[outcome]
+                evaluator.add_record(records[same])
+                continue
             found = scorer.retrieve(dict(part), made, config, terms=made_terms[key])
             if work != size:
                 found = scale_back(found, size, work)
             evaluator._check_keys(target, found)
-            records[same] = evaluator.image_record(target, found)
+            records[same] = records[outcome] = evaluator.image_record(target, found)
             evaluator.add_record(records[same])
 
     key, trials = _trials(settings, evaluators, classes, threshold)
