@@ -320,9 +320,10 @@ class PeakResponseNet(nn.Module):
             :class:`~prm.predictor.Predictor` resizes images to; ``None`` if unknown.
         mean, std: the input normalisation it was trained with (ImageNet's by default).
         inference: inference settings kept with checkpoints, plain data:
-            ``{"peak_selection": {...}, "retrieval": {...}}`` (fields of
-            :class:`~prm.backprop.PeakSelection` and :class:`~prm.retrieval.RetrievalConfig`,
-            e.g. what ``prm tune`` chose); the predictor's defaults where absent.
+            ``{"peak_selection": {...}, "retrieval": {...}, "smooth_strided": bool}``
+            (fields of :class:`~prm.backprop.PeakSelection` and
+            :class:`~prm.retrieval.RetrievalConfig`, and the back-propagation rule, e.g.
+            what ``prm tune`` chose); the predictor's defaults where absent.
 
     Everything but the weights is in :meth:`config`, which checkpoints store, so a model
     loaded with :func:`prm.engine.load_model` knows how it is to be used.

@@ -118,6 +118,11 @@ class Predictor:
             network is) or ``"class"`` (the image-level class score). All three are also
             returned under their own keys.
         chunk_size: peaks back-propagated at once (see :func:`peak_response_maps`).
+        smooth_strided: back-propagate the peaks with the smoothed rule for strided
+            convolutions (:func:`prm.backprop.peak_backprop_rule`; not the paper's rule,
+            which is ``False``). Default: the model's stored setting (``prm tune`` can
+            choose it on validation images), else the model's ``smooth_strided``
+            attribute, else ``False``.
         keep_prms: return the per-instance PRMs (``(N, H, W)`` floats per image) and
             the class response maps (``"crm"``, ``(C, h, w)`` at the network's output
             resolution).
@@ -142,6 +147,7 @@ class Predictor:
         response: Response | None = None,
         score: ScoreType = "peak",
         chunk_size: int | None = None,
+        smooth_strided: bool | None = None,
         keep_prms: bool = True,
         device: torch.device | str | None = None,
         max_size: int | None = MAX_SIZE,
@@ -190,6 +196,11 @@ class Predictor:
         self.response = response
         self.score = score
         self.chunk_size = chunk_size
+        if smooth_strided is None:
+            smooth_strided = stored.get("smooth_strided", getattr(model, "smooth_strided", False))
+        if not isinstance(smooth_strided, bool):
+            raise ValueError(f"smooth_strided must be True or False, got {smooth_strided!r}")
+        self.smooth_strided = smooth_strided
         self.keep_prms = keep_prms
         param = next(model.parameters(), torch.empty(0))  # a model without any: CPU
         self.device = torch.device(device) if device is not None else param.device
@@ -328,7 +339,11 @@ class Predictor:
         x = self.preprocess(image).to(self.device)
         if self.response == "prm":
             response = peak_response_maps(
-                self.model, x[None], selection=self.peak_selection, chunk_size=self.chunk_size
+                self.model,
+                x[None],
+                selection=self.peak_selection,
+                chunk_size=self.chunk_size,
+                smooth_strided=self.smooth_strided,
             )
         else:
             response = class_response_peak_maps(self.model, x[None], selection=self.peak_selection)

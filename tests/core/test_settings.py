@@ -32,7 +32,7 @@ def test_to_yaml_sections_are_what_predict_reads(tmp_path):
     path = config.to_yaml(tmp_path / "t.yaml", predictor={"peak_threshold": 0.5})
     text = path.read_text()
     assert text.index("retrieval:") < text.index("predictor:")
-    retrieval, selection = read_tuned_settings(path, RetrievalConfig(), PeakSelection())
+    retrieval, selection, _ = read_tuned_settings(path, RetrievalConfig(), PeakSelection())
     assert retrieval == config and selection == PeakSelection(peak_threshold=0.5)
 
 

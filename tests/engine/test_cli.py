@@ -331,16 +331,18 @@ def test_tune_saves_thresholds_where_predict_picks_them_up(checkpoint, tmp_path,
             "--split", "val", "--limit", "2", "--proposals", "prm", "--quiet",
             "--class-threshold", "-100", "--peak-threshold-mode", "relative",
             "--peak-threshold", "0.5", "0.9", "--proposal-count", "50", "100",
-            "--metric", "instance/mAP_r@0.1",
+            "--smooth-strided", "no", "yes", "--metric", "instance/mAP_r@0.1",
         ]
     )  # fmt: skip
     assert code == 0
     saved = yaml.safe_load((run / "retrieval.yaml").read_text())
     assert saved["predictor"]["peak_threshold"] in (0.5, 0.9)
     assert saved["predictor"]["peak_threshold_mode"] == "relative"
+    assert saved["predictor"]["smooth_strided"] in (False, True)
     assert saved["retrieval"]["proposal_count"] in (50, 100)
     out = capsys.readouterr().out
-    assert out.count("mAP_r@0.1 =") == 5  # four combinations, then the best
+    assert out.count("mAP_r@0.1 =") == 9  # eight combinations, then the best
+    assert "'smooth_strided': True" in out and "'smooth_strided': False" in out
 
     # `prm predict` uses them without flags; --retrieval-config none ignores them.
     from prm.cli import build_parser
@@ -353,12 +355,14 @@ def test_tune_saves_thresholds_where_predict_picks_them_up(checkpoint, tmp_path,
     assert predictor.peak_selection.peak_threshold_mode == "relative"
     assert predictor.peak_selection.class_threshold == -100
     assert predictor.retrieval.proposal_count == saved["retrieval"]["proposal_count"]
+    assert predictor.smooth_strided is saved["predictor"]["smooth_strided"]
     assert "using the tuned settings in" in capsys.readouterr().out
     args = build_parser().parse_args(argv + ["--retrieval-config", "none"])
     _, predictor = build_predictor(args)
     assert (
         predictor.peak_selection.peak_threshold == 0.0 and predictor.retrieval.proposal_count == 100
     )
+    assert predictor.smooth_strided is False
 
 
 def test_settings_precedence_checkpoint_tuned_file_explicit_file_flags(checkpoint, tmp_path):
@@ -374,8 +378,9 @@ def test_settings_precedence_checkpoint_tuned_file_explicit_file_flags(checkpoin
     run = tmp_path / "run"
     stored = {"retrieval": {"beta": 1e-3, "nms_threshold": 0.5}}
     stored["peak_selection"] = {"class_threshold": -1.0, "peak_threshold": 0.5}
-    with_inference_settings(checkpoint, run / "last.pt", **stored)
+    with_inference_settings(checkpoint, run / "last.pt", **stored, smooth_strided=True)
     tuned = {"retrieval": {"beta": 2e-3}, "predictor": {"peak_threshold": 0.6}}
+    tuned["predictor"]["smooth_strided"] = False
     (run / "retrieval.yaml").write_text(yaml.safe_dump(tuned))
     (tmp_path / "other.yaml").write_text(yaml.safe_dump({"retrieval": {"tau": 0.5}}))
 
@@ -384,15 +389,18 @@ def test_settings_precedence_checkpoint_tuned_file_explicit_file_flags(checkpoin
         args = build_parser().parse_args([*argv, "--out", str(tmp_path / "o"), *extra])
         _, predictor = build_predictor(args)
         r, p = predictor.retrieval, predictor.peak_selection
-        return r.beta, r.nms_threshold, r.tau, p.class_threshold, p.peak_threshold
+        rule = predictor.smooth_strided
+        return r.beta, r.nms_threshold, r.tau, p.class_threshold, p.peak_threshold, rule
 
-    assert settings("--retrieval-config", "none") == (1e-3, 0.5, 0.95, -1.0, 0.5)
-    assert settings() == (2e-3, 0.5, 0.95, -1.0, 0.6)
+    assert settings("--retrieval-config", "none") == (1e-3, 0.5, 0.95, -1.0, 0.5, True)
+    assert settings() == (2e-3, 0.5, 0.95, -1.0, 0.6, False)
     # An explicit file replaces retrieval.yaml (not layered on it).
     assert settings("--retrieval-config", str(tmp_path / "other.yaml")) == (
-        1e-3, 0.5, 0.5, -1.0, 0.5,
+        1e-3, 0.5, 0.5, -1.0, 0.5, True,
     )  # fmt: skip
-    assert settings("--beta", "4e-3", "--peak-threshold", "0.7") == (4e-3, 0.5, 0.95, -1.0, 0.7)
+    assert settings("--beta", "4e-3", "--peak-threshold", "0.7", "--smooth-strided", "yes") == (
+        4e-3, 0.5, 0.95, -1.0, 0.7, True,
+    )  # fmt: skip
     # The tuned file is checked like any settings file, naming it.
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"retrieval": {}, "predictor": {"x": 1}}))
     with pytest.raises(ValueError, match="bad.yaml: 'predictor' may hold only"):
@@ -400,6 +408,10 @@ def test_settings_precedence_checkpoint_tuned_file_explicit_file_flags(checkpoin
     bad_mode = {"retrieval": {}, "predictor": {"peak_threshold_mode": "loud"}}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad_mode))
     with pytest.raises(ValueError, match="bad.yaml: peak_threshold_mode must be"):
+        read_tuned_settings(tmp_path / "bad.yaml", RetrievalConfig(), PeakSelection())
+    bad_rule = {"retrieval": {}, "predictor": {"smooth_strided": "maybe"}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad_rule))
+    with pytest.raises(ValueError, match="bad.yaml: smooth_strided must be true or false"):
         read_tuned_settings(tmp_path / "bad.yaml", RetrievalConfig(), PeakSelection())
 
 

@@ -183,13 +183,16 @@ def _scored_afresh(predictor, dataset, grid, blocks=None) -> list[float]:
     """The straightforward way: every setting retrieved from scratch on every image
     (mAP^r@0.25 per setting, in grid order); ``blocks`` gives proposals, None the
     fallback's (made again from the peaks each setting keeps)."""
+    import copy
+
     from prm.engine.tune import _grid, _loosest, retrieve_filtered
     from prm.evaluation import InstanceSegmentationEvaluator
 
-    _, selections, configs = _grid(predictor, grid, len(dataset.classes))
-    loose = _loosest(predictor, selections)
+    settings, selections, configs = _grid(predictor, grid, len(dataset.classes))
     expected = []
-    for kept, config in zip(selections, configs):
+    for setting, kept, config in zip(settings, selections, configs):
+        loose = copy.copy(_loosest(predictor, selections))
+        loose.smooth_strided = setting.get("smooth_strided", predictor.smooth_strided)
         evaluator = InstanceSegmentationEvaluator(dataset.classes, iou_thresholds=[0.25])
         for index in range(len(dataset)):
             image, target = dataset[index]
@@ -334,3 +337,47 @@ def test_settings_that_choose_alike_retrieve_alike(score):
                 assert seen[key] == outcome, (alpha, beta, tau)
             seen[key] = outcome
     assert shared > 10  # settings did share keys, so the comparison saw something
+
+
+def _blocks(index, image):
+    boxes = torch.zeros((12, *image.shape[1:]), dtype=torch.bool)
+    for k in range(12):
+        top, left = 5 * (k % 6), 7 * (k // 2)
+        boxes[k, top : top + 12 + 3 * k, left : left + 20] = True
+    return boxes
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["proposals", "fallback"])
+def test_the_backprop_rule_in_the_grid_equals_predicting_with_each_rule(setup, given):
+    """``smooth_strided`` in the grid: the maps are made once per rule and image; the
+    straightforward way makes them again for every setting with a predictor of that rule.
+    The small network's strided convolutions make the two rules' maps differ."""
+    predictor, dataset, _ = setup
+    blocks = _blocks if given else None
+    grid = {"alpha": [0.8, 4.0], "smooth_strided": [False, True], "peak_threshold": [0.7, 0.9]}
+    result = tune_retrieval(
+        predictor, dataset, grid, proposals=blocks, metric="instance/mAP_r@0.25", progress=False
+    )
+    expected = _scored_afresh(predictor, dataset, grid, blocks)
+    assert [t["value"] for t in result.trials] == expected
+    by_rule = {
+        rule: [t["value"] for t in result.trials if t["params"]["smooth_strided"] == rule]
+        for rule in (False, True)
+    }
+    assert by_rule[False] != by_rule[True]  # the rule changes the maps, so the test can tell
+    best = result.trials[[t["value"] for t in result.trials].index(result.value)]["params"]
+    assert result.smooth_strided == best["smooth_strided"]
+    assert predictor.smooth_strided is False  # the predictor is unchanged
+
+
+def test_the_backprop_rule_in_a_grid_is_checked(setup):
+    predictor, dataset, options = setup
+    with pytest.raises(ValueError, match="True or False"):
+        tune_retrieval(predictor, dataset, {"smooth_strided": [0, 1]}, progress=False)
+    cam = Predictor(predictor.model, **{**options, "response": "crm"})
+    with pytest.raises(ValueError, match="CAM predictor has none"):
+        tune_retrieval(cam, dataset, {"smooth_strided": [False, True]}, progress=False)
+    # Without the rule in the grid the result reports the predictor's own.
+    smooth = Predictor(predictor.model, **{**options, "smooth_strided": True})
+    result = tune_retrieval(smooth, dataset, {"alpha": [0.8]}, limit=1, progress=False)
+    assert result.smooth_strided is True

@@ -89,7 +89,26 @@ PEAK_FLAGS = {
     "peak_threshold": "keep peaks above this (0 with 'absolute': a positive logit)",
 }
 #: The flags ``prm tune`` searches (several values each).
-GRID = ("alpha", "beta", "tau", "contour_width", "nms_threshold", "proposal_count", *PEAK_FLAGS)
+GRID = (
+    "alpha",
+    "beta",
+    "tau",
+    "contour_width",
+    "nms_threshold",
+    "proposal_count",
+    *PEAK_FLAGS,
+    "smooth_strided",
+)
+
+
+def yes_no(text: str) -> bool:
+    """``yes`` / ``no`` (also true / false, 1 / 0) -> bool, for argparse."""
+    value = text.strip().lower()
+    if value in ("yes", "true", "1"):
+        return True
+    if value in ("no", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
 
 
 def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False) -> None:
@@ -132,6 +151,15 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, grid: bool = False)
                 help=f"{text} (default: the checkpoint's, else {default})",
                 **({"nargs": "+"} if grid and name in GRID else {}),
             )
+    parser.add_argument(
+        "--smooth-strided",
+        type=yes_no,
+        metavar="yes|no",
+        help="back-propagate the peaks through strided convolutions with the smoothed rule "
+        "(yes; no checkerboard, not the paper's rule) or the paper's rule (no). Default: "
+        "the tuned file's or the checkpoint's, else no",
+        **({"nargs": "+"} if grid else {}),
+    )
     parser.add_argument("--per-class-nms", action="store_true", help="NMS within each class")
     parser.add_argument(
         "--retrieval-config",
@@ -174,9 +202,11 @@ def build_predictor(args: argparse.Namespace, grid: bool = False):
 
     if is_distilled_checkpoint(args.checkpoint):  # `prm distill`: one forward pass, no proposals
         return distilled_predictor(args.checkpoint, device=resolve_device(args.device))
+    rule = None if grid else args.smooth_strided
     predictor = Predictor.from_checkpoint(
         args.checkpoint,
         device=resolve_device(args.device),
+        smooth_strided=rule,
         sub_pixel_factor=args.sub_pixel_factor,
         input_size=args.input_size or "model",
         proposal_fn="prm" if args.proposals in ("prm", "fallback") else None,
@@ -188,7 +218,10 @@ def build_predictor(args: argparse.Namespace, grid: bool = False):
     retrieval, selection = predictor.retrieval, predictor.peak_selection
     config_file = tuned_settings_file(args)
     if config_file is not None:
-        retrieval, selection = read_tuned_settings(config_file, retrieval, selection)
+        retrieval, selection, smooth = read_tuned_settings(
+            config_file, retrieval, selection, predictor.smooth_strided
+        )
+        predictor.smooth_strided = smooth if rule is None else rule
     peaks = given_flags(
         args, [n for n in [*PEAK_FLAGS, "peak_threshold_mode"] if not (grid and n in GRID)]
     )
@@ -215,19 +248,22 @@ def tuned_settings_file(args: argparse.Namespace):
     return None
 
 
-def read_tuned_settings(path, retrieval, selection):
-    """Retrieval settings and peak selection from a YAML file as ``prm tune`` writes it.
+def read_tuned_settings(path, retrieval, selection, smooth_strided: bool = False):
+    """Retrieval settings, peak selection and back-propagation rule from a YAML file as
+    ``prm tune`` writes it.
 
     Args:
         path: the YAML file: ``retrieval:`` (:class:`~prm.retrieval.RetrievalConfig`
             fields) and optionally ``predictor:`` (:class:`~prm.backprop.PeakSelection`
-            fields: ``class_threshold``, ``peak_threshold``, ``peak_threshold_mode``); a
-            bare mapping is read as ``retrieval``. Absent fields keep the bases' values.
+            fields: ``class_threshold``, ``peak_threshold``, ``peak_threshold_mode``, and
+            the rule ``smooth_strided``, true or false); a bare mapping is read as
+            ``retrieval``. Absent fields keep the bases' values.
         retrieval: the base :class:`~prm.retrieval.RetrievalConfig`.
         selection: the base :class:`~prm.backprop.PeakSelection`.
+        smooth_strided: the base rule.
 
     Returns:
-        ``(RetrievalConfig, PeakSelection)``.
+        ``(RetrievalConfig, PeakSelection, smooth_strided)``.
 
     Raises:
         ValueError: naming the file, for unknown fields or invalid values.
@@ -240,14 +276,18 @@ def read_tuned_settings(path, retrieval, selection):
     retrieval = RetrievalConfig.from_yaml(path, base=retrieval)
     document = read_yaml(path, "retrieval configuration") or {}
     peaks = document.get("predictor", {}) if "retrieval" in document else {}
-    known = {f.name for f in fields(selection)}
+    known = {f.name for f in fields(selection)} | {"smooth_strided"}
     if not isinstance(peaks, dict) or set(peaks) - known:
         raise ValueError(f"{path}: 'predictor' may hold only {sorted(known)}")
+    peaks = dict(peaks)
+    smooth_strided = peaks.pop("smooth_strided", smooth_strided)
+    if not isinstance(smooth_strided, bool):
+        raise ValueError(f"{path}: smooth_strided must be true or false, got {smooth_strided!r}")
     try:
         selection = replace(selection, **peaks)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
-    return retrieval, selection
+    return retrieval, selection, smooth_strided
 
 
 #: Flags that do not change the predictions (left out of a resumable run's settings).

@@ -25,10 +25,11 @@ EPILOG = """examples:
       --beta 1e-4 1e-3 --out retrieval.yaml --save-checkpoint runs/shapes/tuned.pt
 
 Tunable (several values each): --alpha --beta --tau --contour-width --nms-threshold
---proposal-count --class-threshold --peak-threshold (in --peak-threshold-mode).
-Peak response maps and proposals are computed once per image, with the loosest
-thresholds; every combination of the values given is then scored with mAP^r
-(--metric). The best goes to --out as YAML (default: retrieval.yaml next to the
+--proposal-count --class-threshold --peak-threshold (in --peak-threshold-mode) and
+--smooth-strided no yes (the back-propagation rule: the paper's, or smoothed through
+strided convolutions). Peak response maps and proposals are computed once per image
+(and rule), with the loosest thresholds; every combination of the values given is then
+scored with mAP^r (--metric). The best goes to --out as YAML (default: retrieval.yaml next to the
 checkpoint, which `prm predict` then reads by itself). It warns when every combination
 scores 0 and when a best value is the smallest or largest tried (extend the grid there).
 """
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result.metric} = {shown:>5}  {trial['params']}")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / TUNED_FILE
     # As read_tuned_settings reads it: the peak selection under `predictor:`.
-    result.best.to_yaml(out, predictor=asdict(result.peak_selection))
+    chosen = {**asdict(result.peak_selection), "smooth_strided": result.smooth_strided}
+    result.best.to_yaml(out, predictor=chosen)
     for message in result.warnings:
         print(f"warning: {message}")
     print(f"best {result.metric} = {100 * (result.value or 0):.1f} -> {out}")
@@ -104,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             args.save_checkpoint,
             retrieval=result.best.to_dict(),
             peak_selection=asdict(result.peak_selection),
+            smooth_strided=result.smooth_strided,
         )
         print(f"checkpoint with these settings -> {saved}")
     return 0

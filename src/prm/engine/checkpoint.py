@@ -153,7 +153,9 @@ def with_inference_settings(path: str | Path, out: str | Path, **settings: dict[
         path: the checkpoint to start from (never modified).
         out: where to write the copy (not ``path``).
         **settings: ``peak_selection=`` and/or ``retrieval=``: plain dicts of the fields of
-            :class:`~prm.backprop.PeakSelection` / :class:`~prm.retrieval.RetrievalConfig`.
+            :class:`~prm.backprop.PeakSelection` / :class:`~prm.retrieval.RetrievalConfig`;
+            ``smooth_strided=``: the back-propagation rule (a bool, see
+            :class:`~prm.predictor.Predictor`).
 
     Returns:
         ``out``.
@@ -161,9 +163,12 @@ def with_inference_settings(path: str | Path, out: str | Path, **settings: dict[
     path, out = Path(path), Path(out)
     if out.resolve() == path.resolve():
         raise ValueError(f"{out}: write the tuned checkpoint to a new file, not over its input")
-    unknown = sorted(set(settings) - {"peak_selection", "retrieval"})
+    unknown = sorted(set(settings) - {"peak_selection", "retrieval", "smooth_strided"})
     if unknown:
         raise ValueError(f"unknown inference settings {unknown}")
+    rule = settings.get("smooth_strided", False)
+    if not isinstance(rule, bool):
+        raise ValueError(f"smooth_strided must be True or False, got {rule!r}")
     state = load_checkpoint(path)
     config = dict(state["model_config"])
     config["inference"] = {**(config.get("inference") or {}), **settings}

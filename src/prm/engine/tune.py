@@ -17,7 +17,10 @@ Besides the :class:`~prm.retrieval.RetrievalConfig` fields (``alpha``, ``beta``,
 the predictor's ``peak_threshold_mode``):
 the maps are then computed once with the loosest values, and each setting keeps the
 peaks its thresholds pass (a peak's map does not depend on the other peaks, so this is
-what predicting with those thresholds gives; a test checks it).
+what predicting with those thresholds gives; a test checks it). It may also hold
+``smooth_strided`` (``[False, True]``): the back-propagation rule of the predictor's
+peaks (the paper's, or smoothed through strided convolutions); the maps are then made
+once per rule.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from prm.retrieval import (
 
 __all__ = [
     "PREDICTOR_SETTINGS",
+    "RULE",
     "TuningResult",
     "filter_response",
     "retrieve_filtered",
@@ -53,6 +57,8 @@ __all__ = [
 _PER_CLASS = ("alpha", "beta", "tau")
 #: PeakSelection fields a grid may tune next to the RetrievalConfig fields.
 PREDICTOR_SETTINGS = ("class_threshold", "peak_threshold")
+#: The predictor's back-propagation rule, which a grid may also tune (bools).
+RULE = "smooth_strided"
 
 
 @dataclass
@@ -69,6 +75,8 @@ class TuningResult:
         peak_selection: the peak selection of the best setting (the predictor's own
             when the grid holds no threshold).
         warnings: what :func:`tune_retrieval` warned about.
+        smooth_strided: the back-propagation rule of the best setting (the predictor's
+            own when the grid does not hold ``smooth_strided``).
     """
 
     best: RetrievalConfig
@@ -77,6 +85,7 @@ class TuningResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     peak_selection: PeakSelection = field(default_factory=PeakSelection)
     warnings: list[str] = field(default_factory=list)
+    smooth_strided: bool = False
 
 
 def filter_response(
@@ -233,9 +242,10 @@ def tune_retrieval(
         predictor: the predictor to tune; its ``retrieval`` is the base that the grid
             changes (the predictor is not modified).
         dataset: a ``prm.data`` dataset with instance masks, without a transform.
-        grid: ``RetrievalConfig`` field, ``class_threshold`` or ``peak_threshold`` ->
-            values to try, e.g. ``{"beta": [1e-5, 1e-4], "peak_threshold": [0, 0.5]}``
-            (the Cartesian product).
+        grid: ``RetrievalConfig`` field, ``class_threshold``, ``peak_threshold`` or
+            ``smooth_strided`` -> values to try, e.g. ``{"beta": [1e-5, 1e-4],
+            "peak_threshold": [0, 0.5], "smooth_strided": [False, True]}`` (the
+            Cartesian product).
         proposals: per-image proposal source (see
             :func:`prm.engine.inference.proposal_source`); ``None`` uses the predictor's
             ``proposal_fn``.
@@ -255,10 +265,15 @@ def tune_retrieval(
     threshold = _threshold(metric)
     classes = list(dataset.classes)
     settings, selections, configs = _grid(predictor, grid, len(classes))
+    rules = [setting.get(RULE, predictor.smooth_strided) for setting in settings]
     evaluators = [
         InstanceSegmentationEvaluator(classes, iou_thresholds=[threshold]) for _ in configs
     ]
     loose = _loosest(predictor, selections)
+    # One back-propagation per image and rule serves every setting with that rule.
+    by_rule = {rule: copy.copy(loose) for rule in dict.fromkeys(rules)}
+    for rule, responder in by_rule.items():
+        responder.smooth_strided = rule
     # The metric reads masks, labels and scores: the instances' PRMs are not made.
     scorer = copy.copy(predictor)
     scorer.keep_prms = False
@@ -270,17 +285,21 @@ def tune_retrieval(
         fallback = props is None and isinstance(predictor.proposal_fn, str)
         # Oversized images are tuned at the predictor's working size, as they are predicted.
         image, props, size, work = loose.working_inputs(image, props, index)
-        response, props = loose.respond(image, props, index)
-        # Settings whose thresholds keep the same peaks of this image share their
-        # filtered response and the fallback's proposals (made from those peaks' maps;
-        # alpha, beta and the rest do not change them): the grid of a proposal-free
-        # predictor then costs one set of proposals per set of peaks, not per setting.
+        responses = {}
+        for rule, responder in by_rule.items():
+            responses[rule], made = responder.respond(image, props, index)
+            if not fallback:
+                props = made  # a proposal generator runs once, not once per rule
+        # Settings whose thresholds keep the same peaks of this image (with the same
+        # rule) share their filtered response and the fallback's proposals (made from
+        # those peaks' maps; alpha, beta and the rest do not change them): the grid of a
+        # proposal-free predictor then costs one set of proposals per set of peaks.
         peaks_of = {}
-        for kept in selections:
-            if kept not in peaks_of:
-                keep = _kept_peaks(response, kept)
-                peaks_of[kept] = tuple(keep.nonzero().flatten().tolist()), keep
-        peak_keys = [peaks_of[kept][0] for kept in selections]
+        for kept, rule in zip(selections, rules):
+            if (rule, kept) not in peaks_of:
+                keep = _kept_peaks(responses[rule], kept)
+                peaks_of[rule, kept] = (rule, *keep.nonzero().flatten().tolist()), keep
+        peak_keys = [peaks_of[rule, kept][0] for kept, rule in zip(selections, rules)]
         parts: dict[tuple, tuple] = {}
         # The sums behind the scores depend on the peaks, the proposals and tau /
         # contour_width / proposal_count only: made once per image for each of those,
@@ -289,14 +308,14 @@ def tune_retrieval(
         # Settings that differ only in thresholds that keep the same peaks predict the
         # same instances: scored once.
         records: dict[tuple, tuple] = {}
-        rows = zip(configs, peak_keys, evaluators, selections, same_settings)
-        for config, peaks, evaluator, kept, setting in rows:
+        rows = zip(configs, peak_keys, evaluators, selections, same_settings, rules)
+        for config, peaks, evaluator, kept, setting, rule in rows:
             same = (peaks, setting)
             if same in records:
                 evaluator.add_record(records[same])
                 continue
             if peaks not in parts:
-                part = _with_peaks(response, peaks_of[kept][1])
+                part = _with_peaks(responses[rule], peaks_of[rule, kept][1])
                 made = scorer._fallback_proposals(part, image) if fallback else props
                 parts[peaks] = part, made
             part, made = parts[peaks]
@@ -339,23 +358,28 @@ def tune_retrieval(
         trials=trials,
         peak_selection=selections[best_index],
         warnings=found,
+        smooth_strided=rules[best_index],
     )
 
 
 def _grid(predictor: Predictor, grid: Mapping[str, Sequence[Any]], num_classes: int):
     """The grid's settings (dicts), with the peak selection and the validated retrieval
     settings of each, in grid order."""
-    known = {f for f in RetrievalConfig.__dataclass_fields__} | set(PREDICTOR_SETTINGS)
+    known = {f for f in RetrievalConfig.__dataclass_fields__} | {*PREDICTOR_SETTINGS, RULE}
     unknown = sorted(set(grid) - known)
     if unknown:
         raise ValueError(f"unknown retrieval settings in the grid: {unknown}")
     if not grid or any(len(v) == 0 for v in grid.values()):
         raise ValueError("the grid needs at least one value for each setting")
+    if any(not isinstance(v, bool) for v in grid.get(RULE, [])):
+        raise ValueError(f"{RULE} takes True or False, got {list(grid[RULE])}")
+    if RULE in grid and predictor.response != "prm":
+        raise ValueError(f"{RULE} is a rule of back-propagation: a CAM predictor has none")
     settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     peaks = [{k: v for k, v in s.items() if k in PREDICTOR_SETTINGS} for s in settings]
     selections = [replace(predictor.peak_selection, **p) for p in peaks]
     configs = [
-        replace(predictor.retrieval, **{k: v for k, v in s.items() if k not in peaks[i]})
+        replace(predictor.retrieval, **{k: v for k, v in s.items() if k not in (*peaks[i], RULE)})
         for i, s in enumerate(settings)
     ]
     for config in configs:
