@@ -263,7 +263,7 @@ class _Demo:
 
         With ``workers > 1`` the rows run in two processes, this one and a second one,
         each taking the next row of :data:`_ROW_ORDER` when it is free: the fallback
-        (the longest with a teacher's grid: 170 s against 111 s for PRM and 62 s for CAM
+        (the longest with a teacher's grid: 221 s against 171 s for PRM and 50 s for CAM
         on the distilled GlyphScenes demo) goes to the second process first. The results
         are the same either way.
         """
@@ -502,8 +502,7 @@ def _proposals(folder: Path, splits, workers: int, progress: bool):
 def _tune(predictor: Predictor, val_set, source, grid, progress: bool) -> dict[str, Any]:
     """Tune the predictor's retrieval on the validation images (it keeps the best)."""
     result = tune_retrieval(predictor, val_set, grid, proposals=source, progress=progress)
-    predictor.retrieval, predictor.peak_selection = result.best, result.peak_selection
-    predictor.smooth_strided = result.smooth_strided
+    result.apply(predictor)
     chosen = {**vars(result.best), **vars(result.peak_selection), RULE: result.smooth_strided}
     return {
         **{name: chosen[name] for name in (*grid, "proposal_count")},

@@ -1,5 +1,6 @@
 """Retrieval tuning: cached responses give the same numbers as predicting afresh."""
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -183,8 +184,6 @@ def _scored_afresh(predictor, dataset, grid, blocks=None) -> list[float]:
     """The straightforward way: every setting retrieved from scratch on every image
     (mAP^r@0.25 per setting, in grid order); ``blocks`` gives proposals, None the
     fallback's (made again from the peaks each setting keeps)."""
-    import copy
-
     from prm.engine.tune import _grid, _loosest, retrieve_filtered
     from prm.evaluation import InstanceSegmentationEvaluator
 
@@ -368,6 +367,9 @@ def test_the_backprop_rule_in_the_grid_equals_predicting_with_each_rule(setup, g
     best = result.trials[[t["value"] for t in result.trials].index(result.value)]["params"]
     assert result.smooth_strided == best["smooth_strided"]
     assert predictor.smooth_strided is False  # the predictor is unchanged
+    tuned = result.apply(copy.copy(predictor))
+    assert tuned.smooth_strided == best["smooth_strided"] and tuned.retrieval == result.best
+    assert tuned.peak_selection == result.peak_selection
 
 
 def test_the_backprop_rule_in_a_grid_is_checked(setup):

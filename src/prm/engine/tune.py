@@ -87,6 +87,13 @@ class TuningResult:
     warnings: list[str] = field(default_factory=list)
     smooth_strided: bool = False
 
+    def apply(self, predictor: Predictor) -> Predictor:
+        """Give ``predictor`` what was chosen: its ``retrieval``, ``peak_selection`` and
+        back-propagation rule (``smooth_strided``). Returns the predictor."""
+        predictor.retrieval, predictor.peak_selection = self.best, self.peak_selection
+        predictor.smooth_strided = self.smooth_strided
+        return predictor
+
 
 def filter_response(
     response: dict[str, torch.Tensor], selection: PeakSelection
@@ -258,7 +265,8 @@ def tune_retrieval(
         progress: show a progress bar.
 
     Returns:
-        A :class:`TuningResult`; its ``peak_selection`` holds the chosen thresholds. It
+        A :class:`TuningResult`; its ``peak_selection`` holds the chosen thresholds and
+        ``smooth_strided`` the rule, and ``result.apply(predictor)`` sets all three. It
         warns (and lists in ``warnings``) when every setting scores 0, and when a numeric
         setting's best value is the smallest or largest of its grid.
     """
