@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="training recipe: shapes (small CNN from scratch, the default) or lite0-cpu "
         "(EfficientNet-Lite0 ImageNet weights to stride 8, frozen, and a conv head trained "
         "from scratch; the lite0 extra; the recipe for --dataset glyphs); with --teacher "
-        "the default is student (the shapes recipe, 10 epochs)",
+        "the default is student (the shapes recipe, 8 epochs)",
     )
     parser.add_argument(
         "--teacher",

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
         choices=["voc", "shapes", "lite0-cpu", "student"],
-        help="starting configuration (student: the shapes recipe for 10 epochs, to train "
+        help="starting configuration (student: the shapes recipe for 8 epochs, to train "
         "with --teacher)",
     )
     parser.add_argument("--config", help="YAML file of configuration fields")
