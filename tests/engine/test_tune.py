@@ -216,18 +216,19 @@ def test_fallback_grid_equals_retrieving_each_setting_afresh(setup):
     assert len(set(expected)) > 1  # the settings differ, so the comparison can tell
 
 
+def _blocks(index, image):
+    boxes = torch.zeros((12, *image.shape[1:]), dtype=torch.bool)
+    for k in range(12):
+        top, left = 5 * (k % 6), 7 * (k // 2)
+        boxes[k, top : top + 12 + 3 * k, left : left + 20] = True
+    return boxes
+
+
 def test_grid_with_given_proposals_equals_retrieving_each_setting_afresh(setup):
     """The grid makes each image's retrieval sums once per peak selection and weighs
     them per setting; the straightforward way retrieves every setting from scratch."""
     predictor, dataset, _ = setup
-
-    def blocks(index, image):
-        boxes = torch.zeros((12, *image.shape[1:]), dtype=torch.bool)
-        for k in range(12):
-            top, left = 5 * (k % 6), 7 * (k // 2)
-            boxes[k, top : top + 12 + 3 * k, left : left + 20] = True
-        return boxes
-
+    blocks = _blocks
     grid = {
         "alpha": [0.3, 4.0],
         "beta": [0.0, 1e-2],
@@ -336,14 +337,6 @@ def test_settings_that_choose_alike_retrieve_alike(score):
                 assert seen[key] == outcome, (alpha, beta, tau)
             seen[key] = outcome
     assert shared > 10  # settings did share keys, so the comparison saw something
-
-
-def _blocks(index, image):
-    boxes = torch.zeros((12, *image.shape[1:]), dtype=torch.bool)
-    for k in range(12):
-        top, left = 5 * (k % 6), 7 * (k // 2)
-        boxes[k, top : top + 12 + 3 * k, left : left + 20] = True
-    return boxes
 
 
 @pytest.mark.parametrize("given", [True, False], ids=["proposals", "fallback"])
