@@ -410,22 +410,43 @@ class Predictor:
             return grabcut_proposals(image.cpu(), prms, peaks)
         return prm_support_proposals(prms, peaks)
 
+    def instance_scores(
+        self,
+        response: dict[str, torch.Tensor],
+        peak_index: torch.Tensor,
+        labels: torch.Tensor,
+        retrieval_scores: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The instances' reported scores (by :attr:`score`) and their output order.
+
+        Args:
+            response: from :meth:`respond`.
+            peak_index (Tensor[M], int64): the peak of each retrieved instance.
+            labels (Tensor[M], int64): its class.
+            retrieval_scores (Tensor[M], float32): its retrieval score.
+
+        Returns:
+            ``(scores (M,), order (M,))``: the output lists the instances by ``order``,
+            decreasing score (ties: retrieval order).
+        """
+        scores = {
+            "peak": lambda: response["peak_values"].cpu()[peak_index],
+            "retrieval": lambda: retrieval_scores,
+            "class": lambda: response["class_scores"].cpu()[labels],
+        }[self.score]()
+        return scores, torch.sort(scores, descending=True, stable=True).indices
+
     def _assemble(self, response: dict, found: dict, image_size: tuple[int, int]) -> dict:
         crm = response["crm"].cpu()
         factor = getattr(self.model, "sub_pixel_factor", 1)
         crm_size = tuple(crm.shape[1:])
         peak_index = found["peak_index"].cpu()
         labels = found["labels"].cpu()
+        retrieval_scores = found["retrieval_scores"].cpu()
+        scores, order = self.instance_scores(response, peak_index, labels, retrieval_scores)
         peak_values = response["peak_values"].cpu()[peak_index]
         class_scores = response["class_scores"].cpu()
         instance_class_scores = class_scores[labels]
-        retrieval_scores = found["retrieval_scores"].cpu()
-        scores = {
-            "peak": peak_values,
-            "retrieval": retrieval_scores,
-            "class": instance_class_scores,
-        }[self.score]
-        order = torch.sort(scores, descending=True, stable=True).indices
         best_cell = crm.flatten(1).argmax(1)
         class_cells = torch.stack([best_cell // crm_size[1], best_cell % crm_size[1]], 1)
         masks = found["masks"].cpu()[order]

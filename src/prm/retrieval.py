@@ -24,7 +24,7 @@ boundaries rather than ``K x P x H x W``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -415,6 +415,13 @@ class _Crops:
                     inter[i, j] = inter[j, i] = np.count_nonzero(part_a & part_b)
         return _iou_from_counts(inter)
 
+    def all_iou(self) -> torch.Tensor:
+        """:meth:`iou` of every proposal, ``Tensor[P, P]`` float64, equal to it to the
+        bit: exact pixel counts from one product of the masks at the network size."""
+        rows, cols = torch.from_numpy(self.rows), torch.from_numpy(self.cols)
+        small = torch.from_numpy(self.masks)[:, rows][:, :, cols].bool()
+        return mask_iou(small, small, exact=True)
+
 
 def _iou_from_counts(inter: np.ndarray) -> torch.Tensor:
     """IoU from a matrix of intersections whose diagonal holds the areas (0 where both
@@ -451,6 +458,10 @@ class _Cells:
         area = np.bincount(self.labels.ravel(), minlength=self.members.shape[1])
         members = self.members[list(index)].astype(np.float64)
         return _iou_from_counts((members * area) @ members.T)
+
+    def all_iou(self) -> torch.Tensor:
+        """:meth:`iou` of every proposal, ``Tensor[P, P]`` float64."""
+        return self.iou(range(len(self)))
 
     def sums(self, maps: np.ndarray, k: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`_Crops.sums`: ``(P, M)`` mask sums and ``(P, k)`` contour sums."""
@@ -788,19 +799,21 @@ def mask_nms(
 def _greedy_nms(iou, scores, labels, iou_threshold, class_agnostic):
     """:func:`mask_nms` given the ``(N, N)`` IoU matrix."""
     order = torch.sort(scores, descending=True, stable=True).indices
+    overlaps = (iou >= iou_threshold).cpu().numpy()
     if not class_agnostic:
-        iou = torch.where(labels[:, None] == labels[None, :], iou, torch.zeros_like(iou))
-    owner = torch.full((len(scores),), -1, dtype=torch.long)
-    overlaps = (iou >= iou_threshold).cpu()
+        labels = labels.cpu().numpy()
+        overlaps &= labels[:, None] == labels[None, :]
+    # numpy, not torch: a tuner runs this loop for every setting of its grid, and on a
+    # handful of instances each torch call costs more than the work it does.
+    owner = np.full(len(overlaps), -1, dtype=np.int64)
     keep = []
     for i in order.tolist():
         if owner[i] >= 0:
             continue
         keep.append(i)
         owner[i] = i
-        free = (owner < 0) & overlaps[i]
-        owner[free] = i
-    return torch.tensor(keep, dtype=torch.long), owner
+        owner[(owner < 0) & overlaps[i]] = i
+    return torch.tensor(keep, dtype=torch.long), torch.from_numpy(owner)
 
 
 def retrieve_instances(
@@ -863,15 +876,11 @@ def retrieve_instances(
         terms = _make_terms(prms, labels, crm, candidates, [config])[0]
     else:
         _check_terms(terms, prms, labels, candidates, config)
-    crops = terms.candidates
-    best_score, best = _best_proposals(terms, labels, config)
-    found = torch.isfinite(best_score)
-    if not found.any():
+    kept = choose_instances(terms, labels, config)
+    if kept is None:
         empty = _empty_instances(height, width, device)
         return empty if with_prms else {k: v for k, v in empty.items() if k != "prms"}
-    best, best_score = best[found], best_score[found]  # float64 until the output
-    order, owner = _deduplicate(crops, best, best_score, labels[found].cpu(), config)
-    chosen = best[order]
+    found, best_score, order, owner, chosen = kept
     if compact:
         masks = candidates.select(chosen).masks()
     else:
@@ -891,6 +900,42 @@ def retrieve_instances(
         owner = owner if config.merge_peak_response else None
         instances["prms"] = _instance_prms(maps[found.to(device)].float(), order, owner, size)
     return instances
+
+
+def choose_instances(
+    terms: RetrievalTerms,
+    labels: torch.Tensor,
+    config: RetrievalConfig,
+    best: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pair_iou: Callable[[Any, list[int]], torch.Tensor] | None = None,
+):
+    """What :func:`retrieve_instances` keeps, as indices: the choice and the NMS.
+
+    Args:
+        terms: the image's :class:`RetrievalTerms` for ``config``.
+        labels (Tensor[K], int64): class of each peak.
+        config: the retrieval settings.
+        best: ``_best_proposals(terms, labels, config)`` when already made.
+        pair_iou: ``pair_iou(terms.candidates, index)`` -> the ``(N, N)`` IoUs of
+            proposals ``index`` at the network size, as ``terms.candidates.iou(index)``
+            returns them (a tuner keeps them across settings); None computes them.
+
+    Returns:
+        None when no peak finds a proposal, else ``(found (K,) bool: the peaks that
+        found one, their best scores (N,) float64, order (M,): the survivors by
+        decreasing score, owner (N,) or None: the survivor that suppressed each,
+        chosen (M,) int64: the survivors' proposals)``.
+    """
+    best_score, best = best if best is not None else _best_proposals(terms, labels, config)
+    found = torch.isfinite(best_score)
+    if not found.any():
+        return None
+    best, best_score = best[found], best_score[found]  # float64 until the output
+    iou = None if pair_iou is None else (lambda index: pair_iou(terms.candidates, index))
+    order, owner = _deduplicate(
+        terms.candidates, best, best_score, labels[found].cpu(), config, iou
+    )
+    return found, best_score, order, owner, best[order]
 
 
 def _best_proposals(terms: RetrievalTerms, labels, config: RetrievalConfig):
@@ -936,14 +981,16 @@ def _check_terms(terms: RetrievalTerms, prms, labels, candidates, config) -> Non
         )
 
 
-def _deduplicate(crops: _Crops | _Cells, best, best_score, labels, config: RetrievalConfig):
+def _deduplicate(
+    crops: _Crops | _Cells, best, best_score, labels, config: RetrievalConfig, pair_iou=None
+):
     """The instances' output order ``(M,)`` and the survivor that suppressed each
-    ``(N,)`` (None without NMS)."""
+    ``(N,)`` (None without NMS); ``pair_iou(index)`` replaces ``crops.iou(index)``."""
     if config.nms_threshold is None:
         return torch.sort(best_score, descending=True, stable=True).indices, None
     # Peaks often choose the same proposal: IoUs among the distinct ones only.
     distinct, inverse = torch.unique(best, return_inverse=True)
-    iou = crops.iou(distinct.tolist())[inverse][:, inverse]
+    iou = (pair_iou or crops.iou)(distinct.tolist())[inverse][:, inverse]
     return _greedy_nms(iou, best_score, labels, config.nms_threshold, config.nms_class_agnostic)
 
 

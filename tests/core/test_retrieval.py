@@ -421,3 +421,23 @@ def test_nms_overlaps_from_crops_and_cells_equal_mask_iou():
         got = _candidates(form, (37, 44), 5).iou(index)
         assert torch.allclose(got, expected, atol=1e-6)
         assert got[1].tolist() == [0.0] * len(index)  # the empty mask overlaps nothing
+        # The tuner's all-pairs matrix: equal to the bit to the pairs computed one by one.
+        every = _candidates(form, (37, 44), 5)
+        whole = every.all_iou()
+        assert whole.dtype == torch.float64 and whole.shape == (12, 12)
+        assert torch.equal(whole[index][:, index], every.iou(index))
+
+
+def test_class_wise_nms_suppresses_only_its_own_class():
+    """As documented: with ``class_agnostic=False`` an instance suppresses only later
+    ones of its class, whatever the threshold (at 0, disjoint masks of another class
+    were suppressed before the NMS loop moved to numpy)."""
+    m = torch.zeros(3, 1, 10, dtype=torch.bool)
+    m[0, 0, 0:4] = True
+    m[1, 0, 6:8] = True  # disjoint from 0, other class
+    m[2, 0, 8:10] = True  # disjoint from 0, same class
+    scores, labels = torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 0])
+    keep, owner = mask_nms(m, scores, labels, 0.0, class_agnostic=False)
+    assert keep.tolist() == [0, 1] and owner.tolist() == [0, 1, 0]
+    keep, owner = mask_nms(m, scores, labels, 0.0, class_agnostic=True)
+    assert keep.tolist() == [0] and owner.tolist() == [0, 0, 0]

@@ -331,7 +331,7 @@ def test_settings_that_choose_alike_retrieve_alike(score):
             outcome = (found["peak_index"].tolist(), found["proposal_index"].tolist())
             if score == "retrieval":
                 outcome += (found["retrieval_scores"].tolist(),)
-            key = _choice(terms, labels, config, score)
+            key, _ = _choice(terms, labels, config, score)
             if key in seen:
                 shared += 1
                 assert seen[key] == outcome, (alpha, beta, tau)

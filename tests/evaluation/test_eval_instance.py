@@ -209,3 +209,49 @@ def test_bad_input_is_named(rects):
         evaluator.process([t, t], [prediction(rects, [], [], [])])
     with pytest.raises(ValueError, match="in \\(0, 1\\]"):
         InstanceSegmentationEvaluator(CLASSES, iou_thresholds=(0.0, 0.5))
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+def test_records_from_candidates_equal_records_from_masks(ignore):
+    """``CandidateRecords.record`` (a tuner's: IoUs of every candidate computed once)
+    against ``image_record`` of the same masks, labels and scores: subsets in any order,
+    repeated candidates, none, crowd regions, an ignore mask, float32 and float64
+    scores with ties."""
+    from prm.evaluation.instance import CandidateRecords  # noqa: F401 (public name)
+
+    g = torch.Generator().manual_seed(0)
+    size = (24, 20)
+    candidates = torch.zeros(9, *size, dtype=torch.bool)
+    for k in range(9):
+        top, left = torch.randint(0, 14, (2,), generator=g).tolist()
+        candidates[k, top : top + 4 + k, left : left + 6] = True
+    gt = candidates[[0, 3, 5, 6]].clone()
+    gt[1, :2] = True  # not quite candidate 3
+    target = {
+        "image_id": "x",
+        "size": size,
+        "masks": gt,
+        "labels": torch.tensor([0, 1, 1, 0]),
+        "iscrowd": torch.tensor([False, False, True, False]),
+        "ignore_mask": torch.zeros(size, dtype=torch.bool).index_fill_(0, torch.tensor([3]), 1),
+    }
+    evaluator = InstanceSegmentationEvaluator(CLASSES, use_ignore_mask=ignore)
+    table = evaluator.candidate_records(target, candidates)
+    for trial in range(40):
+        n = int(torch.randint(0, 7, (1,), generator=g))
+        index = torch.randint(0, 9, (n,), generator=g)
+        labels = torch.randint(0, 2, (n,), generator=g)
+        scores = torch.randint(0, 4, (n,), generator=g).float() / 4  # ties
+        if trial % 2:
+            scores = scores.double() + 1e-12 * torch.arange(n)
+        prediction = {"masks": candidates[index], "labels": labels, "scores": scores}
+        expected = evaluator.image_record(target, prediction)
+        got = table.record(index, labels, scores)
+        (e_rows, e_wide, *e_rest), (g_rows, g_wide, *g_rest) = expected, got
+        for a, b in zip(e_rows, g_rows):
+            np.testing.assert_array_equal(a, b)
+        assert (e_wide is None) == (g_wide is None)
+        if e_wide is not None:
+            np.testing.assert_array_equal(e_wide, g_wide)
+        for a, b in zip(e_rest, g_rest):
+            np.testing.assert_array_equal(a, b)

@@ -1,5 +1,6 @@
 """The proposal-free fallback: candidate masks from thresholded peak response maps."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,6 +71,29 @@ def test_holes_are_filled():
     filled = prm_support_proposals(ring[None], thresholds=(0.2,), smooth=0)
     hollow = prm_support_proposals(ring[None], thresholds=(0.2,), smooth=0, fill_holes=False)
     assert filled[0, 30, 40] and not hollow[0, 30, 40]
+
+
+def test_holes_are_filled_as_scipy_fills_them():
+    """``fill_mask_holes`` (one labelling pass) against ``binary_fill_holes`` (SciPy's
+    iterated dilation), on random masks of every density, rings and lines on borders."""
+    from scipy import ndimage
+
+    from prm.proposals.fallback import fill_mask_holes
+
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((5, 7), bool), np.ones((4, 4), bool), np.zeros((0, 3), bool)]
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False  # a hole
+    ring[0, :] = True  # a band on the border: the pixels below it are no hole
+    masks.append(ring)
+    for _ in range(300):
+        h, w = rng.integers(1, 30, 2)
+        mask = rng.random((h, w)) < rng.random()
+        masks.append(ndimage.binary_dilation(mask) if rng.random() < 0.5 else mask)
+    for mask in masks:
+        assert np.array_equal(fill_mask_holes(mask), ndimage.binary_fill_holes(mask))
+    assert fill_mask_holes(ring)[4, 4] and not fill_mask_holes(ring)[1, 4]
 
 
 def test_smoothing_joins_speckle():

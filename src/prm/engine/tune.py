@@ -38,10 +38,12 @@ from prm.backprop import PeakSelection, select_peaks
 from prm.engine.inference import dataset_images
 from prm.evaluation import InstanceSegmentationEvaluator
 from prm.predictor import Predictor, scale_back
+from prm.proposals.compact import CompactProposals
 from prm.retrieval import (
     RetrievalConfig,
     RetrievalTerms,
     _best_proposals,
+    choose_instances,
     retrieval_terms_by_tau,
 )
 
@@ -222,7 +224,46 @@ def _choice(terms: RetrievalTerms, labels: torch.Tensor, config: RetrievalConfig
         config.nms_threshold,
         config.nms_class_agnostic,
     )
-    return (*decided, tuple(best_score[found].tolist())) if score == "retrieval" else decided
+    if score == "retrieval":
+        decided = (*decided, tuple(best_score[found].tolist()))
+    return decided, (best_score, best)
+
+
+class _PairIoUs:
+    """The IoUs among one image's proposals at the network size (NMS reads them), made
+    once for every setting: all pairs in one product (``all_iou``), equal to the bit to
+    what ``candidates.iou(index)`` computes for a few (both divide exact pixel counts)."""
+
+    def __init__(self):
+        self.iou = None
+
+    def __call__(self, candidates, index: list[int]) -> torch.Tensor:
+        if self.iou is None or len(self.iou) < len(candidates):
+            self.iou = candidates.all_iou()  # a grid's largest proposal_count first read
+        rows = torch.tensor(index, dtype=torch.long)
+        return self.iou[rows[:, None], rows[None, :]]
+
+
+def _record_of_choice(scorer: Predictor, part: dict, terms, config, best, table, pair_iou):
+    """The image record of ``scorer.retrieve(part, proposals, config, terms)``, made from
+    the proposals' indices (``table``: a :class:`~prm.evaluation.instance.CandidateRecords`
+    of the proposals) instead of the instances' masks; equal to the bit (a test checks)."""
+    kept = choose_instances(terms, part["labels"], config, best, pair_iou)
+    if kept is None:
+        none = torch.zeros(0, dtype=torch.long)
+        return table.record(none, none, torch.zeros(0))
+    found, best_score, order, _, chosen = kept
+    labels = part["labels"][found].cpu()[order].long()
+    peak_index = found.nonzero()[:, 0][order]
+    scores, rank = scorer.instance_scores(part, peak_index, labels, best_score[order].float())
+    return table.record(chosen[rank], labels[rank], scores[rank].float())
+
+
+def _first_masks(proposals, count: int) -> torch.Tensor:
+    """The first ``count`` proposals as dense masks ``(count, H, W)`` bool."""
+    if isinstance(proposals, CompactProposals):
+        return proposals.select(slice(0, min(count, len(proposals)))).masks()
+    return proposals[:count].bool()
 
 
 def _threshold(metric: str) -> float:
@@ -286,6 +327,7 @@ def tune_retrieval(
     scorer = copy.copy(predictor)
     scorer.keep_prms = False
     same_settings = [repr(config) for config in configs]  # hashable, made once
+    most = max(config.proposal_count for config in configs)
 
     for index, image, target, props in dataset_images(
         dataset, proposals, limit, progress=progress, desc="tune retrieval"
@@ -316,6 +358,7 @@ def tune_retrieval(
         # Settings that differ only in thresholds that keep the same peaks predict the
         # same instances: scored once.
         records: dict[tuple, tuple] = {}
+        tables: dict[int, tuple] = {}  # per set of proposals (one, or one per set of peaks)
         rows = zip(configs, peak_keys, evaluators, selections, same_settings, rules)
         for config, peaks, evaluator, kept, setting, rule in rows:
             same = (peaks, setting)
@@ -338,16 +381,30 @@ def tune_retrieval(
                 made_terms.update(zip(taus, shared))
             # Settings that choose the same proposals in the same order predict the same
             # instances: most of a grid's alpha / beta / tau settings do.
-            outcome = (peaks, _choice(made_terms[key], part["labels"], config, scorer.score))
+            decided, best = _choice(made_terms[key], part["labels"], config, scorer.score)
+            outcome = (peaks, decided)
             if outcome in records:
                 records[same] = records[outcome]
                 evaluator.add_record(records[same])
                 continue
-            found = scorer.retrieve(dict(part), made, config, terms=made_terms[key])
-            if work != size:
+            if work == size:
+                # The instances' masks are proposals: their IoUs with the ground truth
+                # and with each other are computed once per image, not per setting.
+                if id(made) not in tables:
+                    tables[id(made)] = (
+                        evaluator.candidate_records(target, _first_masks(made, most)),
+                        _PairIoUs(),
+                    )
+                table, pair_iou = tables[id(made)]
+                record = _record_of_choice(
+                    scorer, part, made_terms[key], config, best, table, pair_iou
+                )
+            else:
+                found = scorer.retrieve(dict(part), made, config, terms=made_terms[key])
                 found = scale_back(found, size, work)
-            evaluator._check_keys(target, found)
-            records[same] = records[outcome] = evaluator.image_record(target, found)
+                evaluator._check_keys(target, found)
+                record = evaluator.image_record(target, found)
+            records[same] = records[outcome] = record
             evaluator.add_record(records[same])
 
     key, trials = _trials(settings, evaluators, classes, threshold)

@@ -42,10 +42,18 @@ from .ap import precision_recall, voc_ap
 from .base import (
     Evaluator,
     Records,
+    ground_truth,
     ignore_mask,
+    prediction_masks,
+    target_size,
 )
 
-__all__ = ["InstanceSegmentationEvaluator", "match_instances", "score_order"]
+__all__ = [
+    "CandidateRecords",
+    "InstanceSegmentationEvaluator",
+    "match_instances",
+    "score_order",
+]
 
 IOU_THRESHOLDS = (0.25, 0.5, 0.7, 0.75)
 TIE_ORDERS = ("chainercv", "stable")
@@ -162,38 +170,18 @@ class InstanceSegmentationEvaluator(Evaluator):
         """What one image adds to the metrics, without adding it (:meth:`add_record`
         does): a tuner that predicts the same instances for several settings scores them
         once. ``process_image(t, p)`` is ``add_record(image_record(t, p))``."""
-        size, (gt_masks, gt_labels, crowd), (masks, labels, scores) = self.instances(
-            target, prediction
-        )
-        if self.use_ignore_mask and "ignore_mask" in target:
-            keep = ~ignore_mask(target, size)
-            masks = masks & keep
-            gt_masks = gt_masks & keep
+        size, truth, (masks, labels, scores) = self.instances(target, prediction)
+        table = CandidateRecords(self, target, size, truth, masks)
+        return table.record(torch.arange(len(masks)), labels, scores)
 
-        order = torch.from_numpy(score_order(labels.numpy(), scores.numpy(), self.ties))
-        masks, labels, scores = masks[order], labels[order], scores[order]
-        wide = labels.unique().numpy() if scores.dtype == torch.float64 else None
-
-        gt, gt_l = gt_masks[~crowd], gt_labels[~crowd]
-        crowds, crowd_l = gt_masks[crowd], gt_labels[crowd]
-        iou = mask_iou(masks, gt, exact=True)  # (P, G) float64, one matrix product per image
-        same = labels[:, None] == gt_l[None, :]
-        iou_same = torch.where(same, iou, torch.full_like(iou, -1.0))
-        crowd_overlap = _crowd_overlap(masks, labels, crowds, crowd_l)
-        matches = match_instances(iou_same, crowd_overlap, self.iou_thresholds).T
-        positives = np.bincount(gt_l.numpy(), minlength=self.num_classes)
-        best_sum = best_any_sum = None
-        if len(gt):
-            best = iou_same.clamp(min=0).max(0).values if len(masks) else torch.zeros(len(gt))
-            best_any = iou.max(0).values if len(masks) else torch.zeros(len(gt))
-            best_sum = np.bincount(
-                gt_l.numpy(), weights=best.double().numpy(), minlength=self.num_classes
-            )
-            best_any_sum = np.bincount(
-                gt_l.numpy(), weights=best_any.double().numpy(), minlength=self.num_classes
-            )
-        rows = (labels.numpy()[:, None], scores.double().numpy()[:, None], matches)
-        return rows, wide, positives, best_sum, best_any_sum
+    def candidate_records(self, target: Mapping, candidates: torch.Tensor) -> CandidateRecords:
+        """The records of predictions whose masks are drawn from ``candidates``
+        (Tensor[N, H, W], bool, at the target's size), with their IoUs against the
+        ground truth computed once: see :class:`CandidateRecords`."""
+        size = target_size(target)
+        truth = ground_truth(target, size, self.num_classes)
+        image = {"masks": candidates, "image_id": target.get("image_id", "?")}
+        return CandidateRecords(self, target, size, truth, prediction_masks(image, size))
 
     def add_record(self, record: tuple) -> None:
         """Add an :meth:`image_record` to the metrics."""
@@ -280,14 +268,84 @@ def score_order(labels: np.ndarray, scores: np.ndarray, ties: str = "chainercv")
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
+class CandidateRecords:
+    """The :meth:`InstanceSegmentationEvaluator.image_record` of predictions whose masks
+    are drawn from one image's fixed candidates (a tuner's proposals).
+
+    The candidates' IoUs with the ground truth (and their overlaps with crowd regions)
+    are computed once; ``record(index, labels, scores)`` then equals
+    ``image_record(target, {"masks": candidates[index], "labels": labels, "scores":
+    scores})`` to the bit: every IoU is a division of exact pixel counts, whichever
+    masks it was computed with. ``image_record`` itself goes through this class.
+
+    Args:
+        evaluator: supplies the classes, thresholds and the ignore-mask / tie settings.
+        target: the image's target dict.
+        size: its ``(H, W)``.
+        truth: ``(masks bool (G, H, W), labels (G,), iscrowd (G,))`` of the target.
+        candidates (Tensor[N, H, W], bool): the masks predictions may take.
+    """
+
+    def __init__(self, evaluator, target: Mapping, size, truth: tuple, candidates):
+        self.evaluator = evaluator
+        gt_masks, gt_labels, crowd = truth
+        if evaluator.use_ignore_mask and "ignore_mask" in target:
+            keep = ~ignore_mask(target, size)
+            candidates = candidates & keep
+            gt_masks = gt_masks & keep
+        self.gt_labels, self.crowd_labels = gt_labels[~crowd], gt_labels[crowd]
+        # (N, G) float64, one matrix product per image
+        self.iou = mask_iou(candidates, gt_masks[~crowd], exact=True)
+        self.crowd_share = _crowd_share(candidates, gt_masks[crowd])
+        self.positives = np.bincount(self.gt_labels.numpy(), minlength=evaluator.num_classes)
+
+    def record(self, index: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> tuple:
+        """The image record of the predictions ``candidates[index]`` (Tensor[M], int64)
+        with ``labels`` (Tensor[M], int64) and ``scores`` (Tensor[M], float32 or
+        float64, as the prediction dict holds them)."""
+        evaluator, gt_l = self.evaluator, self.gt_labels
+        order = torch.from_numpy(score_order(labels.numpy(), scores.numpy(), evaluator.ties))
+        index, labels, scores = index[order], labels[order], scores[order]
+        wide = labels.unique().numpy() if scores.dtype == torch.float64 else None
+        iou = self.iou[index]
+        same = labels[:, None] == gt_l[None, :]
+        iou_same = torch.where(same, iou, torch.full_like(iou, -1.0))
+        crowd_overlap = _crowd_overlap_of(self.crowd_share[index], labels, self.crowd_labels)
+        matches = match_instances(iou_same, crowd_overlap, evaluator.iou_thresholds).T
+        best_sum = best_any_sum = None
+        if len(gt_l):
+            best = iou_same.clamp(min=0).max(0).values if len(index) else torch.zeros(len(gt_l))
+            best_any = iou.max(0).values if len(index) else torch.zeros(len(gt_l))
+            classes = evaluator.num_classes
+            best_sum = np.bincount(gt_l.numpy(), weights=best.double().numpy(), minlength=classes)
+            best_any_sum = np.bincount(
+                gt_l.numpy(), weights=best_any.double().numpy(), minlength=classes
+            )
+        rows = (labels.numpy()[:, None], scores.double().numpy()[:, None], matches)
+        return rows, wide, self.positives, best_sum, best_any_sum
+
+
+def _crowd_share(masks: torch.Tensor, crowds: torch.Tensor) -> torch.Tensor:
+    """``|pred & crowd| / |pred|`` of every mask and crowd region, (P, K) float32."""
+    if len(crowds) == 0 or len(masks) == 0:
+        return torch.zeros((len(masks), len(crowds)))
+    pred = masks.flatten(1).float()
+    inter = pred @ crowds.flatten(1).float().T  # (P, K)
+    area = pred.sum(1, keepdim=True).clamp(min=1)
+    return inter / area
+
+
+def _crowd_overlap_of(share: torch.Tensor, labels: torch.Tensor, crowd_labels: torch.Tensor):
+    """Largest share (``share`` (P, K) from :func:`_crowd_share`) over the crowd
+    regions of each prediction's class, (P,) float."""
+    if share.shape[1] == 0 or len(share) == 0:
+        return torch.zeros(len(share))
+    overlap = torch.where(labels[:, None] == crowd_labels[None, :], share, 0.0)
+    return overlap.max(1).values
+
+
 def _crowd_overlap(
     masks: torch.Tensor, labels: torch.Tensor, crowds: torch.Tensor, crowd_labels: torch.Tensor
 ) -> torch.Tensor:
     """Largest ``|pred & crowd| / |pred|`` over same-class crowd regions, (P,) float."""
-    if len(crowds) == 0 or len(masks) == 0:
-        return torch.zeros(len(masks))
-    pred = masks.flatten(1).float()
-    inter = pred @ crowds.flatten(1).float().T  # (P, K)
-    area = pred.sum(1, keepdim=True).clamp(min=1)
-    overlap = torch.where(labels[:, None] == crowd_labels[None, :], inter / area, 0.0)
-    return overlap.max(1).values
+    return _crowd_overlap_of(_crowd_share(masks, crowds), labels, crowd_labels)
