@@ -175,13 +175,15 @@ def run_demo(
     demo.test_set = build_dataset(dataset, data_dir, "test", num_images=test_images, seed=seed)
     overrides = {"dataset": dataset, "root": str(data_dir), "num_train_images": train_images}
     overrides["seed"] = seed
-    base = load_config(preset, **overrides, **({} if epochs is None else {"epochs": epochs}))
+    base = _validate_at_the_end(
+        load_config(preset, **overrides, **({} if epochs is None else {"epochs": epochs}))
+    )
     demo.lap("generate data")
     settings = {"dataset": dataset, "train_config": asdict(base), "val_images": val_images}
     teachers = None
     if teacher is not None:
-        teacher_base = load_config(
-            teacher, **overrides, **({} if epochs is None else {"epochs": epochs})
+        teacher_base = _validate_at_the_end(
+            load_config(teacher, **overrides, **({} if epochs is None else {"epochs": epochs}))
         )
         settings["teacher_config"] = asdict(teacher_base)
         teachers = demo.train_both(teacher_base, workers, prefix="teacher-")
@@ -401,6 +403,15 @@ _ROWS = {
 }
 #: The order in which two processes take the rows (the longest first).
 _ROW_ORDER = ("PRM, no proposals (fallback)", "PRM + selective search", "CAM + selective search")
+
+
+def _validate_at_the_end(config):
+    """``config`` validating once, after its last epoch. The demo predicts with the last
+    epoch's weights (the cosine schedule ends at a learning rate of 0), so the validation
+    after every other epoch, which chooses ``best.pt``, would change no number of the
+    table; it cost about 20 s of the demo's time per pair of networks. Validation draws
+    no random number that training uses: the networks are the same to the bit."""
+    return config.replace(val_every=config.epochs)
 
 
 def _train_network(

@@ -426,3 +426,21 @@ def test_a_process_group_started_by_the_caller_is_left_open(monkeypatch):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_validating_less_often_trains_the_same_network(tmp_path, one_thread):
+    """The demo validates once, after the last epoch (``val_every = epochs``), and
+    predicts with ``last.pt``: that must be the network validating after every epoch
+    trains (every epoch reseeds its random streams), with flips and scale jitter drawing
+    random numbers in between."""
+    runs = {}
+    for every in (1, 3):
+        config = tiny_config(tmp_path, f"every{every}", val_every=every, scale_jitter=0.2)
+        train(config, progress=False)  # returns best.pt, which validation chooses
+        state = load_checkpoint(tmp_path / f"every{every}" / "last.pt")
+        logged = (tmp_path / f"every{every}" / "metrics.jsonl").read_text().splitlines()
+        validated = ["val_classification_map" in json.loads(line) for line in logged]
+        runs[every] = state["model"], validated
+    assert runs[1][1] == [True, True, True] and runs[3][1] == [False, False, True]
+    first, second = runs[1][0], runs[3][0]
+    assert all(torch.equal(first[key], second[key]) for key in first)
