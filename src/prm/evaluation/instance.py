@@ -65,24 +65,25 @@ def match_instances(
     """Greedy VOC matching of score-sorted predictions to ground truth, per threshold.
 
     Args:
-        iou (Tensor[P, G]): IoU of each prediction (rows sorted by decreasing score) with
-            each ground truth; pairs of different classes must be set to -1. Give float64
-            IoUs from exact counts (``mask_iou(..., exact=True)``) for ``IoU >= t`` to be
-            exact at the threshold.
-        crowd_overlap (Tensor[P]): largest ``|pred & crowd| / |pred|`` over the crowd
-            regions of the prediction's class (0 where none).
+        iou (Tensor or ndarray [P, G]): IoU of each prediction (rows sorted by
+            decreasing score) with each ground truth; pairs of different classes must be
+            set to -1. Give float64 IoUs from exact counts (``mask_iou(..., exact=True)``)
+            for ``IoU >= t`` to be exact at the threshold.
+        crowd_overlap (Tensor or ndarray [P]): largest ``|pred & crowd| / |pred|`` over
+            the crowd regions of the prediction's class (0 where none).
         thresholds: T IoU thresholds in (0, 1].
 
     Returns:
         ndarray[T, P] (int8): 1 true positive, 0 false positive, -1 ignored (on a crowd).
     """
     thr = np.asarray(thresholds, dtype=np.float64)[:, None]  # (T, 1)
+    iou = np.asarray(iou)
     num_pred, num_gt = iou.shape
     matches = np.zeros((len(thresholds), num_pred), dtype=np.int8)
     if num_pred == 0:
         return matches
     if num_gt:
-        iou_np = iou.numpy()
+        iou_np = iou
         best_gt = iou_np.argmax(axis=1)  # the GT each prediction overlaps most; first on ties
         best_iou = iou_np[np.arange(num_pred), best_gt].astype(np.float64)
         taken = np.zeros((len(thresholds), num_gt), dtype=bool)
@@ -91,7 +92,7 @@ def match_instances(
             free = ~taken[:, best_gt[i]]
             matches[:, i] = hit & free
             taken[:, best_gt[i]] |= hit  # a duplicate does not move on to another GT
-    on_crowd = crowd_overlap.double().numpy()[None, :] >= thr  # (T, P)
+    on_crowd = np.asarray(crowd_overlap, dtype=np.float64)[None, :] >= thr  # (T, P)
     matches[(matches == 0) & on_crowd] = -1
     return matches
 
@@ -293,35 +294,40 @@ class CandidateRecords:
             keep = ~ignore_mask(target, size)
             candidates = candidates & keep
             gt_masks = gt_masks & keep
-        self.gt_labels, self.crowd_labels = gt_labels[~crowd], gt_labels[crowd]
+        # NumPy from here on: a tuner asks for thousands of records per image, each of a
+        # handful of instances, where every torch call costs more than its work.
+        self.gt_labels = gt_labels[~crowd].numpy()
+        self.crowd_labels = gt_labels[crowd].numpy()
         # (N, G) float64, one matrix product per image
-        self.iou = mask_iou(candidates, gt_masks[~crowd], exact=True)
-        self.crowd_share = _crowd_share(candidates, gt_masks[crowd])
-        self.positives = np.bincount(self.gt_labels.numpy(), minlength=evaluator.num_classes)
+        self.iou = mask_iou(candidates, gt_masks[~crowd], exact=True).numpy()
+        self.crowd_share = _crowd_share(candidates, gt_masks[crowd]).numpy()  # (N, K)
+        self.positives = np.bincount(self.gt_labels, minlength=evaluator.num_classes)
 
     def record(self, index: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> tuple:
         """The image record of the predictions ``candidates[index]`` (Tensor[M], int64)
         with ``labels`` (Tensor[M], int64) and ``scores`` (Tensor[M], float32 or
         float64, as the prediction dict holds them)."""
         evaluator, gt_l = self.evaluator, self.gt_labels
-        order = torch.from_numpy(score_order(labels.numpy(), scores.numpy(), evaluator.ties))
+        index, labels, scores = index.numpy(), labels.numpy(), scores.numpy()
+        order = score_order(labels, scores, evaluator.ties)
         index, labels, scores = index[order], labels[order], scores[order]
-        wide = labels.unique().numpy() if scores.dtype == torch.float64 else None
+        wide = np.unique(labels) if scores.dtype == np.float64 else None
         iou = self.iou[index]
-        same = labels[:, None] == gt_l[None, :]
-        iou_same = torch.where(same, iou, torch.full_like(iou, -1.0))
-        crowd_overlap = _crowd_overlap_of(self.crowd_share[index], labels, self.crowd_labels)
+        iou_same = np.where(labels[:, None] == gt_l[None, :], iou, -1.0)
+        crowd_overlap = np.zeros(len(index), np.float32)
+        if self.crowd_share.shape[1] and len(index):
+            same_class = labels[:, None] == self.crowd_labels[None, :]
+            crowd_overlap = np.where(same_class, self.crowd_share[index], 0.0).max(1)
         matches = match_instances(iou_same, crowd_overlap, evaluator.iou_thresholds).T
         best_sum = best_any_sum = None
         if len(gt_l):
-            best = iou_same.clamp(min=0).max(0).values if len(index) else torch.zeros(len(gt_l))
-            best_any = iou.max(0).values if len(index) else torch.zeros(len(gt_l))
+            none = np.zeros(len(gt_l))
+            best = np.maximum(iou_same, 0).max(0) if len(index) else none
+            best_any = iou.max(0) if len(index) else none
             classes = evaluator.num_classes
-            best_sum = np.bincount(gt_l.numpy(), weights=best.double().numpy(), minlength=classes)
-            best_any_sum = np.bincount(
-                gt_l.numpy(), weights=best_any.double().numpy(), minlength=classes
-            )
-        rows = (labels.numpy()[:, None], scores.double().numpy()[:, None], matches)
+            best_sum = np.bincount(gt_l, weights=best.astype(np.float64), minlength=classes)
+            best_any_sum = np.bincount(gt_l, weights=best_any.astype(np.float64), minlength=classes)
+        rows = (labels[:, None], scores.astype(np.float64)[:, None], matches)
         return rows, wide, self.positives, best_sum, best_any_sum
 
 
