@@ -265,7 +265,7 @@ class _Demo:
 
         With ``workers > 1`` the rows run in two processes, this one and a second one,
         each taking the next row of :data:`_ROW_ORDER` when it is free: the fallback
-        (the longest with a teacher's grid: 221 s against 171 s for PRM and 50 s for CAM
+        (the longest with a teacher's grid: 189 s against 173 s for PRM and 49 s for CAM
         on the distilled GlyphScenes demo) goes to the second process first. The results
         are the same either way.
         """
