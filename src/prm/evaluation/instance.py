@@ -83,9 +83,8 @@ def match_instances(
     if num_pred == 0:
         return matches
     if num_gt:
-        iou_np = iou
-        best_gt = iou_np.argmax(axis=1)  # the GT each prediction overlaps most; first on ties
-        best_iou = iou_np[np.arange(num_pred), best_gt].astype(np.float64)
+        best_gt = iou.argmax(axis=1)  # the GT each prediction overlaps most; first on ties
+        best_iou = iou[np.arange(num_pred), best_gt].astype(np.float64)
         taken = np.zeros((len(thresholds), num_gt), dtype=bool)
         for i in range(num_pred):
             hit = best_iou[i] >= thr[:, 0]  # (T,)
@@ -341,17 +340,11 @@ def _crowd_share(masks: torch.Tensor, crowds: torch.Tensor) -> torch.Tensor:
     return inter / area
 
 
-def _crowd_overlap_of(share: torch.Tensor, labels: torch.Tensor, crowd_labels: torch.Tensor):
-    """Largest share (``share`` (P, K) from :func:`_crowd_share`) over the crowd
-    regions of each prediction's class, (P,) float."""
-    if share.shape[1] == 0 or len(share) == 0:
-        return torch.zeros(len(share))
-    overlap = torch.where(labels[:, None] == crowd_labels[None, :], share, 0.0)
-    return overlap.max(1).values
-
-
 def _crowd_overlap(
     masks: torch.Tensor, labels: torch.Tensor, crowds: torch.Tensor, crowd_labels: torch.Tensor
 ) -> torch.Tensor:
     """Largest ``|pred & crowd| / |pred|`` over same-class crowd regions, (P,) float."""
-    return _crowd_overlap_of(_crowd_share(masks, crowds), labels, crowd_labels)
+    if len(crowds) == 0 or len(masks) == 0:
+        return torch.zeros(len(masks))
+    share = _crowd_share(masks, crowds)
+    return torch.where(labels[:, None] == crowd_labels[None, :], share, 0.0).max(1).values
