@@ -251,6 +251,20 @@ def _load_local_weights(features: nn.Module, path: Path) -> None:
     load_weights_file(features, path, "the backbone", "model", keep)
 
 
+def _small_widths(name: str) -> tuple[str, tuple[int, int, int] | None]:
+    """``"small:24,48,128"`` -> ``("small", (24, 48, 128))``; other names unchanged."""
+    base, sep, spec = name.partition(":")
+    if not sep or base not in ("small", "small_res"):
+        return name, None
+    parts = spec.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(
+            f"backbone {name!r}: the widths of {base!r} are three positive integers, "
+            f"one per resolution (1/2, 1/4, 1/8), e.g. '{base}:24,48,128'"
+        )
+    return base, tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
 def build_backbone(name: str, weights: Any = None, progress: bool = True) -> nn.Module:
     """A classification backbone cut before global pooling.
 
@@ -258,6 +272,8 @@ def build_backbone(name: str, weights: Any = None, progress: bool = True) -> nn.
         name: one of :data:`BACKBONES`, or ``"timm:NAME"`` for any timm model (see
             :func:`prm.classifier.build_timm_backbone`, whose ``weights`` also accept
             ``"lite0"``: EfficientNet-Lite0 ImageNet weights from an installed package).
+            ``"small"`` and ``"small_res"`` take other widths as ``"small:24,48,128"``
+            (channels at 1/2, 1/4 and 1/8 of the input; default ``32,64,128``).
         weights: ``None`` (random initialisation); a torchvision weights enum or its name
             (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V2"``),
             fetched through torchvision's cache (``$TORCH_HOME/hub/checkpoints``); or the
@@ -274,6 +290,7 @@ def build_backbone(name: str, weights: Any = None, progress: bool = True) -> nn.
         from prm.classifier import build_timm_backbone
 
         return build_timm_backbone(name, weights)
+    name, widths = _small_widths(name)
     if name not in BACKBONES:
         raise ValueError(
             f"unknown backbone {name!r}; choose from {list(BACKBONES)} or 'timm:MODEL_NAME'"
@@ -282,7 +299,8 @@ def build_backbone(name: str, weights: Any = None, progress: bool = True) -> nn.
     if name in ("small", "small_res"):
         if enum is not None:
             raise ValueError(f"the {name!r} backbone has no torchvision weights")
-        features: nn.Module = SmallBackbone() if name == "small" else SmallResBackbone()
+        small = SmallBackbone if name == "small" else SmallResBackbone
+        features: nn.Module = small() if widths is None else small(widths)
     else:
         full = torchvision.models.get_model(name, weights=enum, progress=progress)
         if name in _RESNETS:

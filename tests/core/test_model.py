@@ -157,3 +157,29 @@ def test_small_res_blocks_start_as_identities_and_learn():
     assert block.bn2.weight.grad is not None and block.bn2.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="'small_res' backbone has no torchvision weights"):
         build_model("small_res", 3, weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+
+
+@pytest.mark.parametrize("name", ["small", "small_res"])
+def test_small_backbones_take_other_widths(name):
+    model = build_model(f"{name}:24,48,96", 3).eval()
+    widths = [m.out_channels for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths[0] == 24 and 48 in widths and widths[-1] == 96
+    assert model.classifier.in_channels == 96
+    assert model.class_response_maps(torch.randn(1, 3, 64, 64)).shape == (1, 3, 8, 8)
+    # The checkpoint's model config keeps the widths, so the network is rebuilt as trained.
+    assert model.config()["backbone"] == f"{name}:24,48,96"
+    rebuilt = build_model(model.config()["backbone"], 3)
+    rebuilt.load_state_dict(model.state_dict())
+    default = sum(p.numel() for p in build_model(name, 3).parameters())
+    assert sum(p.numel() for p in model.parameters()) < default
+
+
+@pytest.mark.parametrize("spec", ["small:24,48", "small:24,48,0", "small:a,b,c", "small:"])
+def test_bad_small_widths_are_named(spec):
+    with pytest.raises(ValueError, match="three positive integers"):
+        build_model(spec, 3)
+
+
+def test_widths_are_not_taken_by_other_backbones():
+    with pytest.raises(ValueError, match="unknown backbone 'resnet18:24,48,96'"):
+        build_model("resnet18:24,48,96", 3)

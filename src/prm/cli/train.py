@@ -81,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backbone",
-        help="resnet18/34/50/101, vgg16, vgg16_bn, small, or timm:NAME (any timm model)",
+        help="resnet18/34/50/101, vgg16, vgg16_bn, small, small_res (other widths: "
+        "small:24,48,128, channels at 1/2, 1/4, 1/8), or timm:NAME (any timm model)",
     )
     parser.add_argument(
         "--weights",
