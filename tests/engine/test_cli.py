@@ -249,7 +249,8 @@ def test_demo_with_a_teacher_trains_students_that_record_it(tmp_path, monkeypatc
             [
                 "demo", "--dataset", "glyphs", "--teacher", "lite0-cpu", "--out", str(out),
                 "--train-images", "16", "--val-images", "2", "--test-images", "2",
-                "--epochs", "1", "--workers", "1", "--quiet", "--threads", "1",
+                "--epochs", "1", "--teacher-epochs", "2", "--workers", "1", "--quiet",
+                "--threads", "1",
             ]
         )  # fmt: skip
     finally:
@@ -259,6 +260,7 @@ def test_demo_with_a_teacher_trains_students_that_record_it(tmp_path, monkeypatc
     report = json.loads((out / "report" / "report.json").read_text())
     # Teachers of the lite0-cpu recipe, students of the small network.
     assert report["teacher_config"]["backbone"].startswith("timm:efficientnet_lite0")
+    assert (report["teacher_config"]["epochs"], report["train_config"]["epochs"]) == (2, 1)
     assert report["train_config"]["backbone"].partition(":")[0] == "small"
     assert report["train_config"]["teacher_weight"] == 5.0
     assert {"train teacher-PRM", "train teacher-CAM", "train PRM", "train CAM"} <= set(
@@ -270,6 +272,20 @@ def test_demo_with_a_teacher_trains_students_that_record_it(tmp_path, monkeypatc
         assert state["model_config"]["peak_stimulation"] == (net == "prm")
     for tuned in report["tuned_retrieval"].values():  # the class threshold is tuned too
         assert tuned["class_threshold"] in (-6.0, -3.0, -1.0, 0.0)
+
+
+def test_the_demo_teachers_epochs_default_to_their_own_unless_told():
+    from prm.demo import TEACHER_EPOCHS, _teacher_epochs, run_demo
+    from prm.engine import load_config
+
+    # 5 (chosen on validation images), not the lite0-cpu preset's 7; --epochs, a smoke
+    # run's, still shortens every network; --teacher-epochs wins over both.
+    assert TEACHER_EPOCHS == 5 and load_config("lite0-cpu").epochs == 7
+    assert _teacher_epochs(None, None) == TEACHER_EPOCHS
+    assert _teacher_epochs(1, None) == 1
+    assert _teacher_epochs(1, 3) == 3 and _teacher_epochs(None, 3) == 3
+    with pytest.raises(ValueError, match="give a teacher"):
+        run_demo("unused", teacher_epochs=3)
 
 
 def test_predict_fails_when_no_image_could_be_read(checkpoint, tmp_path, capsys):
