@@ -15,6 +15,18 @@ def test_from_masks_is_exact_and_small():
     assert len(compact) == 40
 
 
+def test_masks_equal_the_straightforward_gather():
+    # The dense masks are gathered pixel by pixel from the transposed membership; the
+    # straightforward form indexes membership's cells with the label map.
+    torch.manual_seed(0)
+    for p, cells, (h, w) in [(37, 11, (9, 13)), (1, 1, (4, 4)), (0, 3, (5, 2)), (8, 200, (64, 3))]:
+        superpixels = torch.randint(cells, (h, w))
+        membership = torch.rand(p, cells) > 0.5
+        masks = CompactProposals(superpixels, membership).masks()
+        assert masks.shape == (p, h, w) and masks.dtype == torch.bool and masks.is_contiguous()
+        assert torch.equal(masks, membership[:, superpixels])
+
+
 def test_cells_are_pixels_sharing_the_same_masks():
     # Two overlapping squares on a 4x4 image make 4 cells: neither, only A, only B, both.
     masks = torch.zeros(2, 4, 4, dtype=torch.bool)

@@ -94,7 +94,13 @@ class CompactProposals:
         Returns:
             Tensor[P, H, W] (bool), in ranked order.
         """
-        return self.membership[:, self.superpixels]
+        h, w = self.size
+        # Whole rows of the transposed membership, one per pixel, then one transposing
+        # copy: the same masks as ``membership[:, superpixels]`` (a test compares them),
+        # whose gather along the second dimension took ~35x longer (128 px, 300
+        # proposals: 28 ms a set, a few seconds of each row of the demo).
+        by_pixel = self.membership.T.contiguous()[self.superpixels.reshape(-1)]
+        return by_pixel.T.contiguous().reshape(len(self), h, w)
 
     def iou(self) -> torch.Tensor:
         """Mask IoU of every pair of proposals, computed on cell areas (exact, cheap).
