@@ -85,12 +85,13 @@ PROPOSAL_COUNT = 200
 #: ``--distill``: the pseudo-label filter, chosen on ShapeScenes' validation images
 #: (README, "Self-training"), the Mask R-CNN's epochs and the row's name.
 #: Epochs of the teachers (``--teacher``) unless ``epochs`` or ``teacher_epochs`` says
-#: otherwise: 5, not the ``lite0-cpu`` preset's 7. Chosen on validation images with the
-#: demo's tuner, as the students' 8 epochs were: the students of 5-epoch teachers reached
-#: validation mAP^r@0.5 58.3 / 54.2 / 78.5 (GlyphScenes seeds 0 and 1, ShapeScenes)
-#: against 57.1 / 54.7 / 76.8 with 7-epoch teachers (sums 191.0 and 188.6, within the
-#: seed noise) at 5/7 of the teachers' time (README, "Cheaper students and teachers").
-TEACHER_EPOCHS = 5
+#: otherwise: 4, not the ``lite0-cpu`` preset's 7. Chosen on validation images with the
+#: demo's tuner, as the students' 8 epochs were: the students of 4-, 5- and 7-epoch
+#: teachers reached validation mAP^r@0.5 60.7 / 53.8 / 75.5, 58.3 / 54.2 / 78.5 and
+#: 57.1 / 54.7 / 76.8 (GlyphScenes seeds 0 and 1, ShapeScenes; sums 190.0, 191.0 and
+#: 188.6, equal within the seed noise) at 4/7 of the teachers' time (README, "Cheaper
+#: students and teachers").
+TEACHER_EPOCHS = 4
 DISTILL_FILTER = PseudoLabelFilter(score_threshold=5.0, min_area=16)
 DISTILL_EPOCHS = 4
 DISTILL_ROW = "PRM -> Mask R-CNN (distilled)"

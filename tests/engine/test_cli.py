@@ -278,9 +278,9 @@ def test_the_demo_teachers_epochs_default_to_their_own_unless_told():
     from prm.demo import TEACHER_EPOCHS, _teacher_epochs, run_demo
     from prm.engine import load_config
 
-    # 5 (chosen on validation images), not the lite0-cpu preset's 7; --epochs, a smoke
+    # 4 (chosen on validation images), not the lite0-cpu preset's 7; --epochs, a smoke
     # run's, still shortens every network; --teacher-epochs wins over both.
-    assert TEACHER_EPOCHS == 5 and load_config("lite0-cpu").epochs == 7
+    assert TEACHER_EPOCHS == 4 and load_config("lite0-cpu").epochs == 7
     assert _teacher_epochs(None, None) == TEACHER_EPOCHS
     assert _teacher_epochs(1, None) == 1
     assert _teacher_epochs(1, 3) == 3 and _teacher_epochs(None, 3) == 3

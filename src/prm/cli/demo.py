@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--teacher-epochs",
         type=int,
         help="with --teacher: the teachers' training epochs (default: --epochs when given, "
-        "else 5, chosen on validation images; the lite0-cpu preset alone trains 7)",
+        "else 4, chosen on validation images; the lite0-cpu preset alone trains 7)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
