@@ -72,12 +72,13 @@ TUNING_GRID = {
 #: ``smooth_strided``: the PRM rows also choose the back-propagation rule, the paper's or
 #: smoothed through the small network's strided convolutions (no checkerboard in the
 #: maps). On the distilled GlyphScenes students of seeds 0 and 1 the smoothed rule took
-#: validation mAP^r@0.5 from 54.6 to 58.4 and from 50.9 to 54.9 (README, "Distilled
-#: recipe"). The CAM rows retrieve with class response maps, which involve no rule.
+#: validation mAP^r@0.5 from 54.6 to 58.4 and from 50.9 to 54.9 (docs/recipes.md, the
+#: distilled recipe's runs). The CAM rows retrieve with class response maps, which
+#: involve no rule.
 #: With a teacher (``--teacher``) the class threshold is tuned too: the map loss pulls
 #: most of a student's response below 0, so its class scores sit lower than a labels-only
 #: network's and the default threshold 0 drops most true classes (on ShapeScenes'
-#: validation images 47.5 mAP^r@0.5 at 0 against 67.1 tuned; README, "Distilled recipe").
+#: validation images 47.5 mAP^r@0.5 at 0 against 67.1 tuned; docs/recipes.md).
 TEACHER_GRID = {**TUNING_GRID, "class_threshold": [-6.0, -3.0, -1.0, 0.0]}
 #: Proposals read per image: selective search makes 150-220 on the demo's 128 px scenes
 #: and the first 200 hold more of the objects (recall@0.5 0.95 against 0.91 for 100).
@@ -277,10 +278,10 @@ class _Demo:
         """Tune (on ``val_set`` unless ``None``), predict and evaluate each method.
 
         With ``workers > 1`` the work runs in two processes, this one and a second one,
-        each taking the next task of :data:`_TASKS` when it is free: the second one
-        tunes the CAM row first, this one runs the PRM row, the second one the fallback,
-        and the CAM row's test predictions go to whichever is free first. The results
-        are the same either way.
+        each taking the next task of :data:`_TASKS` when it is free: the second one runs
+        the fallback row, this one tunes the CAM row and runs the PRM row, and the CAM
+        row's test predictions go to whichever is free first. The results are the same
+        either way.
         """
         predictors: dict[str, Predictor] = {}
         done: dict[str, tuple] = {}
@@ -462,15 +463,15 @@ _ROWS = {
     "PRM, no proposals (fallback)": ("prm", False, "prm", "prm-fallback"),
 }
 #: The rows' work in two processes, in the order the two take it: the second process
-#: tunes the CAM row first (short), then each takes the next task when free. The CAM
-#: row's tuning (360 settings) and its test predictions are separate tasks so that the
-#: two processes finish close together: on the distilled GlyphScenes demo the PRM row
-#: took 152 s, the fallback 162 s, the CAM row 51 s, of which 19 s tuning
-#: (commit 87d2e71): 203 s (PRM, then CAM) against 162 s as whole rows.
+#: takes the first task (the fallback row), this one the next (the CAM row's tuning),
+#: and then each takes the next when free. The CAM row's tuning (360 settings) and its
+#: test predictions are separate tasks so that the two processes finish close together:
+#: on the distilled GlyphScenes demos the PRM row took 152-154 s, the fallback 162-186 s,
+#: the CAM row 50-51 s, a third of it tuning (commits 87d2e71 and 98c937d).
 _TASKS = (
+    ("row", "PRM, no proposals (fallback)"),
     ("tune", "CAM + selective search"),
     ("row", "PRM + selective search"),
-    ("row", "PRM, no proposals (fallback)"),
     ("evaluate", "CAM + selective search"),
 )
 _TASK_NAMES = {

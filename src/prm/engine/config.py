@@ -235,13 +235,14 @@ PRESETS["lite0-cpu"] = PRESETS["shapes"].replace(
 #: Chosen on GlyphScenes' validation images (weight 1 / 5 / 20, 6-10 epochs): the small
 #: network learns the glyphs this way, and its PRMs retrieve better than the teacher's.
 #: The linear schedule: validation mAP^r@0.5 49.2 against 46.1 on GlyphScenes, 72.0
-#: against 72.0 on ShapeScenes (README, "Distilled recipe"). 8 epochs, not 10: with the
-#: back-propagation rule tuned, validation mAP^r@0.5 58.8 / 75.6 (GlyphScenes /
-#: ShapeScenes) against 58.4 / 76.8, equal within the seed noise (about one point) at
-#: 80 % of the students' time. Widths 24 / 48 / 128 (``small:24,48,128``), not 32 / 64 /
-#: 128: validation mAP^r@0.5 57.1 / 54.7 / 76.8 (GlyphScenes seeds 0 and 1, ShapeScenes)
-#: against 58.8 / 55.1 / 75.6, equal within the seed noise (sums 188.6 and 189.5), at
-#: about 1.35x the students' images per second (README, "Cheaper students and teachers").
+#: against 72.0 on ShapeScenes (docs/recipes.md, the distilled recipe's screens). 8
+#: epochs, not 10: with the back-propagation rule tuned, validation mAP^r@0.5 58.8 / 75.6
+#: (GlyphScenes / ShapeScenes) against 58.4 / 76.8, equal within the seed noise (about
+#: one point) at 80 % of the students' time. Widths 24 / 48 / 128 (``small:24,48,128``),
+#: not 32 / 64 / 128: validation mAP^r@0.5 57.1 / 54.7 / 76.8 (GlyphScenes seeds 0 and
+#: 1, ShapeScenes) against 58.8 / 55.1 / 75.6, equal within the seed noise (sums 188.6
+#: and 189.5), at about 1.35x the students' images per second (README, "Cheaper students
+#: and teachers").
 PRESETS["student"] = PRESETS["shapes"].replace(
     backbone="small:24,48,128",
     epochs=8,
