@@ -9,8 +9,8 @@ maps of the image:
   on a GPU) and with chunks of 1 / 4 / 16 peaks (a chunk larger than K is K, so it is
   timed once);
 - **loop**: the authors' way: one forward under the rule, then one ``.backward()`` per
-  peak from a one-hot gradient, parameters requiring gradients
-  (``benchmarks.common.loop_prms``);
+  peak from a one-hot gradient, parameters requiring gradients, through the whole
+  maps (``benchmarks.common.loop_prms``; ours crops each peak's pass on a CPU);
 - **floor**: one forward plus K input-only backward passes of the rule, each timed
   alone with nothing else in between (``benchmarks.common.floor_prms``): what the
   computation itself costs when peaks go one at a time;

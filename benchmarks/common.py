@@ -29,6 +29,7 @@ Reference implementations (the "straightforward way", as the authors' code does 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime as _dt
 import gc
@@ -51,6 +52,7 @@ from PIL import Image
 from scipy.spatial import cKDTree
 from torch import nn
 
+from prm import backprop
 from prm.backprop import normalize_prms, peak_backprop_rule
 from prm.proposals import CompactProposals
 
@@ -501,13 +503,27 @@ def _one_hot(crm: torch.Tensor, c: int, y: int, x: int) -> torch.Tensor:
     return grad
 
 
+@contextlib.contextmanager
+def whole_maps():
+    """Back-propagation through every cell of every map, as the authors' code does it
+    (on a CPU ``prm`` computes each peak's backward on only the part of the maps its
+    gradient reaches: the same maps to float rounding)."""
+    saved = backprop._CROP
+    backprop._CROP = False
+    try:
+        yield
+    finally:
+        backprop._CROP = saved
+
+
 def loop_prms(model: nn.Module, image: torch.Tensor, peaks: torch.Tensor) -> torch.Tensor:
     """The authors' way: one forward, then one ``.backward()`` per peak.
 
     The forward runs under the PRM rule with the input requiring gradients and the
     parameters left as they are (requiring gradients, as in the authors' code); each
     peak's one-hot gradient is back-propagated with ``retain_graph=True``, the input
-    gradient read and cleared.
+    gradient read and cleared; every backward pass runs on the whole maps
+    (:func:`whole_maps`).
 
     Args:
         model: network in eval mode with ``class_response_maps``.
@@ -521,10 +537,11 @@ def loop_prms(model: nn.Module, image: torch.Tensor, peaks: torch.Tensor) -> tor
     with peak_backprop_rule():
         crm = model.class_response_maps(x)
     maps = []
-    for c, y, x0 in peaks.tolist():
-        x.grad = None
-        crm.backward(_one_hot(crm, c, y, x0), retain_graph=True)
-        maps.append(normalize_prms(x.grad)[0])
+    with whole_maps():
+        for c, y, x0 in peaks.tolist():
+            x.grad = None
+            crm.backward(_one_hot(crm, c, y, x0), retain_graph=True)
+            maps.append(normalize_prms(x.grad)[0])
     model.zero_grad(set_to_none=True)
     if not maps:
         return image.new_zeros((0, *image.shape[1:]))

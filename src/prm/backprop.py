@@ -19,6 +19,11 @@ block* and changes neither any class, nor any module, nor any hook, so the model
 untouched afterwards (also when the block raises). Gradients are taken with respect to
 the input only, and the peaks of one image are back-propagated ``chunk_size`` at a time
 over one forward pass (``torch.autograd.grad``, batched with ``is_grads_batched``).
+On a CPU, one peak at a time, each convolution's backward is computed on only the rows
+and columns of its maps that the peak's gradient reaches (it starts at one cell and
+grows by a kernel's reach per layer): on the demo's small network at 128 px this makes
+back-propagation about 1.5x faster, with the same maps to float rounding (a test
+compares them with the whole maps' computation).
 
 Differences from the authors' code, on purpose: ``m`` is the minimum over each image's
 own activations (the authors ran one image per batch, so this equals their rule and keeps
@@ -90,13 +95,95 @@ class _ProbConv2d(torch.autograd.Function):
     def backward(ctx, grad_output):
         shifted, positive, inv_z = ctx.saved_tensors
         stride, padding, output_padding, groups, dilation = ctx.conv
-        spread = F.conv_transpose2d(
-            grad_output * inv_z, positive, None, stride, padding, output_padding, groups, dilation
-        )
-        grad = shifted * spread
-        if ctx.smooth:
-            grad = _tent_blur(grad, stride)
-        return grad, None, None, None, None, None, None, None
+        window = _support(grad_output)
+        if window is None:
+            spread = F.conv_transpose2d(
+                grad_output * inv_z, positive, None, stride, padding, output_padding, groups,
+                dilation,
+            )  # fmt: skip
+            grad = shifted * spread
+            return (_tent_blur(grad, stride) if ctx.smooth else grad), *[None] * 7
+        return _cropped_backward(ctx, grad_output, window), *[None] * 7
+
+
+#: Back-propagate a peak through only the part of each map that its gradient reaches
+#: (see :func:`_cropped_backward`); a switch for the test that compares it with the
+#: whole maps.
+_CROP = True
+
+
+def _support(grad: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """``(y0, y1, x0, x1)``: the rows and columns where ``grad (B, C, h, w)`` is not 0,
+    when they cover under half of the map and cropping can pay; else ``None``.
+
+    A peak's gradient starts at one cell and grows by a kernel's reach per layer, so in a
+    small network most of every map stays 0 (on the 128 px demo the 59 px receptive field
+    of one stride-8 cell). Not under ``vmap`` (peaks in chunks): its size is data.
+    """
+    if not _CROP or grad.device.type != "cpu" or _batched(grad):
+        return None
+    nonzero = grad.reshape(-1, *grad.shape[2:]).any(0)  # a float's any: not 0
+    rows, cols = nonzero.any(1).nonzero()[:, 0], nonzero.any(0).nonzero()[:, 0]
+    if len(rows) == 0:
+        return 0, 0, 0, 0
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if 2 * (y1 - y0) * (x1 - x0) > nonzero.numel():
+        return None
+    return y0, y1, x0, x1
+
+
+def _batched(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is batched by ``vmap`` (``is_grads_batched`` uses the legacy
+    batching), where the data-dependent sizes of a crop cannot be taken."""
+    functorch = torch._C._functorch
+    return functorch.is_legacy_batchedtensor(tensor) or functorch.is_functorch_wrapped_tensor(
+        tensor
+    )
+
+
+def _cropped_backward(ctx, grad_output: torch.Tensor, window) -> torch.Tensor:
+    """:class:`_ProbConv2d`'s backward computed on the cells of ``grad_output`` inside
+    ``window`` (:func:`_support`; 0 outside it) and the inputs they read: the same
+    products and sums as on the whole maps, whose other terms are all 0, so the result
+    equals the whole maps' to float rounding (a test compares them)."""
+    shifted, positive, inv_z = ctx.saved_tensors
+    stride, padding, _, groups, dilation = ctx.conv
+    grad = torch.zeros_like(shifted)
+    y0, y1, x0, x1 = window
+    if y0 == y1:
+        return grad
+    cells = (slice(y0, y1), slice(x0, x1))
+    spread = F.conv_transpose2d(
+        grad_output[..., cells[0], cells[1]] * inv_z[..., cells[0], cells[1]],
+        positive, None, stride, 0, 0, groups, dilation,
+    )  # fmt: skip
+    # Output cell o reads inputs o * stride - padding + dilation * j, j < kernel: the
+    # transposed convolution without padding starts at input y0 * stride - padding.
+    height, width = shifted.shape[2:]
+    top, left = y0 * stride[0] - padding[0], x0 * stride[1] - padding[1]
+    rows = slice(max(top, 0), min(top + spread.shape[2], height))
+    cols = slice(max(left, 0), min(left + spread.shape[3], width))
+    spread = spread[..., rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+    if not ctx.smooth:
+        grad[..., rows, cols] = shifted[..., rows, cols] * spread
+        return grad
+    # The tent reaches stride - 1 cells: blurred with that margin of zeros around the
+    # crop (or up to the border, where its replicate padding sees the same values).
+    reach = [s - 1 for s in stride]
+    outer = (
+        slice(max(rows.start - reach[0], 0), min(rows.stop + reach[0], height)),
+        slice(max(cols.start - reach[1], 0), min(cols.stop + reach[1], width)),
+    )
+    part = shifted.new_zeros(
+        (*shifted.shape[:2], outer[0].stop - outer[0].start, outer[1].stop - outer[1].start)
+    )
+    inner = (
+        slice(rows.start - outer[0].start, rows.stop - outer[0].start),
+        slice(cols.start - outer[1].start, cols.stop - outer[1].start),
+    )
+    part[..., inner[0], inner[1]] = shifted[..., rows, cols] * spread
+    grad[..., outer[0], outer[1]] = _tent_blur(part, stride)
+    return grad
 
 
 def _tent_blur(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import prm.backprop as bp
 from prm.backprop import (
     PeakSelection,
     normalize_prms,
@@ -281,3 +282,50 @@ def test_smoothed_rule_is_taken_from_the_model_and_leaves_stride_1_alone():
             (g,) = torch.autograd.grad(conv(y).sum(), y)
         grads.append(g)
     assert torch.equal(*grads)
+
+
+def _odd_convs() -> nn.Module:
+    """Strided, dilated, grouped, 5x5 and 1x1 convolutions, with max-pooling between."""
+    from prm.model import _Features
+
+    features = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, 1, 2, dilation=2, groups=4),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 12, 5, 2, 2),
+        nn.ReLU(),
+        nn.Conv2d(12, 12, 1),
+    )
+    return _Features(features, 12)
+
+
+@pytest.mark.parametrize("backbone", ["small", "small_res", "odd"])
+def test_cropped_backward_equals_the_whole_maps(backbone, monkeypatch):
+    # A peak's gradient reaches only part of each map; back-propagating through that part
+    # (the CPU default) must give the maps of the whole-map computation, with both rules,
+    # also for peaks at the border of odd-sized images.
+    from prm.model import SmallResBackbone
+
+    torch.manual_seed(0)
+    net = {"small": lambda: SmallBackbone((8, 16, 16)), "small_res": SmallResBackbone}
+    net["odd"] = _odd_convs
+    model = PeakResponseNet(net[backbone](), 3).eval()
+    images = torch.randn(2, 3, 75, 90)
+    cropped = []
+    whole = bp._cropped_backward
+    monkeypatch.setattr(bp, "_cropped_backward", lambda *a: cropped.append(1) or whole(*a))
+    for smooth in (False, True):
+        maps = {}
+        for crop in (False, True):
+            monkeypatch.setattr(bp, "_CROP", crop)
+            found = peak_response_maps(
+                model, images, selection=PeakSelection(-1e9), smooth_strided=smooth
+            )
+            maps[crop] = [r["prms"] for r in found]
+        assert cropped, "no backward pass was cropped"
+        for a, b in zip(maps[True], maps[False]):
+            assert len(a) > 10 and a.shape == b.shape
+            assert (a - b).abs().max() <= 1e-5 * b.max(), (smooth, (a - b).abs().max())
